@@ -1,0 +1,348 @@
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    AppState,
+    error::{ApiError, ApiJson, Problem},
+};
+use crate::queue::{
+    EnqueueRequest, FieldError, JobState,
+    state::{AttemptOutcome, to_datetime},
+    store::{AttemptRecord, JobFilter, JobRecord},
+};
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub state: JobState,
+    /// 1 runs first, 4 last.
+    pub priority: i64,
+    /// Attempts used so far (snoozes and shutdown hand-backs do not count).
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub idempotency_key: Option<String>,
+    #[schema(value_type = Object)]
+    pub args: Value,
+    pub created_at: DateTime<Utc>,
+    /// When it runs (or ran) next.
+    pub scheduled_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    /// The last checkpoint saved by the job; a retry resumes from it.
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Value>,
+    /// Latest progress report: done, total, unit, rate_per_sec, eta_secs.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
+    pub last_error: Option<String>,
+    /// An operator asked a running job to stop.
+    pub cancel_requested: bool,
+    /// The worker instance holding the lease while running.
+    pub worker: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(j: JobRecord) -> Self {
+        JobView {
+            id: j.id,
+            kind: j.kind,
+            queue: j.queue,
+            state: j.state,
+            priority: j.priority,
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            idempotency_key: j.idempotency_key,
+            args: j.args,
+            created_at: to_datetime(j.created_at),
+            scheduled_at: to_datetime(j.scheduled_at),
+            attempted_at: j.attempted_at.map(to_datetime),
+            finalized_at: j.finalized_at.map(to_datetime),
+            checkpoint: j.checkpoint,
+            progress: j.progress,
+            last_error: j.last_error,
+            cancel_requested: j.cancel_requested,
+            worker: j.lease_owner,
+            lease_expires_at: j.lease_expires_at.map(to_datetime),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            worker: a.worker,
+            started_at: to_datetime(a.started_at),
+            ended_at: a.ended_at.map(to_datetime),
+            outcome: a.outcome,
+            error: a.error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobView,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// A job to submit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBody {
+    /// The job kind, e.g. `noop`.
+    pub kind: String,
+    /// The kind's arguments.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub args: Value,
+    /// Submitting the same key again returns the existing job instead of a new one.
+    pub idempotency_key: Option<String>,
+    /// Defaults to the kind's queue.
+    pub queue: Option<String>,
+    /// 1 (first) to 4 (last); defaults per kind.
+    pub priority: Option<i64>,
+    /// Run no earlier than this (RFC 3339).
+    pub run_at: Option<DateTime<Utc>>,
+    pub max_attempts: Option<i64>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnqueueResponse {
+    pub job: JobView,
+    /// True when a job with this idempotency key existed and is returned instead.
+    pub deduplicated: bool,
+}
+
+/// Submit a job.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = EnqueueBody,
+    responses(
+        (status = 201, description = "Created", body = EnqueueResponse),
+        (status = 200, description = "A job with this idempotency key exists; it is returned", body = EnqueueResponse),
+        (status = 400, description = "Malformed JSON", body = Problem),
+        (status = 422, description = "Invalid kind, args or options; `errors` names each field", body = Problem),
+    ))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EnqueueBody>,
+) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
+    let request = EnqueueRequest {
+        kind: body.kind,
+        args: body.args,
+        idempotency_key: body.idempotency_key,
+        queue: body.queue,
+        priority: body.priority,
+        max_attempts: body.max_attempts,
+        run_at: body.run_at,
+    };
+    let job = state.registry.prepare(&request).map_err(ApiError::Validation)?;
+    let enqueued = state.store.enqueue(&job).await?;
+    let status = if enqueued.deduplicated {
+        StatusCode::OK
+    } else {
+        state.nudge();
+        StatusCode::CREATED
+    };
+    Ok((status, Json(EnqueueResponse { job: enqueued.job.into(), deduplicated: enqueued.deduplicated })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Comma-separated states, e.g. `discarded,cancelled`.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub(crate) fn parse_states(text: &str, field: &str) -> Result<Vec<JobState>, ApiError> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<JobState>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Validation(vec![FieldError::new(field, e)]))
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, body = JobList), (status = 422, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<JobList>, ApiError> {
+    let filter = JobFilter {
+        states: p.state.as_deref().map(|s| parse_states(s, "state")).transpose()?.unwrap_or_default(),
+        kind: p.kind,
+        queue: p.queue,
+    };
+    let limit = match p.limit.as_deref() {
+        None => 50,
+        Some(l) => l.parse::<i64>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new("limit", "must be a whole number from 1 to 500")])
+        })?,
+    };
+    let before = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::Validation(vec![FieldError::new("cursor", "not a cursor returned by this API")])
+        })?),
+    };
+    let jobs = state.store.list_jobs(&filter, limit + 1, before).await?;
+    let more = jobs.len() as i64 > limit;
+    let jobs: Vec<JobView> = jobs.into_iter().take(limit as usize).map(Into::into).collect();
+    let next_cursor = if more { jobs.last().map(|j| j.id.to_string()) } else { None };
+    Ok(Json(JobList { jobs, next_cursor }))
+}
+
+pub(crate) fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .map_err(|_| ApiError::BadRequest(format!("job id {text:?} is not a number")))
+}
+
+/// One job with its attempts and checkpoint.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobDetail), (status = 404, body = Problem)))]
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobDetail>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id} does not exist")))?;
+    let attempts = state.store.attempts(id).await?.into_iter().map(Into::into).collect();
+    Ok(Json(JobDetail { job: job.into(), attempts }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Start over instead of resuming from the last checkpoint.
+    #[serde(default)]
+    pub reset_checkpoint: bool,
+}
+
+/// Run a job again now (replay). Discarded, cancelled and completed jobs come back with one
+/// more attempt if theirs were used up; waiting jobs move forward. Resumes from the checkpoint
+/// unless `reset_checkpoint`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")), request_body(content = RetryBody, content_type = "application/json"),
+    responses((status = 200, body = JobView), (status = 404, body = Problem),
+        (status = 409, description = "The job is running", body = Problem)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RetryBody>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = state.store.retry(id, body.reset_checkpoint).await?;
+    state.nudge();
+    Ok(Json(job.into()))
+}
+
+/// Cancel a job: a waiting one at once; a running one is signalled and stops at its next
+/// checkpoint or await (`cancel_requested` shows it is on its way).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = Problem),
+        (status = 409, description = "The job already finished", body = Problem)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = state.store.cancel(id).await?;
+    if job.state == JobState::Running {
+        state.executor.cancel_running(id);
+    }
+    Ok(Json(job.into()))
+}
+
+/// Delete a job that is not running, with its attempts.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = Problem),
+        (status = 409, description = "The job is running", body = Problem)))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    state.store.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRetryBody {
+    /// Only jobs in these states (default: discarded).
+    pub states: Option<Vec<JobState>>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkRetryResponse {
+    /// How many jobs were made available again.
+    pub count: u64,
+}
+
+/// Retry every matching job that is not running; returns how many.
+#[utoipa::path(post, path = "/api/v1/jobs/retry", tag = "jobs", request_body = BulkRetryBody,
+    responses((status = 200, body = BulkRetryResponse), (status = 422, body = Problem)))]
+pub async fn bulk_retry(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<BulkRetryBody>,
+) -> Result<Json<BulkRetryResponse>, ApiError> {
+    let states = body.states.unwrap_or_else(|| vec![JobState::Discarded]);
+    if let Some(s) = states.iter().find(|s| **s == JobState::Running) {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "states",
+            format!("{s} jobs cannot be retried; cancel them first"),
+        )]));
+    }
+    let filter = JobFilter { states, kind: body.kind, queue: body.queue };
+    let count = state.store.retry_many(&filter).await?;
+    if count > 0 {
+        state.nudge();
+    }
+    Ok(Json(BulkRetryResponse { count }))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs", post(enqueue).get(list))
+        .route("/jobs/retry", post(bulk_retry))
+        .route("/jobs/{id}", get(show).delete(delete))
+        .route("/jobs/{id}/retry", post(retry))
+        .route("/jobs/{id}/cancel", post(cancel))
+}

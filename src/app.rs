@@ -1,0 +1,284 @@
+//! Wiring: opens everything a command needs, starts the worker (pools, scheduler, upkeep,
+//! API) and stops it cleanly.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+};
+
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, AppState},
+    config::{Config, ConfigError},
+    jobs,
+    metrics::Metrics,
+    queue::{
+        Registry, Store,
+        executor::{EngineSettings, Executor, ExecutorHandle, QueueSettings},
+        maintenance::{self, MaintenanceSettings},
+        scheduler::{self, Scheduler},
+        store::{PruneAges, ScheduleDef, StoreError},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// 2 for a configuration problem, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What every command shares: validated config, the job kinds, the schedules.
+pub struct Setup {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub schedules: Vec<ScheduleDef>,
+}
+
+impl Setup {
+    /// Validates everything that can be validated without touching the database.
+    pub fn new(config: Config) -> Result<Setup, ConfigError> {
+        let registry = jobs::registry(&config)?;
+        let schedules = scheduler::load_dir(&config.jobs_dir, &registry, &config.timezone())?;
+        Ok(Setup { config: Arc::new(config), registry: Arc::new(registry), schedules })
+    }
+
+    pub fn create_data_dir(&self) -> Result<(), StartError> {
+        std::fs::create_dir_all(&self.config.data_dir).map_err(|e| {
+            StartError::Other(format!(
+                "cannot create data directory {}: {e}",
+                self.config.data_dir.display()
+            ))
+        })
+    }
+
+    /// Opens the database (creating it on first use).
+    pub async fn open_store(&self) -> Result<Store, StartError> {
+        self.create_data_dir()?;
+        Ok(Store::open(&self.config.database_path()).await?)
+    }
+}
+
+/// This worker's stable identity, and a lock that keeps a second worker off the same data dir.
+struct Identity {
+    id: String,
+    _lock: File,
+}
+
+fn identity(config: &Config) -> Result<Identity, StartError> {
+    let dir = &config.data_dir;
+    let lock_path = dir.join("worker.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StartError::Other(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(StartError::Other(format!(
+            "another offsite worker is already running with data directory {}",
+            dir.display()
+        )));
+    }
+    let id = match &config.instance_id {
+        Some(id) => id.clone(),
+        None => stored_instance_id(&dir.join("instance-id"))?,
+    };
+    Ok(Identity { id, _lock: lock })
+}
+
+fn stored_instance_id(path: &Path) -> Result<String, StartError> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    let id = format!(
+        "{}-{:08x}",
+        if host.is_empty() { "offsite" } else { host },
+        rand::random::<u32>()
+    );
+    std::fs::write(path, format!("{id}\n"))
+        .map_err(|e| StartError::Other(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}
+
+/// A started worker.
+pub struct Running {
+    pub state: AppState,
+    pub addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    executor_handle: ExecutorHandle,
+    tasks: Vec<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
+    _identity: Identity,
+}
+
+impl Running {
+    /// Stops the API and scheduler, lets running jobs finish within the grace period, hands
+    /// back the rest, and closes the database.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.stop.cancel();
+        if let Some(server) = self.server {
+            let _ = server.await;
+        }
+        self.state.executor.shutdown(self.executor_handle).await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.state.store.close().await;
+        info!("stopped");
+    }
+}
+
+pub fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings {
+        lease: config.engine.lease,
+        poll_interval: config.engine.poll_interval,
+        watch_interval: config.engine.watch_interval,
+        shutdown_grace: config.engine.shutdown_grace,
+        backoff_cap: config.engine.backoff_cap,
+    }
+}
+
+fn age(d: std::time::Duration) -> Option<std::time::Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Starts the worker: pools, scheduler, upkeep and (if enabled) the API.
+pub async fn start(setup: Setup) -> Result<Running, StartError> {
+    let config = setup.config.clone();
+    setup.create_data_dir()?;
+    let identity = identity(&config)?;
+    let store = setup.open_store().await?;
+    store.check_integrity().await?;
+
+    let reclaimed = store.rescue(Some(&identity.id)).await?;
+    if !reclaimed.is_empty() {
+        warn!(jobs = ?reclaimed, "reclaimed jobs this instance was running when it stopped");
+    }
+    store.sync_schedules(&setup.schedules).await?;
+
+    let metrics = Metrics::new();
+    let queues = config
+        .queues
+        .iter()
+        .map(|(name, q)| QueueSettings { name: name.clone(), concurrency: q.concurrency })
+        .collect();
+    let executor = Executor::new(
+        store.clone(),
+        setup.registry.clone(),
+        identity.id.clone(),
+        engine_settings(&config),
+        queues,
+        metrics.clone(),
+    );
+    let executor_handle = executor.start();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(maintenance::start(
+        store.clone(),
+        executor.clone(),
+        MaintenanceSettings {
+            rescue_every: (config.engine.lease / 2).max(std::time::Duration::from_secs(1)),
+            promote_every: std::time::Duration::from_secs(1),
+            prune_every: config.prune.interval,
+            prune: PruneAges {
+                completed: age(config.prune.completed_after),
+                cancelled: age(config.prune.cancelled_after),
+                discarded: age(config.prune.discarded_after),
+            },
+        },
+        stop.clone(),
+    ));
+    let scheduler = Scheduler {
+        store: store.clone(),
+        registry: setup.registry.clone(),
+        executor: executor.clone(),
+        reload: Arc::new(Notify::new()),
+    };
+    tasks.push(tokio::spawn(scheduler.run(stop.clone())));
+
+    let state = AppState {
+        store: store.clone(),
+        registry: setup.registry.clone(),
+        executor: executor.clone(),
+        metrics,
+        config: config.clone(),
+        instance_id: identity.id.clone(),
+    };
+
+    let (server, addr) = if config.api.enabled {
+        let listener = TcpListener::bind(config.api.listen).await.map_err(|e| {
+            StartError::Other(format!("cannot listen on {} (api.listen): {e}", config.api.listen))
+        })?;
+        let addr = listener.local_addr().ok();
+        let app = api::router(state.clone());
+        let stop_server = stop.clone();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_server.cancelled().await })
+                .await;
+        });
+        (Some(server), addr)
+    } else {
+        (None, None)
+    };
+
+    info!(
+        instance = %identity.id,
+        database = %store.path().display(),
+        api = %addr.map(|a| format!("http://{a}/api/v1")).unwrap_or_else(|| "disabled".into()),
+        queues = config.queues.len(),
+        schedules = setup.schedules.len(),
+        "offsite is running"
+    );
+    Ok(Running { state, addr, stop, executor_handle, tasks, server, _identity: identity })
+}
+
+/// Resolves when the process is asked to stop (SIGTERM from Home Assistant or Docker, Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `offsite run`.
+pub async fn run(setup: Setup) -> Result<(), StartError> {
+    let running = start(setup).await?;
+    shutdown_signal().await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The command line, on the same library as the worker. Exit codes: 0 ok, 2 bad usage or
+//! configuration, 1 runtime failure.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    api::{
+        jobs::{AttemptView, JobView, parse_states},
+        schedules::ScheduleInfo,
+    },
+    app::{self, Setup, StartError},
+    config::Config,
+    logging,
+    queue::{
+        EnqueueRequest,
+        scheduler::{self, RunNowError},
+        state::to_datetime,
+        store::{JobFilter, OpError},
+    },
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "offsite", version, about = "Gets backups off the premises and never loses its place")]
+pub struct Cli {
+    /// Config file (TOML). Without one the built-in defaults are used.
+    #[arg(long, short, env = "OFFSITE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: queues, scheduler and HTTP API, until SIGTERM or Ctrl-C.
+    Run,
+    /// Submit a job.
+    Enqueue(EnqueueArgs),
+    /// Inspect and manage jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Queue counts, pause and resume.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// List schedules or run one now.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+    /// Check the configuration and schedule files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the OpenAPI description of the HTTP API.
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job kind, e.g. noop.
+    pub kind: String,
+    /// Arguments as JSON.
+    #[arg(long, default_value = "{}")]
+    pub args: String,
+    /// Idempotency key: submitting it again returns the existing job.
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// 1 (first) to 4 (last).
+    #[arg(long)]
+    pub priority: Option<i64>,
+    #[arg(long)]
+    pub max_attempts: Option<i64>,
+    /// Run no earlier than this time (RFC 3339).
+    #[arg(long)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Print the job as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Comma-separated states.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job with its attempts and checkpoint.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job again (resuming from its checkpoint), or with --all every matching job.
+    Retry {
+        #[arg(required_unless_present = "all")]
+        id: Option<i64>,
+        /// Start over instead of resuming from the checkpoint.
+        #[arg(long)]
+        reset_checkpoint: bool,
+        /// Retry every job matching --state (default discarded), --kind and --queue.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        state: Option<String>,
+        #[arg(long, requires = "all")]
+        kind: Option<String>,
+        #[arg(long, requires = "all")]
+        queue: Option<String>,
+    },
+    /// Cancel a job (a running one stops at its next checkpoint).
+    Cancel { id: i64 },
+    /// Delete a job that is not running.
+    Delete { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    List,
+    Pause { name: String },
+    Resume { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue the schedule's job now.
+    Run { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and the schedule files, and say what would be used.
+    Check,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+fn runtime(e: impl std::fmt::Display) -> Failure {
+    Failure { code: 1, message: e.to_string() }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn short(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn print_jobs(jobs: &[JobView]) {
+    println!("{:>8}  {:<16} {:<10} {:<10} {:>7}  {:<19}  ERROR", "ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "SCHEDULED");
+    for j in jobs {
+        println!(
+            "{:>8}  {:<16} {:<10} {:<10} {:>3}/{:<3}  {:<19}  {}",
+            j.id,
+            j.kind,
+            j.queue,
+            j.state.to_string(),
+            j.attempt,
+            j.max_attempts,
+            short(Some(j.scheduled_at)),
+            j.last_error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn print_job(job: &JobView, attempts: &[AttemptView]) {
+    println!("job {} ({}) on queue {}: {}", job.id, job.kind, job.queue, job.state);
+    println!("  attempt       {}/{}", job.attempt, job.max_attempts);
+    println!("  args          {}", job.args);
+    if let Some(key) = &job.idempotency_key {
+        println!("  key           {key}");
+    }
+    println!("  created       {}", short(Some(job.created_at)));
+    println!("  scheduled     {}", short(Some(job.scheduled_at)));
+    println!("  finalized     {}", short(job.finalized_at));
+    if let Some(cp) = &job.checkpoint {
+        println!("  checkpoint    {cp}");
+    }
+    if let Some(p) = &job.progress {
+        println!("  progress      {p}");
+    }
+    if let Some(e) = &job.last_error {
+        println!("  last error    {e}");
+    }
+    for a in attempts {
+        println!(
+            "  attempt {:>3}  {}  {} → {}  {}",
+            a.attempt,
+            a.worker,
+            short(Some(a.started_at)),
+            short(a.ended_at),
+            serde_json::to_value(a.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                + &a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+}
+
+fn op_failure(e: OpError) -> Failure {
+    runtime(e)
+}
+
+/// Runs the parsed command line.
+pub async fn execute(cli: Cli) -> Result<(), Failure> {
+    let config = Config::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let setup = Setup::new(config).map_err(|e| usage(e.to_string()))?;
+    match cli.command {
+        Command::Run => {
+            logging::init(&setup.config.log);
+            app::run(setup).await?;
+        }
+        Command::Openapi => print!("{}", crate::api::openapi_json()),
+        Command::Config(ConfigCommand::Check) => {
+            let c = &setup.config;
+            println!("configuration OK ({})", c.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()));
+            println!("  database   {}", c.database_path().display());
+            println!("  api        {}", if c.api.enabled { format!("http://{}/api/v1{}", c.api.listen, if c.api.token.is_some() { " (token required)" } else { "" }) } else { "disabled".into() });
+            println!("  queues     {}", c.queues.iter().map(|(n, q)| format!("{n} ({})", q.concurrency)).collect::<Vec<_>>().join(", "));
+            println!("  kinds      {}", setup.registry.kinds().map(|(k, _)| k).collect::<Vec<_>>().join(", "));
+            println!("  schedules  {} from {}", setup.schedules.len(), c.jobs_dir.display());
+            for s in &setup.schedules {
+                let when = serde_json::from_str::<scheduler::ScheduleSpec>(&s.spec).map(|s| s.describe()).unwrap_or_default();
+                println!("    {} ({}): {}{}", s.name, s.kind, when, if s.enabled { "" } else { " [disabled]" });
+            }
+        }
+        Command::Enqueue(a) => {
+            let args = serde_json::from_str(&a.args).map_err(|e| usage(format!("--args is not valid JSON: {e}")))?;
+            let request = EnqueueRequest {
+                kind: a.kind,
+                args,
+                idempotency_key: a.key,
+                queue: a.queue,
+                priority: a.priority,
+                max_attempts: a.max_attempts,
+                run_at: a.run_at,
+            };
+            let job = setup.registry.prepare(&request).map_err(|errors| {
+                usage(errors.iter().map(|e| format!("invalid {e}")).collect::<Vec<_>>().join("\n"))
+            })?;
+            let store = setup.open_store().await?;
+            let enqueued = store.enqueue(&job).await.map_err(runtime)?;
+            let view: JobView = enqueued.job.into();
+            if a.json {
+                print_json(&crate::api::jobs::EnqueueResponse { job: view, deduplicated: enqueued.deduplicated });
+            } else if enqueued.deduplicated {
+                println!("job {} already exists with this key ({}); nothing new enqueued", view.id, view.state);
+            } else {
+                println!("enqueued job {} ({}) on queue {}", view.id, view.kind, view.queue);
+            }
+        }
+        Command::Jobs(cmd) => {
+            let store = setup.open_store().await?;
+            match cmd {
+                JobsCommand::List { state, kind, queue, limit, json } => {
+                    let states = match state {
+                        Some(s) => parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?,
+                        None => Vec::new(),
+                    };
+                    let jobs: Vec<JobView> = store
+                        .list_jobs(&JobFilter { states, kind, queue }, limit.clamp(1, 10_000), None)
+                        .await
+                        .map_err(runtime)?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect();
+                    if json { print_json(&jobs) } else { print_jobs(&jobs) }
+                }
+                JobsCommand::Show { id, json } => {
+                    let job = store.job(id).await.map_err(runtime)?.ok_or_else(|| runtime(format!("job {id} does not exist")))?;
+                    let attempts: Vec<AttemptView> = store.attempts(id).await.map_err(runtime)?.into_iter().map(Into::into).collect();
+                    let view: JobView = job.into();
+                    if json {
+                        print_json(&crate::api::jobs::JobDetail { job: view, attempts });
+                    } else {
+                        print_job(&view, &attempts);
+                    }
+                }
+                JobsCommand::Retry { id: Some(id), reset_checkpoint, .. } => {
+                    let job = store.retry(id, reset_checkpoint).await.map_err(op_failure)?;
+                    println!("job {} is {} again (attempt {}/{})", job.id, job.state, job.attempt, job.max_attempts);
+                }
+                JobsCommand::Retry { state, kind, queue, .. } => {
+                    let states = match state {
+                        Some(s) => parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?,
+                        None => vec![crate::queue::JobState::Discarded],
+                    };
+                    let n = store.retry_many(&JobFilter { states, kind, queue }).await.map_err(runtime)?;
+                    println!("{n} jobs made available again");
+                }
+                JobsCommand::Cancel { id } => {
+                    let job = store.cancel(id).await.map_err(op_failure)?;
+                    if job.cancel_requested {
+                        println!("job {id} is running; its worker was asked to stop");
+                    } else {
+                        println!("job {id} cancelled");
+                    }
+                }
+                JobsCommand::Delete { id } => {
+                    store.delete(id).await.map_err(op_failure)?;
+                    println!("job {id} deleted");
+                }
+            }
+        }
+        Command::Queues(cmd) => {
+            let store = setup.open_store().await?;
+            match cmd {
+                QueuesCommand::List => {
+                    let counts = store.counts().await.map_err(runtime)?;
+                    let paused = store.queues().await.map_err(runtime)?;
+                    for name in setup.config.queue_names() {
+                        let is_paused = paused.iter().any(|p| p.name == name && p.paused);
+                        let parts: Vec<String> = counts.iter().filter(|c| c.0 == name).map(|c| format!("{} {}", c.1, c.2)).collect();
+                        println!("{name}{}: {}", if is_paused { " [paused]" } else { "" }, if parts.is_empty() { "empty".into() } else { parts.join(", ") });
+                    }
+                }
+                QueuesCommand::Pause { name } | QueuesCommand::Resume { name } if !setup.config.queues.contains_key(&name) => {
+                    return Err(usage(format!("queue {name:?} is not configured")));
+                }
+                QueuesCommand::Pause { name } => {
+                    store.set_paused(&name, true).await.map_err(runtime)?;
+                    println!("queue {name} paused");
+                }
+                QueuesCommand::Resume { name } => {
+                    store.set_paused(&name, false).await.map_err(runtime)?;
+                    println!("queue {name} resumed");
+                }
+            }
+        }
+        Command::Schedules(cmd) => {
+            let store = setup.open_store().await?;
+            match cmd {
+                SchedulesCommand::List { json } => {
+                    let list: Vec<ScheduleInfo> = scheduler::list(&store).await.map_err(runtime)?.into_iter().map(Into::into).collect();
+                    if json {
+                        print_json(&list);
+                    } else {
+                        for s in &list {
+                            println!(
+                                "{} ({}): {}{} — last {}, next {}",
+                                s.name,
+                                s.kind,
+                                s.when,
+                                if s.enabled { "" } else { " [disabled]" },
+                                short(s.last_run_at),
+                                short(s.next_run_at)
+                            );
+                        }
+                        if list.is_empty() {
+                            println!("no schedules (the worker loads them from {} when it starts)", setup.config.jobs_dir.display());
+                        }
+                    }
+                }
+                SchedulesCommand::Run { name } => {
+                    let enq = scheduler::run_now(&store, &setup.registry, &name).await.map_err(|e| match e {
+                        RunNowError::NotFound(_) => usage(e.to_string()),
+                        other => runtime(other),
+                    })?;
+                    println!("enqueued job {} for schedule {name} at {}", enq.job.id, to_datetime(enq.job.created_at));
+                }
+            }
+        }
+    }
+    Ok(())
+}

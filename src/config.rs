@@ -1,0 +1,390 @@
+//! One typed configuration: built-in defaults (`config/defaults.toml`, compiled in), then the
+//! config file, then `OFFSITE_*` environment variables (`OFFSITE_API__LISTEN=…`; `__` separates
+//! levels). Everything is validated before anything starts; the first problem is reported in
+//! one line that names the file, the key and what is wrong.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+/// The compiled-in defaults: what `offsite run` uses without a config file.
+pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+/// A configuration problem: where, which key, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError { file: None, key: None, message: message.into() }
+    }
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        let key: String = key.into();
+        let key = key.trim_end_matches('.').to_string();
+        ConfigError { file: None, key: (!key.is_empty()).then_some(key), message: message.into() }
+    }
+    pub fn with_key_opt(mut self, key: Option<String>) -> Self {
+        if self.key.is_none() {
+            self.key = key;
+        }
+        self
+    }
+    pub fn in_file(mut self, file: &Path) -> Self {
+        self.file.get_or_insert_with(|| file.display().to_string());
+        self
+    }
+    fn in_source(mut self, source: &str) -> Self {
+        self.file.get_or_insert_with(|| source.to_string());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("configuration error")?;
+        if let Some(file) = &self.file {
+            write!(f, " in {file}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A value that must never be printed: `Debug` shows `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the database, the instance id and credentials live.
+    pub data_dir: PathBuf,
+    /// The SQLite file; default `<data_dir>/offsite.db`.
+    pub database: Option<PathBuf>,
+    /// Directory of schedule files (`*.toml`).
+    pub jobs_dir: PathBuf,
+    /// Stable name of this worker; default: generated once and kept in the data dir.
+    pub instance_id: Option<String>,
+    /// IANA time zone for schedules that do not name one; default: the system's.
+    pub timezone: Option<String>,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+    pub engine: EngineConfig,
+    pub queues: BTreeMap<String, QueueConfig>,
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindConfig>,
+    pub prune: PruneConfig,
+    /// Where the configuration came from, for messages.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Bearer token; required when `listen` is not a loopback address.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `offsite=debug,info` …
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub concurrency: usize,
+}
+
+/// Overrides of a job kind's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindConfig {
+    pub queue: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub priority: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stall_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Age after which finished jobs are deleted; "0s" keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub completed_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cancelled_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub discarded_after: Duration,
+}
+
+fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
+    let first = e.into_iter().next();
+    let Some(err) = first else {
+        return ConfigError::new("invalid configuration");
+    };
+    let key = err.path.join(".");
+    let mut out = ConfigError::at(key.clone(), err.kind.to_string());
+    if let Some(meta) = &err.metadata {
+        match &meta.source {
+            Some(figment::Source::File(path)) => out = out.in_file(path),
+            Some(figment::Source::Code(_)) => out = out.in_source("the built-in defaults"),
+            _ if meta.name.contains("environment") => {
+                let var = format!("OFFSITE_{}", key.to_uppercase().replace('.', "__"));
+                out = out.in_source(&format!("environment variable {var}"));
+            }
+            _ => {
+                if let Some(file) = file {
+                    out = out.in_file(file);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Defaults, then `file` (which must exist when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(file, Env::prefixed("OFFSITE_").split("__").ignore(&["config"]))
+    }
+
+    /// Like `load`, with the environment layer given (tests pass their own).
+    pub fn load_with(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::new("the file does not exist or is not a regular file")
+                    .in_file(path));
+            }
+            // Read it ourselves so that a syntax error names the file and line plainly.
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(format!("cannot read: {e}")).in_file(path))?;
+            if let Err(e) = text.parse::<toml::Table>() {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                    .unwrap_or(0);
+                return Err(ConfigError::new(format!(
+                    "not valid TOML (line {line}): {}",
+                    e.message()
+                ))
+                .in_file(path));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut config: Config = figment.merge(env).extract().map_err(|e| figment_error(e, file))?;
+        config.source = file.map(Path::to_path_buf);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let e = ConfigError::at(key, message);
+        match &self.source {
+            Some(path) => e.in_file(path),
+            None => e,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.enabled && !self.api.listen.ip().is_loopback() && self.api.token.is_none() {
+            return Err(self.err(
+                "api.token",
+                format!(
+                    "a token is required because api.listen ({}) is not a loopback address",
+                    self.api.listen
+                ),
+            ));
+        }
+        if let Some(token) = &self.api.token
+            && token.expose().len() < 16
+        {
+            return Err(self.err("api.token", "must be at least 16 characters"));
+        }
+        if self.queues.is_empty() {
+            return Err(self.err("queues", "at least one queue must be configured"));
+        }
+        for (name, q) in &self.queues {
+            if !(1..=256).contains(&q.concurrency) {
+                return Err(self.err(&format!("queues.{name}.concurrency"), "must be between 1 and 256"));
+            }
+        }
+        for (kind, k) in &self.kinds {
+            if let Some(queue) = &k.queue
+                && !self.queues.contains_key(queue)
+            {
+                return Err(self.err(
+                    &format!("kinds.{kind}.queue"),
+                    format!("queue {queue:?} is not configured under [queues]"),
+                ));
+            }
+            if let Some(p) = k.priority
+                && !(1..=4).contains(&p)
+            {
+                return Err(self.err(&format!("kinds.{kind}.priority"), "must be between 1 and 4"));
+            }
+            if let Some(m) = k.max_attempts
+                && !(1..=1000).contains(&m)
+            {
+                return Err(self.err(&format!("kinds.{kind}.max_attempts"), "must be between 1 and 1000"));
+            }
+        }
+        if self.engine.lease < Duration::from_secs(3) {
+            return Err(self.err("engine.lease", "must be at least 3s"));
+        }
+        if self.engine.poll_interval.is_zero() || self.engine.watch_interval.is_zero() {
+            return Err(self.err("engine.poll_interval", "intervals must be greater than zero"));
+        }
+        if self.prune.interval.is_zero() {
+            return Err(self.err("prune.interval", "must be greater than zero"));
+        }
+        if let Some(tz) = &self.timezone
+            && tz.parse::<chrono_tz::Tz>().is_err()
+        {
+            return Err(self.err("timezone", format!("unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)")));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(self.err("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.database.clone().unwrap_or_else(|| self.data_dir.join("offsite.db"))
+    }
+
+    /// The configured time zone, else the system's, else UTC.
+    pub fn timezone(&self) -> String {
+        self.timezone
+            .clone()
+            .or_else(|| iana_time_zone::get_timezone().ok().filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok()))
+            .unwrap_or_else(|| "UTC".into())
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.keys().cloned().collect()
+    }
+
+    /// An error about `key` with this configuration's file attached.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.err(key, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("OFFSITE_TEST_UNUSED_")
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_with(None, no_env()).expect("defaults are valid");
+        assert!(c.api.listen.ip().is_loopback());
+        assert!(c.queues.contains_key("default"));
+    }
+
+    #[test]
+    fn wrong_type_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offsite.toml");
+        std::fs::write(&file, "[queues.default]\nconcurrency = \"lots\"\n").unwrap();
+        let e = Config::load_with(Some(&file), no_env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("queues.default.concurrency"));
+        assert_eq!(e.file.as_deref(), Some(file.display().to_string().as_str()));
+        assert!(e.message.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn public_listen_needs_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offsite.toml");
+        std::fs::write(&file, "[api]\nlisten = \"0.0.0.0:8099\"\n").unwrap();
+        let e = Config::load_with(Some(&file), no_env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("api.token"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offsite.toml");
+        std::fs::write(&file, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let e = Config::load_with(Some(&file), no_env()).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn secret_debug_is_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2hunter2hunter2")), "***");
+    }
+}

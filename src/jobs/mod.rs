@@ -1,0 +1,60 @@
+//! The job kinds offsite knows. A kind plugs in as one file plus one `register` line here.
+
+pub mod noop;
+
+use crate::{
+    config::{Config, ConfigError},
+    queue::{JobArgs, KindSettings, Registry, Worker},
+};
+
+fn apply(config: &Config, kind: &str, s: &mut KindSettings) {
+    if let Some(k) = config.kinds.get(kind) {
+        if let Some(q) = &k.queue {
+            s.queue = q.clone();
+        }
+        if let Some(m) = k.max_attempts {
+            s.max_attempts = m;
+        }
+        if let Some(p) = k.priority {
+            s.priority = p;
+        }
+        if k.timeout.is_some() {
+            s.timeout = k.timeout;
+        }
+        if k.stall_timeout.is_some() {
+            s.stall_timeout = k.stall_timeout;
+        }
+    }
+}
+
+fn add<A: JobArgs, W: Worker<A>>(registry: &mut Registry, config: &Config, worker: W) {
+    registry.register::<A, W>(worker, |s| apply(config, A::KIND, s));
+}
+
+/// Every kind, with the config's overrides applied.
+pub fn registry(config: &Config) -> Result<Registry, ConfigError> {
+    let mut registry = Registry::new(config.queue_names());
+    add::<noop::NoopArgs, _>(&mut registry, config, noop::NoopWorker);
+
+    for kind in config.kinds.keys() {
+        if registry.get(kind).is_none() {
+            let known: Vec<&str> = registry.kinds().map(|(k, _)| k).collect();
+            return Err(config.error(
+                &format!("kinds.{kind}"),
+                format!("unknown job kind (known kinds: {})", known.join(", ")),
+            ));
+        }
+    }
+    for (kind, entry) in registry.kinds() {
+        if !config.queues.contains_key(&entry.settings.queue) {
+            return Err(config.error(
+                &format!("kinds.{kind}.queue"),
+                format!(
+                    "kind {kind} runs on queue {:?}, which is not configured under [queues]",
+                    entry.settings.queue
+                ),
+            ));
+        }
+    }
+    Ok(registry)
+}

@@ -1,0 +1,10 @@
+//! offsite: a durable job-queue worker backed by one SQLite file. See README.md.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod logging;
+pub mod metrics;
+pub mod queue;

@@ -1,0 +1,478 @@
+//! Worker pools. One dispatcher per process claims jobs for every queue (as many as each
+//! queue has free slots), runs each on its own task, and writes the results of finished
+//! attempts together with the next claim in one transaction — one fsync for both, which is
+//! what keeps the durable default fast. Leases are renewed by a heartbeat; another process
+//! can take over a job whose lease ran out, and the fencing token then shuts this worker out.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+    time::sleep,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::{
+    context::JobContext,
+    registry::{JobError, Registry},
+    retry::backoff,
+    state::now_ms,
+    store::{ClaimedJob, Finish, FinishKind, Store},
+};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How long a claim stays valid without a heartbeat.
+    pub lease: Duration,
+    /// Fallback poll when nothing woke the dispatcher.
+    pub poll_interval: Duration,
+    /// How often to look for commits by other processes (new jobs, cancel requests).
+    pub watch_interval: Duration,
+    /// How long running jobs get to checkpoint and finish at shutdown.
+    pub shutdown_grace: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            watch_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(8),
+            backoff_cap: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+struct Done {
+    queue: usize,
+    finish: Finish,
+    kind: String,
+}
+
+struct Shared {
+    store: Store,
+    registry: Arc<Registry>,
+    owner: String,
+    settings: EngineSettings,
+    queues: Vec<QueueSettings>,
+    wake: Notify,
+    running: Mutex<HashMap<i64, CancellationToken>>,
+    metrics: Metrics,
+    /// Soft stop: claim nothing more, ask handlers to wrap up.
+    stopping: CancellationToken,
+    /// Hard stop: drop handlers still running after the grace period.
+    hard_stop: CancellationToken,
+}
+
+/// The running worker pools of this process.
+#[derive(Clone)]
+pub struct Executor {
+    shared: Arc<Shared>,
+}
+
+pub struct ExecutorHandle {
+    dispatcher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    background_stop: CancellationToken,
+}
+
+impl Executor {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        owner: String,
+        settings: EngineSettings,
+        queues: Vec<QueueSettings>,
+        metrics: Metrics,
+    ) -> Self {
+        Executor {
+            shared: Arc::new(Shared {
+                store,
+                registry,
+                owner,
+                settings,
+                queues,
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+                metrics,
+                stopping: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Something may be runnable: look now instead of at the next poll.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Signals a job running in this process to stop; false if it does not run here.
+    pub fn cancel_running(&self, job_id: i64) -> bool {
+        signal_cancel(&self.shared, job_id)
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// Starts the dispatcher, the lease heartbeat and the cross-process watcher.
+    pub fn start(&self) -> ExecutorHandle {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let dispatcher = tokio::spawn(dispatch(self.shared.clone(), done_tx, done_rx));
+        let background_stop = CancellationToken::new();
+        let background = vec![
+            tokio::spawn(heartbeat(self.shared.clone(), background_stop.clone())),
+            tokio::spawn(watch(self.shared.clone(), background_stop.clone())),
+        ];
+        ExecutorHandle { dispatcher, background, background_stop }
+    }
+
+    /// Stops claiming, gives running jobs the grace period to checkpoint and finish, then
+    /// stops the rest and hands their jobs back without counting the attempt.
+    pub async fn shutdown(&self, mut handle: ExecutorHandle) {
+        let shared = &self.shared;
+        shared.stopping.cancel();
+        let running = shared.running.lock().map(|r| r.len()).unwrap_or(0);
+        if running > 0 {
+            info!(running, grace = ?shared.settings.shutdown_grace, "waiting for running jobs to finish");
+        }
+        if tokio::time::timeout(shared.settings.shutdown_grace, &mut handle.dispatcher).await.is_err() {
+            let left = shared.running.lock().map(|r| r.len()).unwrap_or(0);
+            warn!(jobs = left, "grace period over; handing the remaining jobs back");
+            shared.hard_stop.cancel();
+            let _ = handle.dispatcher.await;
+        }
+        handle.background_stop.cancel();
+        for task in handle.background {
+            let _ = task.await;
+        }
+    }
+}
+
+fn signal_cancel(shared: &Shared, job_id: i64) -> bool {
+    match shared.running.lock().ok().and_then(|r| r.get(&job_id).cloned()) {
+        Some(token) => {
+            token.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    mut done_rx: mpsc::UnboundedReceiver<Done>,
+) {
+    let n = shared.queues.len();
+    let mut free: Vec<usize> = shared.queues.iter().map(|q| q.concurrency).collect();
+    let mut hungry = vec![true; n];
+    let mut due: Vec<Option<Instant>> = vec![None; n];
+    let mut pending: Vec<Done> = Vec::new();
+    let mut in_flight = 0usize;
+    let mut next_poll = Instant::now() + shared.settings.poll_interval;
+
+    loop {
+        while let Ok(done) = done_rx.try_recv() {
+            free[done.queue] += 1;
+            in_flight -= 1;
+            pending.push(done);
+        }
+        let stopping = shared.stopping.is_cancelled();
+        if stopping && in_flight == 0 && pending.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            hungry.fill(true);
+            next_poll = now + shared.settings.poll_interval;
+        }
+        for (i, when) in due.iter_mut().enumerate() {
+            if when.is_some_and(|t| t <= now) {
+                hungry[i] = true;
+                *when = None;
+            }
+        }
+        let claims: Vec<(String, i64)> = if stopping {
+            Vec::new()
+        } else {
+            (0..n)
+                .filter(|&i| hungry[i] && free[i] > 0)
+                .map(|i| (shared.queues[i].name.clone(), free[i] as i64))
+                .collect()
+        };
+
+        if pending.is_empty() && claims.is_empty() {
+            let wake_at = due.iter().flatten().copied().fold(next_poll, Instant::min);
+            tokio::select! {
+                Some(done) = done_rx.recv() => {
+                    free[done.queue] += 1;
+                    in_flight -= 1;
+                    pending.push(done);
+                }
+                _ = shared.wake.notified() => hungry.fill(true),
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = shared.stopping.cancelled(), if !stopping => {}
+            }
+            continue;
+        }
+
+        let finishes: Vec<Finish> = pending.iter().map(|d| d.finish.clone()).collect();
+        let result = shared
+            .store
+            .finish_and_claim(&finishes, &claims, &shared.owner, shared.settings.lease)
+            .await;
+        let (applied, claimed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Keep the results and try again: leases are still being renewed meanwhile.
+                error!(error = %e, "could not write job results or claim jobs; retrying");
+                sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for done in pending.drain(..) {
+            let kept = applied.contains(&done.finish.job_id);
+            if !kept {
+                warn!(job = done.finish.job_id, "result not recorded: the lease was lost to another attempt");
+            }
+            shared.metrics.attempt_finished(&done.kind, outcome_label(&done.finish.how, kept));
+        }
+        for (queue, asked) in &claims {
+            let i = shared.queues.iter().position(|q| &q.name == queue).unwrap_or(0);
+            let got = claimed.iter().filter(|j| &j.queue == queue).count() as i64;
+            if got < *asked {
+                hungry[i] = false;
+                due[i] = next_due_instant(&shared, queue).await;
+            }
+        }
+        for job in claimed {
+            let i = shared.queues.iter().position(|q| q.name == job.queue).unwrap_or(0);
+            free[i] -= 1;
+            in_flight += 1;
+            spawn_job(shared.clone(), job, i, done_tx.clone());
+        }
+    }
+    debug!("dispatcher stopped");
+}
+
+fn outcome_label(how: &FinishKind, kept: bool) -> &'static str {
+    if !kept {
+        return "lost";
+    }
+    match how {
+        FinishKind::Completed => "completed",
+        FinishKind::Retry { .. } => "retryable",
+        FinishKind::Snooze { .. } => "snoozed",
+        FinishKind::Discard { .. } => "discarded",
+        FinishKind::Cancel { .. } => "cancelled",
+        FinishKind::Release => "released",
+    }
+}
+
+/// When the queue's next waiting job becomes due; a due-but-unclaimed job (a paused queue)
+/// is looked at again at the next poll instead.
+async fn next_due_instant(shared: &Shared, queue: &str) -> Option<Instant> {
+    let at = shared.store.next_due(queue).await.ok().flatten()?;
+    let wait = at - now_ms();
+    if wait <= 0 {
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(wait as u64))
+}
+
+fn spawn_job(shared: Arc<Shared>, job: ClaimedJob, queue: usize, done_tx: mpsc::UnboundedSender<Done>) {
+    let cancel = CancellationToken::new();
+    if let Ok(mut running) = shared.running.lock() {
+        running.insert(job.id, cancel.clone());
+    }
+    tokio::spawn(async move {
+        let finish = run_job(&shared, &job, cancel).await;
+        if let Ok(mut running) = shared.running.lock() {
+            running.remove(&job.id);
+        }
+        let _ = done_tx.send(Done { queue, finish, kind: job.kind });
+    });
+}
+
+async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -> Finish {
+    let span = info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
+    let started = Instant::now();
+    let result = async {
+        let Some(entry) = shared.registry.get(&job.kind) else {
+            return Err(JobError::Permanent(format!(
+                "no worker for job kind {:?} in this build of offsite",
+                job.kind
+            )));
+        };
+        let checkpoint = job.checkpoint.as_deref().and_then(|c| serde_json::from_str(c).ok());
+        let ctx = JobContext::new(
+            job.id,
+            job.kind.clone(),
+            job.attempt,
+            job.max_attempts,
+            job.lease_token,
+            checkpoint,
+            shared.store.clone(),
+            cancel.clone(),
+            shared.stopping.clone(),
+        );
+        debug!(resumed = job.checkpoint.is_some(), "started");
+        let settings = &entry.settings;
+        let work = entry.run(ctx.clone(), job.args.clone());
+        tokio::select! {
+            r = work => r,
+            _ = cancel.cancelled() => Err(JobError::Cancelled("cancelled by operator".into())),
+            _ = sleep_opt(settings.timeout) => Err(JobError::Retryable(format!(
+                "attempt timed out after {}",
+                humantime::format_duration(settings.timeout.unwrap_or_default())
+            ))),
+            _ = stall_watch(&ctx, settings.stall_timeout) => Err(JobError::Retryable(format!(
+                "stalled: no progress reported for {}",
+                humantime::format_duration(settings.stall_timeout.unwrap_or_default())
+            ))),
+            _ = shared.hard_stop.cancelled() => Err(JobError::Interrupted),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+
+    let elapsed = started.elapsed();
+    shared.metrics.attempt_duration(&job.kind, elapsed);
+    let now = now_ms();
+    let _enter = span.enter();
+    let how = match result {
+        Ok(()) => {
+            info!(elapsed_ms = elapsed.as_millis() as u64, "completed");
+            FinishKind::Completed
+        }
+        Err(JobError::Retryable(error)) if job.attempt >= job.max_attempts => {
+            warn!(%error, "failed; no attempts left, discarding");
+            FinishKind::Discard {
+                error: format!("{error} (attempt {} of {}, none left)", job.attempt, job.max_attempts),
+            }
+        }
+        Err(JobError::Retryable(error)) => {
+            let wait = backoff(job.attempt as u32, shared.settings.backoff_cap);
+            warn!(%error, retry_in = %humantime::format_duration(round_secs(wait)), "failed; will retry");
+            FinishKind::Retry { at: now + wait.as_millis() as i64, error }
+        }
+        Err(JobError::Permanent(error)) => {
+            warn!(%error, "failed permanently; discarding");
+            FinishKind::Discard { error }
+        }
+        Err(JobError::Snooze { wait, reason }) => {
+            info!(%reason, wait = %humantime::format_duration(wait), "waiting; attempt not counted");
+            FinishKind::Snooze { at: now + wait.as_millis() as i64, reason }
+        }
+        Err(JobError::Cancelled(reason)) => {
+            info!(%reason, "cancelled");
+            FinishKind::Cancel { reason }
+        }
+        Err(JobError::Interrupted) => {
+            info!("interrupted by shutdown; handing the job back");
+            FinishKind::Release
+        }
+        Err(JobError::LeaseLost) => {
+            warn!("lease lost to another attempt; stopping");
+            FinishKind::Release
+        }
+    };
+    Finish { job_id: job.id, lease_token: job.lease_token, at: now, how }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+async fn sleep_opt(limit: Option<Duration>) {
+    match limit {
+        Some(d) => sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn stall_watch(ctx: &JobContext, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let tick = (limit / 4).max(Duration::from_millis(10));
+    loop {
+        sleep(tick).await;
+        if ctx.idle_for() >= limit {
+            return;
+        }
+    }
+}
+
+/// Keeps this process's leases alive and picks up cancel requests made by other processes.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.settings.lease / 3;
+    loop {
+        tokio::select! {
+            _ = sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = shared.store.renew_leases(&shared.owner, shared.settings.lease).await {
+            error!(error = %e, "could not renew job leases");
+        }
+        pick_up_cancels(&shared).await;
+    }
+}
+
+async fn pick_up_cancels(shared: &Shared) {
+    let busy = shared.running.lock().map(|r| !r.is_empty()).unwrap_or(false);
+    if !busy {
+        return;
+    }
+    match shared.store.cancel_requests(&shared.owner).await {
+        Ok(ids) => {
+            for id in ids {
+                signal_cancel(shared, id);
+            }
+        }
+        Err(e) => error!(error = %e, "could not read cancel requests"),
+    }
+}
+
+/// Notices commits by other processes (a CLI enqueue, a cancel) within `watch_interval`.
+async fn watch(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut conn = match shared.store.watch_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot watch the database for other processes; relying on polling");
+            return;
+        }
+    };
+    let mut last = Store::data_version(&mut conn).await.unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = sleep(shared.settings.watch_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        match Store::data_version(&mut conn).await {
+            Ok(v) if v != last => {
+                last = v;
+                shared.wake.notify_one();
+                pick_up_cancels(&shared).await;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "data_version poll failed"),
+        }
+    }
+}

@@ -1,0 +1,1054 @@
+//! Every SQL statement of the queue lives here, so that another backend (PostgreSQL) can be added
+//! by writing one more store.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a commit that returned is on disk (the WAL is
+//! fsynced at every commit) and survives a power cut. Writes of this process go through a
+//! single connection, so they queue in memory instead of fighting over SQLite's write lock;
+//! other processes on the same file wait on `busy_timeout`. Every write transaction is
+//! `BEGIN IMMEDIATE`, so it takes the write lock up front and never fails half-way with
+//! `SQLITE_BUSY_SNAPSHOT`.
+
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{
+    Connection, Row, SqliteConnection, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+
+use super::state::{AttemptOutcome, JobState, Millis, now_ms};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error(
+        "database {path} is not a valid offsite database ({detail}); it was left untouched — restore it from a backup or move it aside"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("database {path}: schema migration failed: {detail}")]
+    Migrate { path: PathBuf, detail: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// What an operator action can run into besides database trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("job {0} does not exist")]
+    NotFound(i64),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for OpError {
+    fn from(e: sqlx::Error) -> Self {
+        OpError::Store(StoreError::Db(e))
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub args: Value,
+    pub state: JobState,
+    pub priority: i64,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub idempotency_key: Option<String>,
+    pub created_at: Millis,
+    pub scheduled_at: Millis,
+    pub attempted_at: Option<Millis>,
+    pub finalized_at: Option<Millis>,
+    pub checkpoint: Option<Value>,
+    pub progress: Option<Value>,
+    pub last_error: Option<String>,
+    pub cancel_requested: bool,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+}
+
+const JOB_COLUMNS: &str = "id, kind, queue, args, state, priority, attempt, max_attempts, \
+     idempotency_key, created_at, scheduled_at, attempted_at, finalized_at, checkpoint, progress, \
+     last_error, cancel_requested, lease_owner, lease_expires_at";
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl JobRecord {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        let state: String = row.try_get("state")?;
+        let args: String = row.try_get("args")?;
+        Ok(JobRecord {
+            id: row.try_get("id")?,
+            kind: row.try_get("kind")?,
+            queue: row.try_get("queue")?,
+            args: serde_json::from_str(&args).unwrap_or(Value::Null),
+            state: JobState::from_str(&state).map_err(|e| sqlx::Error::Decode(e.into()))?,
+            priority: row.try_get("priority")?,
+            attempt: row.try_get("attempt")?,
+            max_attempts: row.try_get("max_attempts")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            created_at: row.try_get("created_at")?,
+            scheduled_at: row.try_get("scheduled_at")?,
+            attempted_at: row.try_get("attempted_at")?,
+            finalized_at: row.try_get("finalized_at")?,
+            checkpoint: parse_json(row.try_get("checkpoint")?),
+            progress: parse_json(row.try_get("progress")?),
+            last_error: row.try_get("last_error")?,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+            lease_owner: row.try_get("lease_owner")?,
+            lease_expires_at: row.try_get("lease_expires_at")?,
+        })
+    }
+}
+
+/// One attempt of a job, as stored.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: i64,
+    pub worker: String,
+    pub started_at: Millis,
+    pub ended_at: Option<Millis>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// A validated job ready to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub queue: String,
+    /// Canonical JSON of the typed args.
+    pub args: String,
+    pub priority: i64,
+    pub max_attempts: i64,
+    pub scheduled_at: Option<Millis>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enqueued {
+    pub job: JobRecord,
+    /// True when a job with the same idempotency key already existed and was returned instead.
+    pub deduplicated: bool,
+}
+
+/// A job handed to this process to run.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub args: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub checkpoint: Option<String>,
+    pub lease_token: i64,
+}
+
+/// How a worker finished an attempt; applied only if the worker still holds the lease.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub job_id: i64,
+    pub lease_token: i64,
+    pub at: Millis,
+    pub how: FinishKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum FinishKind {
+    Completed,
+    /// A counted failure; runs again at `at`.
+    Retry { at: Millis, error: String },
+    /// Not counted: wait until `at` (Retry-After, destination awaiting authorization).
+    Snooze { at: Millis, reason: String },
+    Discard { error: String },
+    Cancel { reason: String },
+    /// Shutdown: hand the job back without counting the attempt.
+    Release,
+}
+
+/// Which jobs a listing or bulk action applies to.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+}
+
+impl JobFilter {
+    /// SQL condition and its text binds, appended after `where`.
+    fn sql(&self) -> (String, Vec<String>) {
+        let mut cond = vec!["1 = 1".to_string()];
+        let mut binds = Vec::new();
+        if !self.states.is_empty() {
+            let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+            cond.push("state in (select value from json_each(?))".into());
+            binds.push(serde_json::to_string(&states).unwrap_or_default());
+        }
+        if let Some(kind) = &self.kind {
+            cond.push("kind = ?".into());
+            binds.push(kind.clone());
+        }
+        if let Some(queue) = &self.queue {
+            cond.push("queue = ?".into());
+            binds.push(queue.clone());
+        }
+        (cond.join(" and "), binds)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueRecord {
+    pub name: String,
+    pub paused: bool,
+}
+
+/// Ages after which finished jobs are deleted; `None` keeps them.
+#[derive(Debug, Clone, Default)]
+pub struct PruneAges {
+    pub completed: Option<Duration>,
+    pub cancelled: Option<Duration>,
+    pub discarded: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleDef {
+    pub name: String,
+    pub kind: String,
+    pub args: String,
+    pub queue: Option<String>,
+    pub priority: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub spec: String,
+    pub enabled: bool,
+    pub source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleRecord {
+    pub def: ScheduleDef,
+    pub last_slot_at: Option<Millis>,
+    pub last_run_at: Option<Millis>,
+    pub last_job_id: Option<i64>,
+    pub next_run_at: Option<Millis>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        .pragma("temp_store", "memory")
+}
+
+/// Turns SQLite's open-time failures into a message a user can act on.
+fn classify_open_error(path: &Path, err: sqlx::Error) -> StoreError {
+    let text = err.to_string();
+    let code = match &err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+        _ => None,
+    };
+    let primary = code.as_deref().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+    match primary {
+        Some(11) | Some(26) => StoreError::Corrupt { path: path.into(), detail: text },
+        Some(8) => StoreError::Open {
+            path: path.into(),
+            detail: format!("cannot write to it ({text}); check the file and directory permissions"),
+        },
+        Some(14) => StoreError::Open {
+            path: path.into(),
+            detail: format!(
+                "cannot open it ({text}); check that the directory exists and is writable"
+            ),
+        },
+        _ => StoreError::Open { path: path.into(), detail: text },
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database. A file that exists but is not a
+    /// healthy SQLite database is reported, never recreated.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if path.is_dir() {
+            return Err(StoreError::Open {
+                path: path.into(),
+                detail: "is a directory, expected a database file".into(),
+            });
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Open {
+                path: path.into(),
+                detail: format!("directory {} does not exist", parent.display()),
+            });
+        }
+        let options = connect_options(path).create_if_missing(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(120))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        // Touch the schema so a file that is not a database fails here, clearly.
+        sqlx::query("select count(*) from sqlite_master")
+            .fetch_one(&writer)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        MIGRATOR.run(&writer).await.map_err(|e| StoreError::Migrate {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(120))
+            .connect_with(options)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        Ok(Store { writer, reader, path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Full structural check (`PRAGMA quick_check`); run once at worker start-up.
+    pub async fn check_integrity(&self) -> Result<(), StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar("pragma quick_check")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| classify_open_error(&self.path, e))?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt { path: self.path.clone(), detail: rows.join("; ") })
+        }
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A connection of its own, for watching `PRAGMA data_version` (which only changes when
+    /// *another* connection commits).
+    pub async fn watch_connection(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(SqliteConnection::connect_with(&connect_options(&self.path)).await?)
+    }
+
+    pub async fn data_version(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("pragma data_version").fetch_one(conn).await?)
+    }
+
+    // ---------------------------------------------------------------- enqueue
+
+    async fn insert_job(
+        tx: &mut SqliteConnection,
+        job: &NewJob,
+        now: Millis,
+    ) -> Result<Enqueued, sqlx::Error> {
+        let run_at = job.scheduled_at.unwrap_or(now);
+        let state = if run_at > now { "scheduled" } else { "available" };
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "insert into jobs (kind, queue, args, state, priority, max_attempts, idempotency_key, \
+             created_at, scheduled_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             on conflict (idempotency_key) where idempotency_key is not null do nothing \
+             returning id",
+        )
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(&job.args)
+        .bind(state)
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(&job.idempotency_key)
+        .bind(now)
+        .bind(run_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (sql, bind_key, deduplicated) = match inserted {
+            Some(id) => (format!("select {JOB_COLUMNS} from jobs where id = ?"), Err(id), false),
+            None => (
+                format!("select {JOB_COLUMNS} from jobs where idempotency_key = ?"),
+                Ok(job.idempotency_key.clone().unwrap_or_default()),
+                true,
+            ),
+        };
+        let query = sqlx::query(&sql);
+        let query = match bind_key {
+            Err(id) => query.bind(id),
+            Ok(key) => query.bind(key),
+        };
+        let row = query.fetch_one(&mut *tx).await?;
+        Ok(Enqueued { job: JobRecord::from_row(&row)?, deduplicated })
+    }
+
+    /// Inserts one job durably, or returns the job that already holds its idempotency key.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, StoreError> {
+        Ok(self.enqueue_batch(std::slice::from_ref(job)).await?.remove(0))
+    }
+
+    /// Inserts many jobs in one transaction (one fsync).
+    pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(Self::insert_job(&mut tx, job, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- inspection
+
+    pub async fn job(&self, id: i64) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(&format!("select {JOB_COLUMNS} from jobs where id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|r| JobRecord::from_row(&r)).transpose()?)
+    }
+
+    pub async fn attempts(&self, job_id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
+        let rows = sqlx::query(
+            "select attempt, worker, started_at, ended_at, outcome, error from job_attempts \
+             where job_id = ? order by id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let outcome: String = row.try_get("outcome")?;
+                Ok(AttemptRecord {
+                    attempt: row.try_get("attempt")?,
+                    worker: row.try_get("worker")?,
+                    started_at: row.try_get("started_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                    outcome: AttemptOutcome::from_str(&outcome)
+                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Newest first; `before_id` continues a previous page.
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: i64,
+        before_id: Option<i64>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let (cond, binds) = filter.sql();
+        let sql = format!(
+            "select {JOB_COLUMNS} from jobs where {cond} and id < ? order by id desc limit ?"
+        );
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let rows = query
+            .bind(before_id.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(JobRecord::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    /// (queue, state, count) for every queue that has jobs.
+    pub async fn counts(&self) -> Result<Vec<(String, JobState, i64)>, StoreError> {
+        let rows = sqlx::query("select queue, state, count(*) as n from jobs group by queue, state")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            if let Ok(state) = JobState::from_str(&state) {
+                out.push((row.try_get("queue")?, state, row.try_get("n")?));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- the worker's hot path
+
+    /// Applies finished attempts and claims new jobs in one transaction, so one fsync serves both.
+    /// Each finish is fenced by its lease token: a worker that lost its lease changes nothing.
+    /// Returns the ids whose finish was applied and the claimed jobs.
+    pub async fn finish_and_claim(
+        &self,
+        finishes: &[Finish],
+        claims: &[(String, i64)],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<i64>, Vec<ClaimedJob>), StoreError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let applied = Self::apply_finishes(&mut tx, finishes).await?;
+        let now = now_ms();
+        let mut claimed = Vec::new();
+        for (queue, limit) in claims {
+            if *limit > 0 {
+                claimed.extend(Self::claim(&mut tx, queue, *limit, owner, now, now + ms(lease)).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok((applied, claimed))
+    }
+
+    async fn claim(
+        tx: &mut SqliteConnection,
+        queue: &str,
+        limit: i64,
+        owner: &str,
+        now: Millis,
+        expires: Millis,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        let rows = sqlx::query(
+            "update jobs set state = 'running', attempt = attempt + 1, attempted_at = ?1, \
+                 lease_owner = ?2, lease_token = random(), lease_expires_at = ?3 \
+             where id in (select id from jobs \
+                 where queue = ?4 and state in ('available', 'scheduled', 'retryable') \
+                   and scheduled_at <= ?1 \
+                   and not exists (select 1 from queues where name = ?4 and paused = 1) \
+                 order by priority, scheduled_at, id limit ?5) \
+             returning id, kind, queue, args, attempt, max_attempts, checkpoint, lease_token",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(expires)
+        .bind(queue)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            jobs.push(ClaimedJob {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                queue: row.try_get("queue")?,
+                args: row.try_get("args")?,
+                attempt: row.try_get("attempt")?,
+                max_attempts: row.try_get("max_attempts")?,
+                checkpoint: row.try_get("checkpoint")?,
+                lease_token: row.try_get("lease_token")?,
+            });
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        sqlx::query(
+            "insert into job_attempts (job_id, attempt, lease_token, worker, started_at) \
+             select id, attempt, lease_token, lease_owner, attempted_at from jobs \
+             where id in (select value from json_each(?))",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
+        Ok(jobs)
+    }
+
+    async fn apply_finishes(
+        tx: &mut SqliteConnection,
+        finishes: &[Finish],
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let mut applied = Vec::with_capacity(finishes.len());
+        // The common case, done set-wise: many jobs completing at once.
+        let completed: Vec<(i64, i64)> = finishes
+            .iter()
+            .filter(|f| matches!(f.how, FinishKind::Completed))
+            .map(|f| (f.job_id, f.lease_token))
+            .collect();
+        if !completed.is_empty() {
+            let at = finishes.iter().map(|f| f.at).max().unwrap_or_else(now_ms);
+            let pairs = serde_json::to_string(&completed).unwrap_or_default();
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "update jobs set state = 'completed', finalized_at = ?1, lease_owner = null, \
+                     lease_token = null, lease_expires_at = null, cancel_requested = 0 \
+                 where state = 'running' and (id, lease_token) in \
+                     (select json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+                      from json_each(?2)) \
+                 returning id",
+            )
+            .bind(at)
+            .bind(&pairs)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "update job_attempts set ended_at = ?1, outcome = 'completed' \
+                 where outcome = 'running' and (job_id, lease_token) in \
+                     (select json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+                      from json_each(?2))",
+            )
+            .bind(at)
+            .bind(&pairs)
+            .execute(&mut *tx)
+            .await?;
+            applied.extend(ids);
+        }
+        for finish in finishes {
+            let (state, scheduled_at, error, outcome, uncount) = match &finish.how {
+                FinishKind::Completed => continue,
+                FinishKind::Retry { at, error } => ("retryable", Some(*at), Some(error.as_str()), "retryable", 0),
+                FinishKind::Snooze { at, reason } => ("scheduled", Some(*at), Some(reason.as_str()), "snoozed", 1),
+                FinishKind::Discard { error } => ("discarded", None, Some(error.as_str()), "discarded", 0),
+                FinishKind::Cancel { reason } => ("cancelled", None, Some(reason.as_str()), "cancelled", 0),
+                FinishKind::Release => ("available", Some(finish.at), None, "released", 1),
+            };
+            let finalized = matches!(state, "discarded" | "cancelled").then_some(finish.at);
+            let done = sqlx::query(
+                "update jobs set state = ?1, scheduled_at = coalesce(?2, scheduled_at), \
+                     finalized_at = ?3, last_error = coalesce(?4, last_error), \
+                     attempt = attempt - ?5, lease_owner = null, lease_token = null, \
+                     lease_expires_at = null, \
+                     cancel_requested = case when ?1 = 'cancelled' then 0 else cancel_requested end \
+                 where id = ?6 and state = 'running' and lease_token = ?7",
+            )
+            .bind(state)
+            .bind(scheduled_at)
+            .bind(finalized)
+            .bind(error)
+            .bind(uncount)
+            .bind(finish.job_id)
+            .bind(finish.lease_token)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "update job_attempts set ended_at = ?1, outcome = ?2, error = ?3 \
+                     where job_id = ?4 and lease_token = ?5 and outcome = 'running'",
+                )
+                .bind(finish.at)
+                .bind(outcome)
+                .bind(error)
+                .bind(finish.job_id)
+                .bind(finish.lease_token)
+                .execute(&mut *tx)
+                .await?;
+                applied.push(finish.job_id);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Durably stores a job's checkpoint; false when the caller no longer holds the lease.
+    pub async fn save_checkpoint(
+        &self,
+        job_id: i64,
+        lease_token: i64,
+        checkpoint: &Value,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "update jobs set checkpoint = ? where id = ? and state = 'running' and lease_token = ?",
+        )
+        .bind(checkpoint.to_string())
+        .bind(job_id)
+        .bind(lease_token)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores the latest progress report (for other processes and the API to read).
+    pub async fn save_progress(
+        &self,
+        job_id: i64,
+        lease_token: i64,
+        progress: &Value,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "update jobs set progress = ? where id = ? and state = 'running' and lease_token = ?",
+        )
+        .bind(progress.to_string())
+        .bind(job_id)
+        .bind(lease_token)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Extends every lease this process holds.
+    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "update jobs set lease_expires_at = ? where state = 'running' and lease_owner = ?",
+        )
+        .bind(now_ms() + ms(lease))
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Running jobs of this owner that an operator asked to cancel.
+    pub async fn cancel_requests(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "select id from jobs where state = 'running' and lease_owner = ? and cancel_requested = 1",
+        )
+        .bind(owner)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Makes jobs whose lease was lost runnable again (or discards them when that was their last
+    /// attempt), recording the lost attempt. `owner = Some(me)` reclaims this instance's own
+    /// orphans from before a restart regardless of expiry; `None` rescues every expired lease.
+    pub async fn rescue(&self, owner: Option<&str>) -> Result<Vec<i64>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let rows = sqlx::query(
+            "select id, lease_token, attempt, max_attempts from jobs where state = 'running' \
+             and (case when ?1 is null then lease_expires_at < ?2 else lease_owner = ?1 end)",
+        )
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let token: i64 = row.try_get("lease_token")?;
+            let exhausted = row.try_get::<i64, _>("attempt")? >= row.try_get::<i64, _>("max_attempts")?;
+            let error = "lease lost: the worker stopped without finishing (crash, kill or hang)";
+            let (state, finalized) = if exhausted { ("discarded", Some(now)) } else { ("available", None) };
+            sqlx::query(
+                "update jobs set state = ?, finalized_at = ?, scheduled_at = ?, last_error = ?, \
+                     lease_owner = null, lease_token = null, lease_expires_at = null \
+                 where id = ? and lease_token = ?",
+            )
+            .bind(state)
+            .bind(finalized)
+            .bind(now)
+            .bind(error)
+            .bind(id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "update job_attempts set ended_at = ?, outcome = 'lost', error = ? \
+                 where job_id = ? and lease_token = ? and outcome = 'running'",
+            )
+            .bind(now)
+            .bind(error)
+            .bind(id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+            rescued.push(id);
+        }
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    /// Shows due scheduled/retryable jobs as `available` (the claim query takes them either way).
+    pub async fn promote_due(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "update jobs set state = 'available' \
+             where state in ('scheduled', 'retryable') and scheduled_at <= ?",
+        )
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Earliest run time of a waiting job in the queue, to sleep exactly until then.
+    pub async fn next_due(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "select min(scheduled_at) from jobs \
+             where queue = ? and state in ('available', 'scheduled', 'retryable')",
+        )
+        .bind(queue)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// Deletes finished jobs older than their state's age; returns how many went.
+    pub async fn prune(&self, ages: &PruneAges) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut total = 0;
+        for (state, age) in [
+            ("completed", ages.completed),
+            ("cancelled", ages.cancelled),
+            ("discarded", ages.discarded),
+        ] {
+            let Some(age) = age else { continue };
+            let done = sqlx::query("delete from jobs where state = ? and finalized_at < ?")
+                .bind(state)
+                .bind(now - ms(age))
+                .execute(&self.writer)
+                .await?;
+            total += done.rows_affected();
+        }
+        Ok(total)
+    }
+
+    // ---------------------------------------------------------------- operator actions
+
+    async fn job_in(tx: &mut SqliteConnection, id: i64) -> Result<JobRecord, OpError> {
+        let row = sqlx::query(&format!("select {JOB_COLUMNS} from jobs where id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(OpError::NotFound(id))?;
+        Ok(JobRecord::from_row(&row)?)
+    }
+
+    /// Runs a job again now: a finished one is brought back (with one more attempt if they were
+    /// used up), a waiting one is moved forward. The checkpoint is kept unless `reset_checkpoint`.
+    pub async fn retry(&self, id: i64, reset_checkpoint: bool) -> Result<JobRecord, OpError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let job = Self::job_in(&mut tx, id).await?;
+        if job.state == JobState::Running {
+            return Err(OpError::Conflict(format!(
+                "job {id} is running; cancel it first or wait for it to finish"
+            )));
+        }
+        sqlx::query(
+            "update jobs set state = 'available', scheduled_at = ?1, finalized_at = null, \
+                 max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0, \
+                 checkpoint = case when ?2 then null else checkpoint end \
+             where id = ?3",
+        )
+        .bind(now_ms())
+        .bind(reset_checkpoint)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let job = Self::job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Retries every non-running job that matches; returns the count.
+    pub async fn retry_many(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        let (cond, binds) = filter.sql();
+        let sql = format!(
+            "update jobs set state = 'available', scheduled_at = ?, finalized_at = null, \
+                 max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0 \
+             where state in ('completed', 'cancelled', 'discarded', 'retryable', 'scheduled') \
+               and {cond}"
+        );
+        let mut query = sqlx::query(&sql).bind(now_ms());
+        for b in &binds {
+            query = query.bind(b);
+        }
+        Ok(query.execute(&self.writer).await?.rows_affected())
+    }
+
+    /// Cancels a waiting job at once; a running one is flagged so its worker stops it.
+    pub async fn cancel(&self, id: i64) -> Result<JobRecord, OpError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let job = Self::job_in(&mut tx, id).await?;
+        match job.state {
+            s if s.is_final() => {
+                return Err(OpError::Conflict(format!("job {id} is already {s}")));
+            }
+            JobState::Running => {
+                sqlx::query("update jobs set cancel_requested = 1 where id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {
+                sqlx::query(
+                    "update jobs set state = 'cancelled', finalized_at = ?, \
+                         last_error = 'cancelled by operator' where id = ?",
+                )
+                .bind(now_ms())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let job = Self::job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Deletes a job that is not running, with its attempts; its idempotency key is freed.
+    pub async fn delete(&self, id: i64) -> Result<(), OpError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let job = Self::job_in(&mut tx, id).await?;
+        if job.state == JobState::Running {
+            return Err(OpError::Conflict(format!("job {id} is running; cancel it first")));
+        }
+        sqlx::query("delete from jobs where id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueRecord>, StoreError> {
+        let rows = sqlx::query("select name, paused from queues order by name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueueRecord {
+                    name: r.try_get("name")?,
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into queues (name, paused, updated_at) values (?1, ?2, ?3) \
+             on conflict (name) do update set paused = ?2, updated_at = ?3",
+        )
+        .bind(queue)
+        .bind(paused)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- schedules
+
+    /// Replaces the schedule definitions with `defs`: new ones are added, changed ones updated
+    /// (their next run recomputed when the spec changed), vanished ones removed.
+    pub async fn sync_schedules(&self, defs: &[ScheduleDef]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        sqlx::query("delete from schedules where name not in (select value from json_each(?))")
+            .bind(serde_json::to_string(&names).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        for d in defs {
+            sqlx::query(
+                "insert into schedules (name, kind, args, queue, priority, max_attempts, spec, \
+                     enabled, source, updated_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 on conflict (name) do update set kind = ?2, args = ?3, queue = ?4, priority = ?5, \
+                     max_attempts = ?6, enabled = ?8, source = ?9, updated_at = ?10, \
+                     next_run_at = case when spec = ?7 then next_run_at else null end, spec = ?7",
+            )
+            .bind(&d.name)
+            .bind(&d.kind)
+            .bind(&d.args)
+            .bind(&d.queue)
+            .bind(d.priority)
+            .bind(d.max_attempts)
+            .bind(&d.spec)
+            .bind(d.enabled)
+            .bind(&d.source)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let rows = sqlx::query(
+            "select name, kind, args, queue, priority, max_attempts, spec, enabled, source, \
+                 last_slot_at, last_run_at, last_job_id, next_run_at from schedules order by name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleRecord {
+                    def: ScheduleDef {
+                        name: r.try_get("name")?,
+                        kind: r.try_get("kind")?,
+                        args: r.try_get("args")?,
+                        queue: r.try_get("queue")?,
+                        priority: r.try_get("priority")?,
+                        max_attempts: r.try_get("max_attempts")?,
+                        spec: r.try_get("spec")?,
+                        enabled: r.try_get::<i64, _>("enabled")? != 0,
+                        source: r.try_get("source")?,
+                    },
+                    last_slot_at: r.try_get("last_slot_at")?,
+                    last_run_at: r.try_get("last_run_at")?,
+                    last_job_id: r.try_get("last_job_id")?,
+                    next_run_at: r.try_get("next_run_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn set_next_run(&self, name: &str, next: Option<Millis>) -> Result<(), StoreError> {
+        sqlx::query("update schedules set next_run_at = ? where name = ?")
+            .bind(next)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Enqueues a schedule's job and advances the schedule in one transaction. `slot` is the
+    /// slot fired (None for "run now", which leaves the slot bookkeeping alone).
+    pub async fn fire_schedule(
+        &self,
+        name: &str,
+        job: &NewJob,
+        slot: Option<Millis>,
+        next: Option<Millis>,
+    ) -> Result<Enqueued, StoreError> {
+        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let now = now_ms();
+        let enqueued = Self::insert_job(&mut tx, job, now).await?;
+        sqlx::query(
+            "update schedules set last_run_at = ?1, last_job_id = ?2, \
+                 last_slot_at = coalesce(?3, last_slot_at), \
+                 next_run_at = case when ?3 is null then next_run_at else ?4 end \
+             where name = ?5",
+        )
+        .bind(now)
+        .bind(enqueued.job.id)
+        .bind(slot)
+        .bind(next)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(enqueued)
+    }
+}
+
+/// Serializes a value for the `args`/`checkpoint` columns.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
