@@ -2,8 +2,9 @@
 -- States follow River: a job is final exactly when finalized_at is set, and holds a lease
 -- (owner + fencing token) exactly while it is running.
 
+-- autoincrement: a deleted or pruned job's id is never handed to a new job.
 create table jobs (
-    id                integer primary key,
+    id                integer primary key autoincrement,
     kind              text    not null,
     queue             text    not null,
     args              text    not null check (json_valid(args)),

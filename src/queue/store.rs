@@ -548,7 +548,8 @@ impl Store {
                    and scheduled_at <= ?1 \
                    and not exists (select 1 from queues where name = ?4 and paused = 1) \
                  order by priority, scheduled_at, id limit ?5) \
-             returning id, kind, queue, args, attempt, max_attempts, checkpoint, lease_token",
+             returning id, kind, queue, args, attempt, max_attempts, checkpoint, lease_token, \
+                 priority, scheduled_at",
         )
         .bind(now)
         .bind(owner)
@@ -560,6 +561,15 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // RETURNING follows table order; hand the jobs out in claim order.
+        let mut rows = rows;
+        rows.sort_by_key(|r| {
+            (
+                r.try_get::<i64, _>("priority").unwrap_or(0),
+                r.try_get::<i64, _>("scheduled_at").unwrap_or(0),
+                r.try_get::<i64, _>("id").unwrap_or(0),
+            )
+        });
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             jobs.push(ClaimedJob {

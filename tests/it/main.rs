@@ -1,1 +1,5 @@
+//! One integration-test binary (one link), one module per area.
 
+mod common;
+mod queue;
+mod scheduler;
