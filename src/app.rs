@@ -1,12 +1,7 @@
 //! Wiring: opens everything a command needs, starts the worker (pools, scheduler, upkeep,
 //! API) and stops it cleanly.
 
-use std::{
-    fs::File,
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-};
+use std::{fs::File, net::SocketAddr, path::Path, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +53,11 @@ impl Setup {
     pub fn new(config: Config) -> Result<Setup, ConfigError> {
         let registry = jobs::registry(&config)?;
         let schedules = scheduler::load_dir(&config.jobs_dir, &registry, &config.timezone())?;
-        Ok(Setup { config: Arc::new(config), registry: Arc::new(registry), schedules })
+        Ok(Setup {
+            config: Arc::new(config),
+            registry: Arc::new(registry),
+            schedules,
+        })
     }
 
     pub fn create_data_dir(&self) -> Result<(), StartError> {
@@ -185,7 +184,10 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     let queues = config
         .queues
         .iter()
-        .map(|(name, q)| QueueSettings { name: name.clone(), concurrency: q.concurrency })
+        .map(|(name, q)| QueueSettings {
+            name: name.clone(),
+            concurrency: q.concurrency,
+        })
         .collect();
     let executor = Executor::new(
         store.clone(),
@@ -232,7 +234,10 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
 
     let (server, addr) = if config.api.enabled {
         let listener = TcpListener::bind(config.api.listen).await.map_err(|e| {
-            StartError::Other(format!("cannot listen on {} (api.listen): {e}", config.api.listen))
+            StartError::Other(format!(
+                "cannot listen on {} (api.listen): {e}",
+                config.api.listen
+            ))
         })?;
         let addr = listener.local_addr().ok();
         let app = api::router(state.clone());
@@ -255,7 +260,15 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         schedules = setup.schedules.len(),
         "offsite is running"
     );
-    Ok(Running { state, addr, stop, executor_handle, tasks, server, _identity: identity })
+    Ok(Running {
+        state,
+        addr,
+        stop,
+        executor_handle,
+        tasks,
+        server,
+        _identity: identity,
+    })
 }
 
 /// Resolves when the process is asked to stop (SIGTERM from Home Assistant or Docker, Ctrl-C).

@@ -24,7 +24,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "offsite", version, about = "Gets backups off the premises and never loses its place")]
+#[command(
+    name = "offsite",
+    version,
+    about = "Gets backups off the premises and never loses its place"
+)]
 pub struct Cli {
     /// Config file (TOML). Without one the built-in defaults are used.
     #[arg(long, short, env = "OFFSITE_CONFIG", global = true)]
@@ -157,28 +161,44 @@ pub struct Failure {
 
 impl From<StartError> for Failure {
     fn from(e: StartError) -> Self {
-        Failure { code: e.exit_code(), message: e.to_string() }
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
     }
 }
 
 fn runtime(e: impl std::fmt::Display) -> Failure {
-    Failure { code: 1, message: e.to_string() }
+    Failure {
+        code: 1,
+        message: e.to_string(),
+    }
 }
 
 fn usage(message: impl Into<String>) -> Failure {
-    Failure { code: 2, message: message.into() }
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
 }
 
 fn print_json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn short(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_jobs(jobs: &[JobView]) {
-    println!("{:>8}  {:<16} {:<10} {:<10} {:>7}  {:<19}  ERROR", "ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "SCHEDULED");
+    println!(
+        "{:>8}  {:<16} {:<10} {:<10} {:>7}  {:<19}  ERROR",
+        "ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "SCHEDULED"
+    );
     for j in jobs {
         println!(
             "{:>8}  {:<16} {:<10} {:<10} {:>3}/{:<3}  {:<19}  {}",
@@ -195,7 +215,10 @@ fn print_jobs(jobs: &[JobView]) {
 }
 
 fn print_job(job: &JobView, attempts: &[AttemptView]) {
-    println!("job {} ({}) on queue {}: {}", job.id, job.kind, job.queue, job.state);
+    println!(
+        "job {} ({}) on queue {}: {}",
+        job.id, job.kind, job.queue, job.state
+    );
     println!("  attempt       {}/{}", job.attempt, job.max_attempts);
     println!("  args          {}", job.args);
     if let Some(key) = &job.idempotency_key {
@@ -220,8 +243,14 @@ fn print_job(job: &JobView, attempts: &[AttemptView]) {
             a.worker,
             short(Some(a.started_at)),
             short(a.ended_at),
-            serde_json::to_value(a.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-                + &a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            serde_json::to_value(a.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+                + &a.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
         );
     }
 }
@@ -242,19 +271,68 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Openapi => print!("{}", crate::api::openapi_json()),
         Command::Config(ConfigCommand::Check) => {
             let c = &setup.config;
-            println!("configuration OK ({})", c.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()));
+            println!(
+                "configuration OK ({})",
+                c.source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "built-in defaults".into())
+            );
             println!("  database   {}", c.database_path().display());
-            println!("  api        {}", if c.api.enabled { format!("http://{}/api/v1{}", c.api.listen, if c.api.token.is_some() { " (token required)" } else { "" }) } else { "disabled".into() });
-            println!("  queues     {}", c.queues.iter().map(|(n, q)| format!("{n} ({})", q.concurrency)).collect::<Vec<_>>().join(", "));
-            println!("  kinds      {}", setup.registry.kinds().map(|(k, _)| k).collect::<Vec<_>>().join(", "));
-            println!("  schedules  {} from {}", setup.schedules.len(), c.jobs_dir.display());
+            println!(
+                "  api        {}",
+                if c.api.enabled {
+                    format!(
+                        "http://{}/api/v1{}",
+                        c.api.listen,
+                        if c.api.token.is_some() {
+                            " (token required)"
+                        } else {
+                            ""
+                        }
+                    )
+                } else {
+                    "disabled".into()
+                }
+            );
+            println!(
+                "  queues     {}",
+                c.queues
+                    .iter()
+                    .map(|(n, q)| format!("{n} ({})", q.concurrency))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  kinds      {}",
+                setup
+                    .registry
+                    .kinds()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  schedules  {} from {}",
+                setup.schedules.len(),
+                c.jobs_dir.display()
+            );
             for s in &setup.schedules {
-                let when = serde_json::from_str::<scheduler::ScheduleSpec>(&s.spec).map(|s| s.describe()).unwrap_or_default();
-                println!("    {} ({}): {}{}", s.name, s.kind, when, if s.enabled { "" } else { " [disabled]" });
+                let when = serde_json::from_str::<scheduler::ScheduleSpec>(&s.spec)
+                    .map(|s| s.describe())
+                    .unwrap_or_default();
+                println!(
+                    "    {} ({}): {}{}",
+                    s.name,
+                    s.kind,
+                    when,
+                    if s.enabled { "" } else { " [disabled]" }
+                );
             }
         }
         Command::Enqueue(a) => {
-            let args = serde_json::from_str(&a.args).map_err(|e| usage(format!("--args is not valid JSON: {e}")))?;
+            let args = serde_json::from_str(&a.args)
+                .map_err(|e| usage(format!("--args is not valid JSON: {e}")))?;
             let request = EnqueueRequest {
                 kind: a.kind,
                 args,
@@ -265,56 +343,125 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 run_at: a.run_at,
             };
             let job = setup.registry.prepare(&request).map_err(|errors| {
-                usage(errors.iter().map(|e| format!("invalid {e}")).collect::<Vec<_>>().join("\n"))
+                usage(
+                    errors
+                        .iter()
+                        .map(|e| format!("invalid {e}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
             })?;
             let store = setup.open_store().await?;
             let enqueued = store.enqueue(&job).await.map_err(runtime)?;
             let view: JobView = enqueued.job.into();
             if a.json {
-                print_json(&crate::api::jobs::EnqueueResponse { job: view, deduplicated: enqueued.deduplicated });
+                print_json(&crate::api::jobs::EnqueueResponse {
+                    job: view,
+                    deduplicated: enqueued.deduplicated,
+                });
             } else if enqueued.deduplicated {
-                println!("job {} already exists with this key ({}); nothing new enqueued", view.id, view.state);
+                println!(
+                    "job {} already exists with this key ({}); nothing new enqueued",
+                    view.id, view.state
+                );
             } else {
-                println!("enqueued job {} ({}) on queue {}", view.id, view.kind, view.queue);
+                println!(
+                    "enqueued job {} ({}) on queue {}",
+                    view.id, view.kind, view.queue
+                );
             }
         }
         Command::Jobs(cmd) => {
             let store = setup.open_store().await?;
             match cmd {
-                JobsCommand::List { state, kind, queue, limit, json } => {
+                JobsCommand::List {
+                    state,
+                    kind,
+                    queue,
+                    limit,
+                    json,
+                } => {
                     let states = match state {
-                        Some(s) => parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?,
+                        Some(s) => {
+                            parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?
+                        }
                         None => Vec::new(),
                     };
                     let jobs: Vec<JobView> = store
-                        .list_jobs(&JobFilter { states, kind, queue }, limit.clamp(1, 10_000), None)
+                        .list_jobs(
+                            &JobFilter {
+                                states,
+                                kind,
+                                queue,
+                            },
+                            limit.clamp(1, 10_000),
+                            None,
+                        )
                         .await
                         .map_err(runtime)?
                         .into_iter()
                         .map(Into::into)
                         .collect();
-                    if json { print_json(&jobs) } else { print_jobs(&jobs) }
+                    if json {
+                        print_json(&jobs)
+                    } else {
+                        print_jobs(&jobs)
+                    }
                 }
                 JobsCommand::Show { id, json } => {
-                    let job = store.job(id).await.map_err(runtime)?.ok_or_else(|| runtime(format!("job {id} does not exist")))?;
-                    let attempts: Vec<AttemptView> = store.attempts(id).await.map_err(runtime)?.into_iter().map(Into::into).collect();
+                    let job = store
+                        .job(id)
+                        .await
+                        .map_err(runtime)?
+                        .ok_or_else(|| runtime(format!("job {id} does not exist")))?;
+                    let attempts: Vec<AttemptView> = store
+                        .attempts(id)
+                        .await
+                        .map_err(runtime)?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect();
                     let view: JobView = job.into();
                     if json {
-                        print_json(&crate::api::jobs::JobDetail { job: view, attempts });
+                        print_json(&crate::api::jobs::JobDetail {
+                            job: view,
+                            attempts,
+                        });
                     } else {
                         print_job(&view, &attempts);
                     }
                 }
-                JobsCommand::Retry { id: Some(id), reset_checkpoint, .. } => {
-                    let job = store.retry(id, reset_checkpoint).await.map_err(op_failure)?;
-                    println!("job {} is {} again (attempt {}/{})", job.id, job.state, job.attempt, job.max_attempts);
+                JobsCommand::Retry {
+                    id: Some(id),
+                    reset_checkpoint,
+                    ..
+                } => {
+                    let job = store
+                        .retry(id, reset_checkpoint)
+                        .await
+                        .map_err(op_failure)?;
+                    println!(
+                        "job {} is {} again (attempt {}/{})",
+                        job.id, job.state, job.attempt, job.max_attempts
+                    );
                 }
-                JobsCommand::Retry { state, kind, queue, .. } => {
+                JobsCommand::Retry {
+                    state, kind, queue, ..
+                } => {
                     let states = match state {
-                        Some(s) => parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?,
+                        Some(s) => {
+                            parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?
+                        }
                         None => vec![crate::queue::JobState::Discarded],
                     };
-                    let n = store.retry_many(&JobFilter { states, kind, queue }).await.map_err(runtime)?;
+                    let n = store
+                        .retry_many(&JobFilter {
+                            states,
+                            kind,
+                            queue,
+                        })
+                        .await
+                        .map_err(runtime)?;
                     println!("{n} jobs made available again");
                 }
                 JobsCommand::Cancel { id } => {
@@ -339,11 +486,25 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     let paused = store.queues().await.map_err(runtime)?;
                     for name in setup.config.queue_names() {
                         let is_paused = paused.iter().any(|p| p.name == name && p.paused);
-                        let parts: Vec<String> = counts.iter().filter(|c| c.0 == name).map(|c| format!("{} {}", c.1, c.2)).collect();
-                        println!("{name}{}: {}", if is_paused { " [paused]" } else { "" }, if parts.is_empty() { "empty".into() } else { parts.join(", ") });
+                        let parts: Vec<String> = counts
+                            .iter()
+                            .filter(|c| c.0 == name)
+                            .map(|c| format!("{} {}", c.1, c.2))
+                            .collect();
+                        println!(
+                            "{name}{}: {}",
+                            if is_paused { " [paused]" } else { "" },
+                            if parts.is_empty() {
+                                "empty".into()
+                            } else {
+                                parts.join(", ")
+                            }
+                        );
                     }
                 }
-                QueuesCommand::Pause { name } | QueuesCommand::Resume { name } if !setup.config.queues.contains_key(&name) => {
+                QueuesCommand::Pause { name } | QueuesCommand::Resume { name }
+                    if !setup.config.queues.contains_key(&name) =>
+                {
                     return Err(usage(format!("queue {name:?} is not configured")));
                 }
                 QueuesCommand::Pause { name } => {
@@ -360,7 +521,12 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             let store = setup.open_store().await?;
             match cmd {
                 SchedulesCommand::List { json } => {
-                    let list: Vec<ScheduleInfo> = scheduler::list(&store).await.map_err(runtime)?.into_iter().map(Into::into).collect();
+                    let list: Vec<ScheduleInfo> = scheduler::list(&store)
+                        .await
+                        .map_err(runtime)?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect();
                     if json {
                         print_json(&list);
                     } else {
@@ -376,16 +542,25 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                             );
                         }
                         if list.is_empty() {
-                            println!("no schedules (the worker loads them from {} when it starts)", setup.config.jobs_dir.display());
+                            println!(
+                                "no schedules (the worker loads them from {} when it starts)",
+                                setup.config.jobs_dir.display()
+                            );
                         }
                     }
                 }
                 SchedulesCommand::Run { name } => {
-                    let enq = scheduler::run_now(&store, &setup.registry, &name).await.map_err(|e| match e {
-                        RunNowError::NotFound(_) => usage(e.to_string()),
-                        other => runtime(other),
-                    })?;
-                    println!("enqueued job {} for schedule {name} at {}", enq.job.id, to_datetime(enq.job.created_at));
+                    let enq = scheduler::run_now(&store, &setup.registry, &name)
+                        .await
+                        .map_err(|e| match e {
+                            RunNowError::NotFound(_) => usage(e.to_string()),
+                            other => runtime(other),
+                        })?;
+                    println!(
+                        "enqueued job {} for schedule {name} at {}",
+                        enq.job.id,
+                        to_datetime(enq.job.created_at)
+                    );
                 }
             }
         }

@@ -30,12 +30,20 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(message: impl Into<String>) -> Self {
-        ConfigError { file: None, key: None, message: message.into() }
+        ConfigError {
+            file: None,
+            key: None,
+            message: message.into(),
+        }
     }
     pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
         let key: String = key.into();
         let key = key.trim_end_matches('.').to_string();
-        ConfigError { file: None, key: (!key.is_empty()).then_some(key), message: message.into() }
+        ConfigError {
+            file: None,
+            key: (!key.is_empty()).then_some(key),
+            message: message.into(),
+        }
     }
     pub fn with_key_opt(mut self, key: Option<String>) -> Self {
         if self.key.is_none() {
@@ -213,7 +221,10 @@ fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
 impl Config {
     /// Defaults, then `file` (which must exist when given), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with(file, Env::prefixed("OFFSITE_").split("__").ignore(&["config"]))
+        Self::load_with(
+            file,
+            Env::prefixed("OFFSITE_").split("__").ignore(&["config"]),
+        )
     }
 
     /// Like `load`, with the environment layer given (tests pass their own).
@@ -221,8 +232,10 @@ impl Config {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::new("the file does not exist or is not a regular file")
-                    .in_file(path));
+                return Err(
+                    ConfigError::new("the file does not exist or is not a regular file")
+                        .in_file(path),
+                );
             }
             // Read it ourselves so that a syntax error names the file and line plainly.
             let text = std::fs::read_to_string(path)
@@ -240,7 +253,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let mut config: Config = figment.merge(env).extract().map_err(|e| figment_error(e, file))?;
+        let mut config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| figment_error(e, file))?;
         config.source = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
@@ -274,7 +290,10 @@ impl Config {
         }
         for (name, q) in &self.queues {
             if !(1..=256).contains(&q.concurrency) {
-                return Err(self.err(&format!("queues.{name}.concurrency"), "must be between 1 and 256"));
+                return Err(self.err(
+                    &format!("queues.{name}.concurrency"),
+                    "must be between 1 and 256",
+                ));
             }
         }
         for (kind, k) in &self.kinds {
@@ -294,14 +313,20 @@ impl Config {
             if let Some(m) = k.max_attempts
                 && !(1..=1000).contains(&m)
             {
-                return Err(self.err(&format!("kinds.{kind}.max_attempts"), "must be between 1 and 1000"));
+                return Err(self.err(
+                    &format!("kinds.{kind}.max_attempts"),
+                    "must be between 1 and 1000",
+                ));
             }
         }
         if self.engine.lease < Duration::from_secs(3) {
             return Err(self.err("engine.lease", "must be at least 3s"));
         }
         if self.engine.poll_interval.is_zero() || self.engine.watch_interval.is_zero() {
-            return Err(self.err("engine.poll_interval", "intervals must be greater than zero"));
+            return Err(self.err(
+                "engine.poll_interval",
+                "intervals must be greater than zero",
+            ));
         }
         if self.prune.interval.is_zero() {
             return Err(self.err("prune.interval", "must be greater than zero"));
@@ -309,23 +334,35 @@ impl Config {
         if let Some(tz) = &self.timezone
             && tz.parse::<chrono_tz::Tz>().is_err()
         {
-            return Err(self.err("timezone", format!("unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)")));
+            return Err(self.err(
+                "timezone",
+                format!("unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(self.err("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+            return Err(self.err(
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            ));
         }
         Ok(())
     }
 
     pub fn database_path(&self) -> PathBuf {
-        self.database.clone().unwrap_or_else(|| self.data_dir.join("offsite.db"))
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("offsite.db"))
     }
 
     /// The configured time zone, else the system's, else UTC.
     pub fn timezone(&self) -> String {
         self.timezone
             .clone()
-            .or_else(|| iana_time_zone::get_timezone().ok().filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok()))
+            .or_else(|| {
+                iana_time_zone::get_timezone()
+                    .ok()
+                    .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
+            })
             .unwrap_or_else(|| "UTC".into())
     }
 

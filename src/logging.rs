@@ -18,6 +18,10 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.format {
         LogFormat::Human => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
     };
 }

@@ -57,27 +57,46 @@ impl Metrics {
         });
         let jobs = Family::<StateLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("offsite");
-        registry.register("job_attempts", "Finished job attempts by kind and outcome", attempts.clone());
+        registry.register(
+            "job_attempts",
+            "Finished job attempts by kind and outcome",
+            attempts.clone(),
+        );
         registry.register(
             "job_attempt_duration_seconds",
             "Duration of job attempts by kind",
             durations.clone(),
         );
-        registry.register("jobs", "Jobs in the database by queue and state", jobs.clone());
+        registry.register(
+            "jobs",
+            "Jobs in the database by queue and state",
+            jobs.clone(),
+        );
         Metrics {
-            inner: Arc::new(Inner { registry: Mutex::new(registry), attempts, durations, jobs }),
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                attempts,
+                durations,
+                jobs,
+            }),
         }
     }
 
     pub fn attempt_finished(&self, kind: &str, outcome: &str) {
         self.inner
             .attempts
-            .get_or_create(&AttemptLabels { kind: kind.into(), outcome: outcome.into() })
+            .get_or_create(&AttemptLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
     pub fn attempt_duration(&self, kind: &str, d: Duration) {
-        self.inner.durations.get_or_create(&KindLabels { kind: kind.into() }).observe(d.as_secs_f64());
+        self.inner
+            .durations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(d.as_secs_f64());
     }
 
     /// The text exposition, with job counts fresh from the database.
@@ -92,18 +111,28 @@ impl Metrics {
                     .map_or(0, |(_, _, n)| *n);
                 self.inner
                     .jobs
-                    .get_or_create(&StateLabels { queue: queue.clone(), state: state.to_string() })
+                    .get_or_create(&StateLabels {
+                        queue: queue.clone(),
+                        state: state.to_string(),
+                    })
                     .set(n);
             }
         }
         for (queue, state, n) in counts.iter().filter(|(q, _, _)| !queues.contains(q)) {
             self.inner
                 .jobs
-                .get_or_create(&StateLabels { queue: queue.clone(), state: state.to_string() })
+                .get_or_create(&StateLabels {
+                    queue: queue.clone(),
+                    state: state.to_string(),
+                })
                 .set(*n);
         }
         let mut out = String::new();
-        let registry = self.inner.registry.lock().map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
+        let registry = self
+            .inner
+            .registry
+            .lock()
+            .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
         encode(&mut out, &registry)?;
         Ok(out)
     }

@@ -45,20 +45,28 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::Validation(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid input")
-            }
-            ApiError::Unauthorized => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required")
-            }
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid input",
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
-            }
-            ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            }
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 
@@ -69,17 +77,24 @@ impl ApiError {
                 (d.clone(), Vec::new())
             }
             ApiError::Validation(errors) => (
-                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 errors.clone(),
             ),
             ApiError::Unauthorized => (
                 "send the API token as `Authorization: Bearer <token>`".to_string(),
                 Vec::new(),
             ),
-            ApiError::PayloadTooLarge => ("the request body is larger than 1 MiB".into(), Vec::new()),
-            ApiError::Internal(_) => {
-                ("the server failed to handle the request; see the offsite log".into(), Vec::new())
+            ApiError::PayloadTooLarge => {
+                ("the request body is larger than 1 MiB".into(), Vec::new())
             }
+            ApiError::Internal(_) => (
+                "the server failed to handle the request; see the offsite log".into(),
+                Vec::new(),
+            ),
         };
         Problem {
             kind: format!("urn:offsite:problem:{slug}"),
@@ -97,10 +112,14 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %e, "API request failed");
         }
         let problem = self.problem();
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -138,10 +157,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge,
-            other => ApiError::BadRequest(other.body_text()),
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge,
+                other => ApiError::BadRequest(other.body_text()),
+            })?;
         if bytes.is_empty() {
             return from_bytes(b"{}");
         }
@@ -164,8 +185,15 @@ fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, ApiError>
             if inner.is_syntax() || inner.is_eof() || inner.is_io() {
                 Err(ApiError::BadRequest(format!("malformed JSON: {inner}")))
             } else {
-                let field = if path == "." { "body".to_string() } else { path };
-                Err(ApiError::Validation(vec![FieldError::new(field, inner.to_string())]))
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                Err(ApiError::Validation(vec![FieldError::new(
+                    field,
+                    inner.to_string(),
+                )]))
             }
         }
     }

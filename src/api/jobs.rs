@@ -163,7 +163,10 @@ pub async fn enqueue(
         max_attempts: body.max_attempts,
         run_at: body.run_at,
     };
-    let job = state.registry.prepare(&request).map_err(ApiError::Validation)?;
+    let job = state
+        .registry
+        .prepare(&request)
+        .map_err(ApiError::Validation)?;
     let enqueued = state.store.enqueue(&job).await?;
     let status = if enqueued.deduplicated {
         StatusCode::OK
@@ -171,7 +174,13 @@ pub async fn enqueue(
         state.nudge();
         StatusCode::CREATED
     };
-    Ok((status, Json(EnqueueResponse { job: enqueued.job.into(), deduplicated: enqueued.deduplicated })))
+    Ok((
+        status,
+        Json(EnqueueResponse {
+            job: enqueued.job.into(),
+            deduplicated: enqueued.deduplicated,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -210,26 +219,49 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
     let filter = JobFilter {
-        states: p.state.as_deref().map(|s| parse_states(s, "state")).transpose()?.unwrap_or_default(),
+        states: p
+            .state
+            .as_deref()
+            .map(|s| parse_states(s, "state"))
+            .transpose()?
+            .unwrap_or_default(),
         kind: p.kind,
         queue: p.queue,
     };
     let limit = match p.limit.as_deref() {
         None => 50,
-        Some(l) => l.parse::<i64>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| {
-            ApiError::Validation(vec![FieldError::new("limit", "must be a whole number from 1 to 500")])
-        })?,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| {
+                ApiError::Validation(vec![FieldError::new(
+                    "limit",
+                    "must be a whole number from 1 to 500",
+                )])
+            })?,
     };
     let before = match p.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::Validation(vec![FieldError::new("cursor", "not a cursor returned by this API")])
+            ApiError::Validation(vec![FieldError::new(
+                "cursor",
+                "not a cursor returned by this API",
+            )])
         })?),
     };
     let jobs = state.store.list_jobs(&filter, limit + 1, before).await?;
     let more = jobs.len() as i64 > limit;
-    let jobs: Vec<JobView> = jobs.into_iter().take(limit as usize).map(Into::into).collect();
-    let next_cursor = if more { jobs.last().map(|j| j.id.to_string()) } else { None };
+    let jobs: Vec<JobView> = jobs
+        .into_iter()
+        .take(limit as usize)
+        .map(Into::into)
+        .collect();
+    let next_cursor = if more {
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(JobList { jobs, next_cursor }))
 }
 
@@ -242,11 +274,27 @@ pub(crate) fn parse_id(text: &str) -> Result<i64, ApiError> {
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = JobDetail), (status = 404, body = Problem)))]
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobDetail>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
     let id = parse_id(&id)?;
-    let job = state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id} does not exist")))?;
-    let attempts = state.store.attempts(id).await?.into_iter().map(Into::into).collect();
-    Ok(Json(JobDetail { job: job.into(), attempts }))
+    let job = state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} does not exist")))?;
+    let attempts = state
+        .store
+        .attempts(id)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(JobDetail {
+        job: job.into(),
+        attempts,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -281,7 +329,10 @@ pub async fn retry(
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = Problem),
         (status = 409, description = "The job already finished", body = Problem)))]
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     let job = state.store.cancel(id).await?;
     if job.state == JobState::Running {
@@ -295,7 +346,10 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 204, description = "Deleted"), (status = 404, body = Problem),
         (status = 409, description = "The job is running", body = Problem)))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     state.store.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -330,7 +384,11 @@ pub async fn bulk_retry(
             format!("{s} jobs cannot be retried; cancel them first"),
         )]));
     }
-    let filter = JobFilter { states, kind: body.kind, queue: body.queue };
+    let filter = JobFilter {
+        states,
+        kind: body.kind,
+        queue: body.queue,
+    };
     let count = state.store.retry_many(&filter).await?;
     if count > 0 {
         state.nudge();

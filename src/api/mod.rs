@@ -85,7 +85,10 @@ pub struct ApiDoc;
 
 /// The OpenAPI document as committed in `openapi/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("OpenAPI serializes") + "\n"
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("OpenAPI serializes")
+        + "\n"
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -93,12 +96,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// With a token configured, every route but health and the API description needs it.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let Some(token) = &state.config.api.token else {
         return Ok(next.run(req).await);
     };
     let path = req.uri().path();
-    let open = path == "/api/v1/health" || path == "/api/v1/openapi.json" || path.starts_with("/api/docs");
+    let open =
+        path == "/api/v1/health" || path == "/api/v1/openapi.json" || path.starts_with("/api/docs");
     if !open {
         let given = req
             .headers()

@@ -39,7 +39,10 @@ pub(crate) async fn views(state: &AppState) -> Result<Vec<QueueView>, ApiError> 
             let counts = JobState::ALL
                 .iter()
                 .map(|s| {
-                    let n = counts.iter().find(|(q, st, _)| *q == name && st == s).map_or(0, |c| c.2);
+                    let n = counts
+                        .iter()
+                        .find(|(q, st, _)| *q == name && st == s)
+                        .map_or(0, |c| c.2);
                     (s.to_string(), n)
                 })
                 .collect();
@@ -61,7 +64,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<QueueView>>,
 
 async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<QueueView, ApiError> {
     if !state.config.queues.contains_key(name) {
-        return Err(ApiError::NotFound(format!("queue {name:?} is not configured")));
+        return Err(ApiError::NotFound(format!(
+            "queue {name:?} is not configured"
+        )));
     }
     state.store.set_paused(name, paused).await?;
     state.nudge();
@@ -75,14 +80,20 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<QueueV
 /// Pause a queue: its waiting jobs stay put until resumed (persisted; running jobs finish).
 #[utoipa::path(post, path = "/api/v1/queues/{name}/pause", tag = "queues",
     params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
-pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueView>, ApiError> {
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
     Ok(Json(set_paused(&state, &name, true).await?))
 }
 
 /// Resume a paused queue.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/resume", tag = "queues",
     params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
-pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueView>, ApiError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
     Ok(Json(set_paused(&state, &name, false).await?))
 }
 

@@ -36,7 +36,10 @@ impl From<ScheduleView> for ScheduleInfo {
     fn from(v: ScheduleView) -> Self {
         let r = v.record;
         ScheduleInfo {
-            when: v.spec.map(|s| s.describe()).unwrap_or_else(|| "unreadable".into()),
+            when: v
+                .spec
+                .map(|s| s.describe())
+                .unwrap_or_else(|| "unreadable".into()),
             name: r.def.name,
             kind: r.def.kind,
             enabled: r.def.enabled,
@@ -51,7 +54,13 @@ impl From<ScheduleView> for ScheduleInfo {
 /// Schedules with their last and next run.
 #[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", responses((status = 200, body = [ScheduleInfo])))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ScheduleInfo>>, ApiError> {
-    Ok(Json(scheduler::list(&state.store).await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        scheduler::list(&state.store)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// Enqueue a schedule's job now, outside its slots.
@@ -62,15 +71,30 @@ pub async fn run(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    let enqueued = scheduler::run_now(&state.store, &state.registry, &name).await.map_err(|e| match e {
-        RunNowError::NotFound(_) => ApiError::NotFound(e.to_string()),
-        RunNowError::Invalid { .. } => ApiError::Validation(vec![crate::queue::FieldError::new("schedule", e.to_string())]),
-        RunNowError::Store(s) => s.into(),
-    })?;
+    let enqueued = scheduler::run_now(&state.store, &state.registry, &name)
+        .await
+        .map_err(|e| match e {
+            RunNowError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            RunNowError::Invalid { .. } => {
+                ApiError::Validation(vec![crate::queue::FieldError::new(
+                    "schedule",
+                    e.to_string(),
+                )])
+            }
+            RunNowError::Store(s) => s.into(),
+        })?;
     state.nudge();
-    Ok((StatusCode::CREATED, Json(EnqueueResponse { job: enqueued.job.into(), deduplicated: false })))
+    Ok((
+        StatusCode::CREATED,
+        Json(EnqueueResponse {
+            job: enqueued.job.into(),
+            deduplicated: false,
+        }),
+    ))
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/schedules", get(list)).route("/schedules/{name}/run", post(run))
+    Router::new()
+        .route("/schedules", get(list))
+        .route("/schedules/{name}/run", post(run))
 }

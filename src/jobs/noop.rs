@@ -37,7 +37,10 @@ impl JobArgs for NoopArgs {
             return Err(FieldError::new("steps", "must be at most 1000000"));
         }
         if self.step_ms > 600_000 {
-            return Err(FieldError::new("step_ms", "must be at most 600000 (10 minutes)"));
+            return Err(FieldError::new(
+                "step_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
         }
         Ok(())
     }

@@ -142,12 +142,20 @@ impl JobContext {
             act.last = now;
             let first = *act.first_done.get_or_insert(progress.done);
             let secs = now.duration_since(act.started).as_secs_f64();
-            let rate = if secs > 0.5 { (progress.done.saturating_sub(first)) as f64 / secs } else { 0.0 };
+            let rate = if secs > 0.5 {
+                (progress.done.saturating_sub(first)) as f64 / secs
+            } else {
+                0.0
+            };
             let eta = match progress.total {
-                Some(total) if rate > 0.0 => Some(((total.saturating_sub(progress.done)) as f64 / rate).ceil()),
+                Some(total) if rate > 0.0 => {
+                    Some(((total.saturating_sub(progress.done)) as f64 / rate).ceil())
+                }
                 _ => None,
             };
-            let save = act.last_saved.is_none_or(|t| now.duration_since(t) >= PROGRESS_SAVE_EVERY)
+            let save = act
+                .last_saved
+                .is_none_or(|t| now.duration_since(t) >= PROGRESS_SAVE_EVERY)
                 || progress.total == Some(progress.done);
             if save {
                 act.last_saved = Some(now);
@@ -185,7 +193,11 @@ impl JobContext {
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
-        self.inner.activity.lock().map(|a| a.last.elapsed()).unwrap_or_default()
+        self.inner
+            .activity
+            .lock()
+            .map(|a| a.last.elapsed())
+            .unwrap_or_default()
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -139,7 +139,11 @@ impl Executor {
             tokio::spawn(heartbeat(self.shared.clone(), background_stop.clone())),
             tokio::spawn(watch(self.shared.clone(), background_stop.clone())),
         ];
-        ExecutorHandle { dispatcher, background, background_stop }
+        ExecutorHandle {
+            dispatcher,
+            background,
+            background_stop,
+        }
     }
 
     /// Stops claiming, gives running jobs the grace period to checkpoint and finish, then
@@ -151,9 +155,15 @@ impl Executor {
         if running > 0 {
             info!(running, grace = ?shared.settings.shutdown_grace, "waiting for running jobs to finish");
         }
-        if tokio::time::timeout(shared.settings.shutdown_grace, &mut handle.dispatcher).await.is_err() {
+        if tokio::time::timeout(shared.settings.shutdown_grace, &mut handle.dispatcher)
+            .await
+            .is_err()
+        {
             let left = shared.running.lock().map(|r| r.len()).unwrap_or(0);
-            warn!(jobs = left, "grace period over; handing the remaining jobs back");
+            warn!(
+                jobs = left,
+                "grace period over; handing the remaining jobs back"
+            );
             shared.hard_stop.cancel();
             let _ = handle.dispatcher.await;
         }
@@ -165,7 +175,12 @@ impl Executor {
 }
 
 fn signal_cancel(shared: &Shared, job_id: i64) -> bool {
-    match shared.running.lock().ok().and_then(|r| r.get(&job_id).cloned()) {
+    match shared
+        .running
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&job_id).cloned())
+    {
         Some(token) => {
             token.cancel();
             true
@@ -249,12 +264,21 @@ async fn dispatch(
         for done in pending.drain(..) {
             let kept = applied.contains(&done.finish.job_id);
             if !kept {
-                warn!(job = done.finish.job_id, "result not recorded: the lease was lost to another attempt");
+                warn!(
+                    job = done.finish.job_id,
+                    "result not recorded: the lease was lost to another attempt"
+                );
             }
-            shared.metrics.attempt_finished(&done.kind, outcome_label(&done.finish.how, kept));
+            shared
+                .metrics
+                .attempt_finished(&done.kind, outcome_label(&done.finish.how, kept));
         }
         for (queue, asked) in &claims {
-            let i = shared.queues.iter().position(|q| &q.name == queue).unwrap_or(0);
+            let i = shared
+                .queues
+                .iter()
+                .position(|q| &q.name == queue)
+                .unwrap_or(0);
             let got = claimed.iter().filter(|j| &j.queue == queue).count() as i64;
             if got < *asked {
                 hungry[i] = false;
@@ -262,7 +286,11 @@ async fn dispatch(
             }
         }
         for job in claimed {
-            let i = shared.queues.iter().position(|q| q.name == job.queue).unwrap_or(0);
+            let i = shared
+                .queues
+                .iter()
+                .position(|q| q.name == job.queue)
+                .unwrap_or(0);
             free[i] -= 1;
             in_flight += 1;
             spawn_job(shared.clone(), job, i, done_tx.clone());
@@ -296,7 +324,12 @@ async fn next_due_instant(shared: &Shared, queue: &str) -> Option<Instant> {
     Some(Instant::now() + Duration::from_millis(wait as u64))
 }
 
-fn spawn_job(shared: Arc<Shared>, job: ClaimedJob, queue: usize, done_tx: mpsc::UnboundedSender<Done>) {
+fn spawn_job(
+    shared: Arc<Shared>,
+    job: ClaimedJob,
+    queue: usize,
+    done_tx: mpsc::UnboundedSender<Done>,
+) {
     let cancel = CancellationToken::new();
     if let Ok(mut running) = shared.running.lock() {
         running.insert(job.id, cancel.clone());
@@ -306,7 +339,11 @@ fn spawn_job(shared: Arc<Shared>, job: ClaimedJob, queue: usize, done_tx: mpsc::
         if let Ok(mut running) = shared.running.lock() {
             running.remove(&job.id);
         }
-        let _ = done_tx.send(Done { queue, finish, kind: job.kind });
+        let _ = done_tx.send(Done {
+            queue,
+            finish,
+            kind: job.kind,
+        });
     });
 }
 
@@ -320,7 +357,10 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
                 job.kind
             )));
         };
-        let checkpoint = job.checkpoint.as_deref().and_then(|c| serde_json::from_str(c).ok());
+        let checkpoint = job
+            .checkpoint
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok());
         let ctx = JobContext::new(
             job.id,
             job.kind.clone(),
@@ -364,13 +404,19 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
         Err(JobError::Retryable(error)) if job.attempt >= job.max_attempts => {
             warn!(%error, "failed; no attempts left, discarding");
             FinishKind::Discard {
-                error: format!("{error} (attempt {} of {}, none left)", job.attempt, job.max_attempts),
+                error: format!(
+                    "{error} (attempt {} of {}, none left)",
+                    job.attempt, job.max_attempts
+                ),
             }
         }
         Err(JobError::Retryable(error)) => {
             let wait = backoff(job.attempt as u32, shared.settings.backoff_cap);
             warn!(%error, retry_in = %humantime::format_duration(round_secs(wait)), "failed; will retry");
-            FinishKind::Retry { at: now + wait.as_millis() as i64, error }
+            FinishKind::Retry {
+                at: now + wait.as_millis() as i64,
+                error,
+            }
         }
         Err(JobError::Permanent(error)) => {
             warn!(%error, "failed permanently; discarding");
@@ -378,7 +424,10 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
         }
         Err(JobError::Snooze { wait, reason }) => {
             info!(%reason, wait = %humantime::format_duration(wait), "waiting; attempt not counted");
-            FinishKind::Snooze { at: now + wait.as_millis() as i64, reason }
+            FinishKind::Snooze {
+                at: now + wait.as_millis() as i64,
+                reason,
+            }
         }
         Err(JobError::Cancelled(reason)) => {
             info!(%reason, "cancelled");
@@ -393,7 +442,12 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
             FinishKind::Release
         }
     };
-    Finish { job_id: job.id, lease_token: job.lease_token, at: now, how }
+    Finish {
+        job_id: job.id,
+        lease_token: job.lease_token,
+        at: now,
+        how,
+    }
 }
 
 fn round_secs(d: Duration) -> Duration {
@@ -428,7 +482,11 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = shared.store.renew_leases(&shared.owner, shared.settings.lease).await {
+        if let Err(e) = shared
+            .store
+            .renew_leases(&shared.owner, shared.settings.lease)
+            .await
+        {
             error!(error = %e, "could not renew job leases");
         }
         pick_up_cancels(&shared).await;
@@ -436,7 +494,11 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn pick_up_cancels(shared: &Shared) {
-    let busy = shared.running.lock().map(|r| !r.is_empty()).unwrap_or(false);
+    let busy = shared
+        .running
+        .lock()
+        .map(|r| !r.is_empty())
+        .unwrap_or(false);
     if !busy {
         return;
     }

@@ -53,7 +53,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -91,7 +94,8 @@ pub trait Worker<A: JobArgs>: Send + Sync + 'static {
     fn work(&self, ctx: JobContext, args: A) -> impl Future<Output = Result<(), JobError>> + Send;
 }
 
-type Handler = Arc<dyn Fn(JobContext, String) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(JobContext, String) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct KindEntry {
@@ -109,10 +113,15 @@ impl KindEntry {
 fn parse_args<A: JobArgs>(value: &Value) -> Result<A, FieldError> {
     let args: A = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "args".to_string() } else { format!("args.{path}") };
+        let field = if path == "." {
+            "args".to_string()
+        } else {
+            format!("args.{path}")
+        };
         FieldError::new(field, e.into_inner().to_string())
     })?;
-    args.validate().map_err(|e| FieldError::new(format!("args.{}", e.field), e.message))?;
+    args.validate()
+        .map_err(|e| FieldError::new(format!("args.{}", e.field), e.message))?;
     Ok(args)
 }
 
@@ -141,7 +150,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(queues: Vec<String>) -> Self {
-        Registry { kinds: BTreeMap::new(), queues }
+        Registry {
+            kinds: BTreeMap::new(),
+            queues,
+        }
     }
 
     /// Adds a kind. `overrides` tweaks its default settings (from config).
@@ -163,7 +175,14 @@ impl Registry {
         });
         let mut settings = A::settings();
         overrides(&mut settings);
-        self.kinds.insert(A::KIND, KindEntry { settings, validate: validate_args::<A>, handler });
+        self.kinds.insert(
+            A::KIND,
+            KindEntry {
+                settings,
+                validate: validate_args::<A>,
+                handler,
+            },
+        );
     }
 
     pub fn get(&self, kind: &str) -> Option<&KindEntry> {
@@ -184,7 +203,11 @@ impl Registry {
             let known: Vec<&str> = self.kinds.keys().copied().collect();
             return Err(vec![FieldError::new(
                 "kind",
-                format!("unknown job kind {:?} (known kinds: {})", req.kind, known.join(", ")),
+                format!(
+                    "unknown job kind {:?} (known kinds: {})",
+                    req.kind,
+                    known.join(", ")
+                ),
             )]);
         };
         let mut errors = Vec::new();
@@ -195,25 +218,40 @@ impl Registry {
                 None
             }
         };
-        let queue = req.queue.clone().unwrap_or_else(|| entry.settings.queue.clone());
+        let queue = req
+            .queue
+            .clone()
+            .unwrap_or_else(|| entry.settings.queue.clone());
         if !self.queues.contains(&queue) {
             errors.push(FieldError::new(
                 "queue",
-                format!("unknown queue {queue:?} (configured: {})", self.queues.join(", ")),
+                format!(
+                    "unknown queue {queue:?} (configured: {})",
+                    self.queues.join(", ")
+                ),
             ));
         }
         let priority = req.priority.unwrap_or(entry.settings.priority);
         if !(1..=4).contains(&priority) {
-            errors.push(FieldError::new("priority", "must be between 1 (first) and 4 (last)"));
+            errors.push(FieldError::new(
+                "priority",
+                "must be between 1 (first) and 4 (last)",
+            ));
         }
         let max_attempts = req.max_attempts.unwrap_or(entry.settings.max_attempts);
         if !(1..=1000).contains(&max_attempts) {
-            errors.push(FieldError::new("max_attempts", "must be between 1 and 1000"));
+            errors.push(FieldError::new(
+                "max_attempts",
+                "must be between 1 and 1000",
+            ));
         }
         if let Some(key) = &req.idempotency_key
             && (key.is_empty() || key.len() > 255)
         {
-            errors.push(FieldError::new("idempotency_key", "must be 1 to 255 characters"));
+            errors.push(FieldError::new(
+                "idempotency_key",
+                "must be 1 to 255 characters",
+            ));
         }
         match args {
             Some(args) if errors.is_empty() => Ok(NewJob {

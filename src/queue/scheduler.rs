@@ -40,16 +40,25 @@ pub enum ScheduleSpec {
     /// Every `secs` seconds, at multiples of the interval since the Unix epoch (UTC).
     Every { secs: u64 },
     /// On these weekdays at `at` (HH:MM, quarter hours) local to `timezone`.
-    Weekly { days: Vec<Weekday>, at: String, timezone: String },
+    Weekly {
+        days: Vec<Weekday>,
+        at: String,
+        timezone: String,
+    },
 }
 
 fn parse_tz(name: &str) -> Result<Tz, String> {
-    Tz::from_str(name).map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)"))
+    Tz::from_str(name)
+        .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)"))
 }
 
 fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     let fields = expr.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
+    let full = if fields == 5 {
+        format!("0 {expr}")
+    } else {
+        expr.to_string()
+    };
     cron::Schedule::from_str(&full).map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }
 
@@ -57,7 +66,9 @@ fn parse_at(at: &str) -> Result<NaiveTime, String> {
     let time = NaiveTime::parse_from_str(at, "%H:%M")
         .map_err(|_| format!("invalid time {at:?}: expected HH:MM, e.g. 02:15"))?;
     if time.minute() % 15 != 0 {
-        return Err(format!("time {at:?} must be on a quarter hour (:00, :15, :30 or :45)"));
+        return Err(format!(
+            "time {at:?} must be on a quarter hour (:00, :15, :30 or :45)"
+        ));
     }
     Ok(time)
 }
@@ -97,7 +108,10 @@ impl ScheduleSpec {
             ScheduleSpec::Cron { expr, timezone } => {
                 let tz = parse_tz(timezone).ok()?;
                 let schedule = parse_cron(expr).ok()?;
-                schedule.after(&after.with_timezone(&tz)).next().map(|t| t.with_timezone(&Utc))
+                schedule
+                    .after(&after.with_timezone(&tz))
+                    .next()
+                    .map(|t| t.with_timezone(&Utc))
             }
             ScheduleSpec::Every { secs } => {
                 let step = i64::try_from(*secs).ok()?.checked_mul(1000)?;
@@ -115,9 +129,10 @@ impl ScheduleSpec {
                     .filter_map(|date| {
                         // In a DST gap the wall time does not exist: take the hour after.
                         let local = date.and_time(time);
-                        tz.from_local_datetime(&local)
-                            .earliest()
-                            .or_else(|| tz.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest())
+                        tz.from_local_datetime(&local).earliest().or_else(|| {
+                            tz.from_local_datetime(&(local + chrono::Duration::hours(1)))
+                                .earliest()
+                        })
                     })
                     .map(|t| t.with_timezone(&Utc))
                     .find(|t| *t > after)
@@ -129,7 +144,10 @@ impl ScheduleSpec {
         match self {
             ScheduleSpec::Cron { expr, timezone } => format!("cron {expr} ({timezone})"),
             ScheduleSpec::Every { secs } => {
-                format!("every {}", humantime::format_duration(Duration::from_secs(*secs)))
+                format!(
+                    "every {}",
+                    humantime::format_duration(Duration::from_secs(*secs))
+                )
             }
             ScheduleSpec::Weekly { days, at, timezone } => {
                 let days: Vec<String> = days.iter().map(|d| d.to_string()).collect();
@@ -182,10 +200,15 @@ impl ScheduleForm {
         let timezone = self.timezone.unwrap_or_else(|| default_tz.to_string());
         let spec = match (self.cron, self.every, self.weekdays) {
             (Some(expr), None, None) => ScheduleSpec::Cron { expr, timezone },
-            (None, Some(every), None) => ScheduleSpec::Every { secs: every.as_secs() },
+            (None, Some(every), None) => ScheduleSpec::Every {
+                secs: every.as_secs(),
+            },
             (None, None, Some(days)) => {
                 let Some(at) = self.at else {
-                    return Err(err("at", "weekdays need a time of day, e.g. at = \"02:15\"".into()));
+                    return Err(err(
+                        "at",
+                        "weekdays need a time of day, e.g. at = \"02:15\"".into(),
+                    ));
                 };
                 let days = days
                     .iter()
@@ -194,7 +217,12 @@ impl ScheduleForm {
                     .map_err(|e| err("weekdays", e))?;
                 ScheduleSpec::Weekly { days, at, timezone }
             }
-            _ => return Err(err("", "give exactly one of cron, every or weekdays".into())),
+            _ => {
+                return Err(err(
+                    "",
+                    "give exactly one of cron, every or weekdays".into(),
+                ));
+            }
         };
         spec.validate().map_err(|e| {
             let key = match &spec {
@@ -219,15 +247,31 @@ pub fn parse_schedule(
     default_tz: &str,
 ) -> Result<ScheduleDef, ConfigError> {
     let parsed: ScheduleFile = toml::from_str(text).map_err(|e| {
-        ConfigError::new(e.message().to_string()).with_key_opt(toml_key(text, &e)).in_file(file)
+        ConfigError::new(e.message().to_string())
+            .with_key_opt(toml_key(text, &e))
+            .in_file(file)
     })?;
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("schedule").to_string();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("schedule")
+        .to_string();
     let name = parsed.name.clone().unwrap_or(stem);
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(ConfigError::at("name", format!("{name:?} must be letters, digits, '-', '_' or '.'"))
-            .in_file(file));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::at(
+            "name",
+            format!("{name:?} must be letters, digits, '-', '_' or '.'"),
+        )
+        .in_file(file));
     }
-    let spec = parsed.schedule.into_spec(default_tz).map_err(|e| e.in_file(file))?;
+    let spec = parsed
+        .schedule
+        .into_spec(default_tz)
+        .map_err(|e| e.in_file(file))?;
     let args = serde_json::to_value(&parsed.args)
         .map_err(|e| ConfigError::at("args", e.to_string()).in_file(file))?;
     let request = EnqueueRequest {
@@ -258,7 +302,10 @@ pub fn parse_schedule(
 /// The dotted key a TOML error is about, when the parser says where it happened.
 fn toml_key(text: &str, e: &toml::de::Error) -> Option<String> {
     let span = e.span()?;
-    let line = text[..span.start.min(text.len())].lines().last().unwrap_or("");
+    let line = text[..span.start.min(text.len())]
+        .lines()
+        .last()
+        .unwrap_or("");
     let key = line.split('=').next()?.trim();
     (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
 }
@@ -272,8 +319,9 @@ pub fn load_dir(
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ConfigError::new(format!("cannot read schedule directory: {e}")).in_file(dir))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::new(format!("cannot read schedule directory: {e}")).in_file(dir)
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
@@ -287,7 +335,10 @@ pub fn load_dir(
         if let Some(other) = defs.iter().find(|d| d.name == def.name) {
             return Err(ConfigError::at(
                 "name",
-                format!("schedule {:?} is already defined in {}", def.name, other.source),
+                format!(
+                    "schedule {:?} is already defined in {}",
+                    def.name, other.source
+                ),
             )
             .in_file(&file));
         }
@@ -338,7 +389,11 @@ fn request_for(def: &ScheduleDef, key: String) -> EnqueueRequest {
 }
 
 /// Enqueues a schedule's job now, outside its slots.
-pub async fn run_now(store: &Store, registry: &Registry, name: &str) -> Result<Enqueued, RunNowError> {
+pub async fn run_now(
+    store: &Store,
+    registry: &Registry,
+    name: &str,
+) -> Result<Enqueued, RunNowError> {
     let record = store
         .schedules()
         .await?
@@ -348,7 +403,10 @@ pub async fn run_now(store: &Store, registry: &Registry, name: &str) -> Result<E
     let key = format!("schedule:{name}:now:{}", now_ms());
     let job = registry
         .prepare(&request_for(&record.def, key))
-        .map_err(|e| RunNowError::Invalid { name: name.into(), message: e[0].to_string() })?;
+        .map_err(|e| RunNowError::Invalid {
+            name: name.into(),
+            message: e[0].to_string(),
+        })?;
     Ok(store.fire_schedule(name, &job, None, None).await?)
 }
 
@@ -391,7 +449,10 @@ impl Scheduler {
                 continue;
             };
             let name = &s.def.name;
-            let next_from = |t: Millis| spec.next_after(to_datetime(t)).map(|d| d.timestamp_millis());
+            let next_from = |t: Millis| {
+                spec.next_after(to_datetime(t))
+                    .map(|d| d.timestamp_millis())
+            };
             match s.next_run_at {
                 None => {
                     let next = next_from(now);
@@ -413,7 +474,10 @@ impl Scheduler {
                         let key = format!("schedule:{name}:{}", to_datetime(slot).to_rfc3339());
                         match self.registry.prepare(&request_for(&s.def, key)) {
                             Ok(job) => {
-                                let enq = self.store.fire_schedule(name, &job, Some(slot), next).await?;
+                                let enq = self
+                                    .store
+                                    .fire_schedule(name, &job, Some(slot), next)
+                                    .await?;
                                 info!(schedule = %name, job = enq.job.id, deduplicated = enq.deduplicated, "schedule fired");
                                 self.executor.wake();
                             }
@@ -430,6 +494,8 @@ impl Scheduler {
                 Some(slot) => next_wake = next_wake.min(slot),
             }
         }
-        Ok(Duration::from_millis((next_wake - now_ms()).clamp(0, 60_000) as u64))
+        Ok(Duration::from_millis(
+            (next_wake - now_ms()).clamp(0, 60_000) as u64,
+        ))
     }
 }

@@ -18,7 +18,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{
     Connection, Row, SqliteConnection, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
 };
 
 use super::state::{AttemptOutcome, JobState, Millis, now_ms};
@@ -175,11 +177,21 @@ pub struct Finish {
 pub enum FinishKind {
     Completed,
     /// A counted failure; runs again at `at`.
-    Retry { at: Millis, error: String },
+    Retry {
+        at: Millis,
+        error: String,
+    },
     /// Not counted: wait until `at` (Retry-After, destination awaiting authorization).
-    Snooze { at: Millis, reason: String },
-    Discard { error: String },
-    Cancel { reason: String },
+    Snooze {
+        at: Millis,
+        reason: String,
+    },
+    Discard {
+        error: String,
+    },
+    Cancel {
+        reason: String,
+    },
     /// Shutdown: hand the job back without counting the attempt.
     Release,
 }
@@ -278,12 +290,20 @@ fn classify_open_error(path: &Path, err: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
         _ => None,
     };
-    let primary = code.as_deref().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+    let primary = code
+        .as_deref()
+        .and_then(|c| c.parse::<i64>().ok())
+        .map(|c| c & 0xff);
     match primary {
-        Some(11) | Some(26) => StoreError::Corrupt { path: path.into(), detail: text },
+        Some(11) | Some(26) => StoreError::Corrupt {
+            path: path.into(),
+            detail: text,
+        },
         Some(8) => StoreError::Open {
             path: path.into(),
-            detail: format!("cannot write to it ({text}); check the file and directory permissions"),
+            detail: format!(
+                "cannot write to it ({text}); check the file and directory permissions"
+            ),
         },
         Some(14) => StoreError::Open {
             path: path.into(),
@@ -291,7 +311,10 @@ fn classify_open_error(path: &Path, err: sqlx::Error) -> StoreError {
                 "cannot open it ({text}); check that the directory exists and is writable"
             ),
         },
-        _ => StoreError::Open { path: path.into(), detail: text },
+        _ => StoreError::Open {
+            path: path.into(),
+            detail: text,
+        },
     }
 }
 
@@ -326,17 +349,24 @@ impl Store {
             .fetch_one(&writer)
             .await
             .map_err(|e| classify_open_error(path, e))?;
-        MIGRATOR.run(&writer).await.map_err(|e| StoreError::Migrate {
-            path: path.into(),
-            detail: e.to_string(),
-        })?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Migrate {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(120))
             .connect_with(options)
             .await
             .map_err(|e| classify_open_error(path, e))?;
-        Ok(Store { writer, reader, path: path.into() })
+        Ok(Store {
+            writer,
+            reader,
+            path: path.into(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -352,7 +382,10 @@ impl Store {
         if rows.len() == 1 && rows[0] == "ok" {
             Ok(())
         } else {
-            Err(StoreError::Corrupt { path: self.path.clone(), detail: rows.join("; ") })
+            Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: rows.join("; "),
+            })
         }
     }
 
@@ -368,7 +401,9 @@ impl Store {
     }
 
     pub async fn data_version(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("pragma data_version").fetch_one(conn).await?)
+        Ok(sqlx::query_scalar("pragma data_version")
+            .fetch_one(conn)
+            .await?)
     }
 
     // ---------------------------------------------------------------- enqueue
@@ -379,7 +414,11 @@ impl Store {
         now: Millis,
     ) -> Result<Enqueued, sqlx::Error> {
         let run_at = job.scheduled_at.unwrap_or(now);
-        let state = if run_at > now { "scheduled" } else { "available" };
+        let state = if run_at > now {
+            "scheduled"
+        } else {
+            "available"
+        };
         let inserted: Option<i64> = sqlx::query_scalar(
             "insert into jobs (kind, queue, args, state, priority, max_attempts, idempotency_key, \
              created_at, scheduled_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -398,7 +437,11 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let (sql, bind_key, deduplicated) = match inserted {
-            Some(id) => (format!("select {JOB_COLUMNS} from jobs where id = ?"), Err(id), false),
+            Some(id) => (
+                format!("select {JOB_COLUMNS} from jobs where id = ?"),
+                Err(id),
+                false,
+            ),
             None => (
                 format!("select {JOB_COLUMNS} from jobs where idempotency_key = ?"),
                 Ok(job.idempotency_key.clone().unwrap_or_default()),
@@ -411,12 +454,18 @@ impl Store {
             Ok(key) => query.bind(key),
         };
         let row = query.fetch_one(&mut *tx).await?;
-        Ok(Enqueued { job: JobRecord::from_row(&row)?, deduplicated })
+        Ok(Enqueued {
+            job: JobRecord::from_row(&row)?,
+            deduplicated,
+        })
     }
 
     /// Inserts one job durably, or returns the job that already holds its idempotency key.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, StoreError> {
-        Ok(self.enqueue_batch(std::slice::from_ref(job)).await?.remove(0))
+        Ok(self
+            .enqueue_batch(std::slice::from_ref(job))
+            .await?
+            .remove(0))
     }
 
     /// Inserts many jobs in one transaction (one fsync).
@@ -494,9 +543,10 @@ impl Store {
 
     /// (queue, state, count) for every queue that has jobs.
     pub async fn counts(&self) -> Result<Vec<(String, JobState, i64)>, StoreError> {
-        let rows = sqlx::query("select queue, state, count(*) as n from jobs group by queue, state")
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("select queue, state, count(*) as n from jobs group by queue, state")
+                .fetch_all(&self.reader)
+                .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let state: String = row.try_get("state")?;
@@ -525,7 +575,9 @@ impl Store {
         let mut claimed = Vec::new();
         for (queue, limit) in claims {
             if *limit > 0 {
-                claimed.extend(Self::claim(&mut tx, queue, *limit, owner, now, now + ms(lease)).await?);
+                claimed.extend(
+                    Self::claim(&mut tx, queue, *limit, owner, now, now + ms(lease)).await?,
+                );
             }
         }
         tx.commit().await?;
@@ -636,10 +688,18 @@ impl Store {
         for finish in finishes {
             let (state, scheduled_at, error, outcome, uncount) = match &finish.how {
                 FinishKind::Completed => continue,
-                FinishKind::Retry { at, error } => ("retryable", Some(*at), Some(error.as_str()), "retryable", 0),
-                FinishKind::Snooze { at, reason } => ("scheduled", Some(*at), Some(reason.as_str()), "snoozed", 1),
-                FinishKind::Discard { error } => ("discarded", None, Some(error.as_str()), "discarded", 0),
-                FinishKind::Cancel { reason } => ("cancelled", None, Some(reason.as_str()), "cancelled", 0),
+                FinishKind::Retry { at, error } => {
+                    ("retryable", Some(*at), Some(error.as_str()), "retryable", 0)
+                }
+                FinishKind::Snooze { at, reason } => {
+                    ("scheduled", Some(*at), Some(reason.as_str()), "snoozed", 1)
+                }
+                FinishKind::Discard { error } => {
+                    ("discarded", None, Some(error.as_str()), "discarded", 0)
+                }
+                FinishKind::Cancel { reason } => {
+                    ("cancelled", None, Some(reason.as_str()), "cancelled", 0)
+                }
                 FinishKind::Release => ("available", Some(finish.at), None, "released", 1),
             };
             let finalized = matches!(state, "discarded" | "cancelled").then_some(finish.at);
@@ -754,9 +814,14 @@ impl Store {
         for row in rows {
             let id: i64 = row.try_get("id")?;
             let token: i64 = row.try_get("lease_token")?;
-            let exhausted = row.try_get::<i64, _>("attempt")? >= row.try_get::<i64, _>("max_attempts")?;
+            let exhausted =
+                row.try_get::<i64, _>("attempt")? >= row.try_get::<i64, _>("max_attempts")?;
             let error = "lease lost: the worker stopped without finishing (crash, kill or hang)";
-            let (state, finalized) = if exhausted { ("discarded", Some(now)) } else { ("available", None) };
+            let (state, finalized) = if exhausted {
+                ("discarded", Some(now))
+            } else {
+                ("available", None)
+            };
             sqlx::query(
                 "update jobs set state = ?, finalized_at = ?, scheduled_at = ?, last_error = ?, \
                      lease_owner = null, lease_token = null, lease_expires_at = null \
@@ -917,9 +982,14 @@ impl Store {
         let mut tx = self.writer.begin_with("begin immediate").await?;
         let job = Self::job_in(&mut tx, id).await?;
         if job.state == JobState::Running {
-            return Err(OpError::Conflict(format!("job {id} is running; cancel it first")));
+            return Err(OpError::Conflict(format!(
+                "job {id} is running; cancel it first"
+            )));
         }
-        sqlx::query("delete from jobs where id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("delete from jobs where id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 
 /// Defaults plus a temp data dir, an ephemeral API port and short timings.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::load_with(None, Env::prefixed("OFFSITE_NOT_SET_IN_TESTS_")).expect("defaults");
+    let mut c =
+        Config::load_with(None, Env::prefixed("OFFSITE_NOT_SET_IN_TESTS_")).expect("defaults");
     c.data_dir = dir.join("data");
     c.jobs_dir = dir.join("jobs");
     c.api.listen = "127.0.0.1:0".parse().unwrap();
@@ -34,7 +35,10 @@ pub fn test_config(dir: &Path) -> Config {
     c.engine.shutdown_grace = Duration::from_secs(2);
     c.engine.watch_interval = Duration::from_millis(50);
     c.instance_id = Some("test-worker".into());
-    c.queues.insert("other".into(), offsite::config::QueueConfig { concurrency: 2 });
+    c.queues.insert(
+        "other".into(),
+        offsite::config::QueueConfig { concurrency: 2 },
+    );
     c
 }
 
@@ -110,7 +114,11 @@ pub struct Probe {
 
 impl Probe {
     fn emit(&self, ctx: &JobContext, what: &'static str) {
-        let _ = self.events.send(Event { job: ctx.job_id(), attempt: ctx.attempt(), what });
+        let _ = self.events.send(Event {
+            job: ctx.job_id(),
+            attempt: ctx.attempt(),
+            what,
+        });
     }
 
     async fn behave(&self, ctx: JobContext, mode: &str, n: u64) -> Result<(), JobError> {
@@ -118,23 +126,35 @@ impl Probe {
         match mode {
             "ok" => Ok(()),
             "fail" => Err(JobError::retryable("boom")),
-            "fail_until" if (ctx.attempt() as u64) < n => Err(JobError::retryable(format!("not yet ({})", ctx.attempt()))),
+            "fail_until" if (ctx.attempt() as u64) < n => {
+                Err(JobError::retryable(format!("not yet ({})", ctx.attempt())))
+            }
             "fail_until" => Ok(()),
             "permanent" => Err(JobError::permanent("bad input")),
             "cancel_self" => Err(JobError::Cancelled("the backup vanished".into())),
             "snooze_once" => {
                 if ctx.checkpoint::<Value>().is_none() {
                     ctx.save_checkpoint(&json!({"snoozed": true})).await?;
-                    return Err(JobError::Snooze { wait: Duration::from_millis(n), reason: "rate limited".into() });
+                    return Err(JobError::Snooze {
+                        wait: Duration::from_millis(n),
+                        reason: "rate limited".into(),
+                    });
                 }
                 Ok(())
             }
             // Counts checkpoints across attempts, failing after each until `n` are saved.
             "count" => {
-                let mut seen = ctx.checkpoint::<Value>().and_then(|v| v["count"].as_u64()).unwrap_or(0);
+                let mut seen = ctx
+                    .checkpoint::<Value>()
+                    .and_then(|v| v["count"].as_u64())
+                    .unwrap_or(0);
                 seen += 1;
                 ctx.save_checkpoint(&json!({"count": seen})).await?;
-                if seen < n { Err(JobError::retryable("more to do")) } else { Ok(()) }
+                if seen < n {
+                    Err(JobError::retryable("more to do"))
+                } else {
+                    Ok(())
+                }
             }
             // Runs until an operator cancels it or shutdown asks it to stop.
             "block" => {
@@ -206,9 +226,17 @@ impl Harness {
 
     pub async fn start_in(dir: TempDir, config: Config) -> Harness {
         let (registry, events) = registry(&config);
-        let setup = Setup { config: Arc::new(config), registry: Arc::new(registry), schedules: Vec::new() };
+        let setup = Setup {
+            config: Arc::new(config),
+            registry: Arc::new(registry),
+            schedules: Vec::new(),
+        };
         let running = app::start(setup).await.expect("worker starts");
-        Harness { dir, running: Some(running), events }
+        Harness {
+            dir,
+            running: Some(running),
+            events,
+        }
     }
 
     pub fn running(&self) -> &Running {
@@ -224,7 +252,12 @@ impl Harness {
     }
 
     pub async fn enqueue(&self, kind: &str, args: Value) -> JobRecord {
-        self.enqueue_req(EnqueueRequest { kind: kind.into(), args, ..Default::default() }).await
+        self.enqueue_req(EnqueueRequest {
+            kind: kind.into(),
+            args,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn enqueue_req(&self, req: EnqueueRequest) -> JobRecord {

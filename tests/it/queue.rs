@@ -47,7 +47,10 @@ async fn job_with_future_run_at_is_scheduled_and_runs_when_due() {
         .await;
     assert_eq!(job.state, JobState::Scheduled);
     h.event(job.id, "started").await;
-    assert!(now_ms() >= run_at.timestamp_millis(), "ran before its run_at");
+    assert!(
+        now_ms() >= run_at.timestamp_millis(),
+        "ran before its run_at"
+    );
     h.wait_state(job.id, JobState::Completed).await;
     h.stop().await;
 }
@@ -63,7 +66,10 @@ async fn failure_is_retryable_with_persisted_backoff_that_survives_a_restart() {
     let attempts = h.store().attempts(job.id).await.unwrap();
     let ended = attempts[0].ended_at.unwrap();
     let wait = failed.scheduled_at - ended;
-    assert!((900..=1100).contains(&wait), "backoff of the first retry was {wait} ms");
+    assert!(
+        (900..=1100).contains(&wait),
+        "backoff of the first retry was {wait} ms"
+    );
     assert_eq!(outcomes(&attempts), vec![AttemptOutcome::Retryable]);
 
     // The schedule is in the database: a new process sees the same run time.
@@ -71,7 +77,10 @@ async fn failure_is_retryable_with_persisted_backoff_that_survives_a_restart() {
     let reopened = Store::open(&h.data_dir().join("offsite.db")).await.unwrap();
     let after = reopened.job(job.id).await.unwrap().unwrap();
     assert_eq!(after.scheduled_at, failed.scheduled_at);
-    assert!(matches!(after.state, JobState::Retryable | JobState::Available));
+    assert!(matches!(
+        after.state,
+        JobState::Retryable | JobState::Available
+    ));
 }
 
 #[tokio::test]
@@ -87,7 +96,10 @@ async fn retries_until_success_then_completes() {
     let done = h.wait_state(job.id, JobState::Completed).await;
     assert_eq!(done.attempt, 2);
     let attempts = h.store().attempts(job.id).await.unwrap();
-    assert_eq!(outcomes(&attempts), vec![AttemptOutcome::Retryable, AttemptOutcome::Completed]);
+    assert_eq!(
+        outcomes(&attempts),
+        vec![AttemptOutcome::Retryable, AttemptOutcome::Completed]
+    );
     h.event(job.id, "finished").await;
     h.stop().await;
 }
@@ -137,7 +149,10 @@ async fn snooze_waits_without_burning_an_attempt() {
     let done = h.wait_state(job.id, JobState::Completed).await;
     assert_eq!(done.attempt, 1);
     let attempts = h.store().attempts(job.id).await.unwrap();
-    assert_eq!(outcomes(&attempts), vec![AttemptOutcome::Snoozed, AttemptOutcome::Completed]);
+    assert_eq!(
+        outcomes(&attempts),
+        vec![AttemptOutcome::Snoozed, AttemptOutcome::Completed]
+    );
     assert!(attempts[1].started_at - attempts[0].ended_at.unwrap() >= 300);
 }
 
@@ -170,21 +185,43 @@ async fn idempotency_key_returns_the_existing_job_until_it_is_deleted() {
 async fn invalid_submissions_name_the_field_and_store_nothing() {
     let h = Harness::start().await;
     let registry = &h.running().state.registry;
-    let bad = |kind: &str, args: serde_json::Value| EnqueueRequest { kind: kind.into(), args, ..Default::default() };
+    let bad = |kind: &str, args: serde_json::Value| EnqueueRequest {
+        kind: kind.into(),
+        args,
+        ..Default::default()
+    };
     let e = registry.prepare(&bad("nope", json!({}))).unwrap_err();
     assert_eq!(e[0].field, "kind");
-    let e = registry.prepare(&bad("noop", json!({"steps": "many"}))).unwrap_err();
+    let e = registry
+        .prepare(&bad("noop", json!({"steps": "many"})))
+        .unwrap_err();
     assert_eq!(e[0].field, "args.steps");
-    let e = registry.prepare(&bad("noop", json!({"steps": 1, "colour": "red"}))).unwrap_err();
+    let e = registry
+        .prepare(&bad("noop", json!({"steps": 1, "colour": "red"})))
+        .unwrap_err();
     assert!(e[0].message.contains("colour"), "{e:?}");
-    let e = registry.prepare(&bad("noop", json!({"step_ms": 900000}))).unwrap_err();
+    let e = registry
+        .prepare(&bad("noop", json!({"step_ms": 900000})))
+        .unwrap_err();
     assert_eq!(e[0].field, "args.step_ms");
     let e = registry
-        .prepare(&EnqueueRequest { kind: "noop".into(), args: json!({}), priority: Some(9), queue: Some("nowhere".into()), ..Default::default() })
+        .prepare(&EnqueueRequest {
+            kind: "noop".into(),
+            args: json!({}),
+            priority: Some(9),
+            queue: Some("nowhere".into()),
+            ..Default::default()
+        })
         .unwrap_err();
     let fields: Vec<&str> = e.iter().map(|f| f.field.as_str()).collect();
     assert_eq!(fields, vec!["queue", "priority"]);
-    assert!(h.store().list_jobs(&JobFilter::default(), 10, None).await.unwrap().is_empty());
+    assert!(
+        h.store()
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -247,11 +284,18 @@ async fn retry_of_discarded_job_adds_an_attempt_and_resumes_from_checkpoint() {
 
     let again = h.store().retry(job.id, false).await.unwrap();
     assert_eq!(again.state, JobState::Available);
-    assert_eq!(again.max_attempts, 3, "one attempt is added when they were used up");
+    assert_eq!(
+        again.max_attempts, 3,
+        "one attempt is added when they were used up"
+    );
     assert!(again.finalized_at.is_none());
     h.running().state.executor.wake();
     let done = h.wait_state(job.id, JobState::Completed).await;
-    assert_eq!(done.checkpoint, Some(json!({"count": 3})), "resumed from the checkpoint");
+    assert_eq!(
+        done.checkpoint,
+        Some(json!({"count": 3})),
+        "resumed from the checkpoint"
+    );
 
     // Replaying a completed job from scratch: its attempts were used up, so it gets one more.
     let replay = h.store().retry(job.id, true).await.unwrap();
@@ -260,7 +304,11 @@ async fn retry_of_discarded_job_adds_an_attempt_and_resumes_from_checkpoint() {
     h.running().state.executor.wake();
     let done = h.wait_state(job.id, JobState::Discarded).await;
     assert_eq!(done.attempt, 4);
-    assert_eq!(done.checkpoint, Some(json!({"count": 1})), "started over from no checkpoint");
+    assert_eq!(
+        done.checkpoint,
+        Some(json!({"count": 1})),
+        "started over from no checkpoint"
+    );
 }
 
 #[tokio::test]
@@ -268,10 +316,22 @@ async fn retrying_or_deleting_a_running_job_conflicts() {
     let mut h = Harness::start().await;
     let job = h.probe("block", 0).await;
     h.event(job.id, "started").await;
-    assert!(matches!(h.store().retry(job.id, false).await, Err(OpError::Conflict(_))));
-    assert!(matches!(h.store().delete(job.id).await, Err(OpError::Conflict(_))));
-    assert!(matches!(h.store().retry(424242, false).await, Err(OpError::NotFound(424242))));
-    assert!(matches!(h.store().delete(424242).await, Err(OpError::NotFound(424242))));
+    assert!(matches!(
+        h.store().retry(job.id, false).await,
+        Err(OpError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.store().delete(job.id).await,
+        Err(OpError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.store().retry(424242, false).await,
+        Err(OpError::NotFound(424242))
+    ));
+    assert!(matches!(
+        h.store().delete(424242).await,
+        Err(OpError::NotFound(424242))
+    ));
     h.stop().await;
 }
 
@@ -287,20 +347,39 @@ async fn bulk_retry_counts_the_jobs_it_brings_back() {
         h.wait_state(*id, JobState::Discarded).await;
     }
     h.wait_state(other.id, JobState::Completed).await;
-    let filter = JobFilter { states: vec![JobState::Discarded], kind: Some("probe".into()), queue: None };
+    let filter = JobFilter {
+        states: vec![JobState::Discarded],
+        kind: Some("probe".into()),
+        queue: None,
+    };
     assert_eq!(h.store().retry_many(&filter).await.unwrap(), 3);
     h.running().state.executor.wake();
     for id in &ids {
-        let j = wait_for(h.store(), *id, |j| j.attempt == 2 && j.state == JobState::Discarded).await;
+        let j = wait_for(h.store(), *id, |j| {
+            j.attempt == 2 && j.state == JobState::Discarded
+        })
+        .await;
         assert_eq!(h.store().attempts(j.id).await.unwrap().len(), 2);
     }
     let completed = h.store().job(other.id).await.unwrap().unwrap();
-    assert_eq!(completed.state, JobState::Completed, "the filter kept completed jobs out");
+    assert_eq!(
+        completed.state,
+        JobState::Completed,
+        "the filter kept completed jobs out"
+    );
 }
 
 /// Claims for `owner` directly through the store, as a worker process would.
-async fn claim(store: &Store, owner: &str, lease: Duration) -> Vec<offsite::queue::store::ClaimedJob> {
-    store.finish_and_claim(&[], &[("default".into(), 10)], owner, lease).await.unwrap().1
+async fn claim(
+    store: &Store,
+    owner: &str,
+    lease: Duration,
+) -> Vec<offsite::queue::store::ClaimedJob> {
+    store
+        .finish_and_claim(&[], &[("default".into(), 10)], owner, lease)
+        .await
+        .unwrap()
+        .1
 }
 
 fn new_job(key: Option<&str>) -> NewJob {
@@ -332,21 +411,49 @@ async fn expired_lease_is_rescued_and_the_old_worker_is_fenced_out() {
 
     let b = claim(&store, "worker-b", Duration::from_secs(60)).await;
     assert_eq!(b[0].attempt, 2);
-    assert!(store.save_checkpoint(job.id, b[0].lease_token, &json!({"by": "b"})).await.unwrap());
+    assert!(
+        store
+            .save_checkpoint(job.id, b[0].lease_token, &json!({"by": "b"}))
+            .await
+            .unwrap()
+    );
 
     // worker-a wakes up and tries to write: nothing it says lands.
-    assert!(!store.save_checkpoint(job.id, a[0].lease_token, &json!({"by": "a"})).await.unwrap());
-    assert!(!store.save_progress(job.id, a[0].lease_token, &json!({"done": 1})).await.unwrap());
-    let stale = Finish { job_id: job.id, lease_token: a[0].lease_token, at: now_ms(), how: FinishKind::Completed };
-    let (applied, _) = store.finish_and_claim(&[stale], &[], "worker-a", Duration::from_secs(1)).await.unwrap();
+    assert!(
+        !store
+            .save_checkpoint(job.id, a[0].lease_token, &json!({"by": "a"}))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .save_progress(job.id, a[0].lease_token, &json!({"done": 1}))
+            .await
+            .unwrap()
+    );
+    let stale = Finish {
+        job_id: job.id,
+        lease_token: a[0].lease_token,
+        at: now_ms(),
+        how: FinishKind::Completed,
+    };
+    let (applied, _) = store
+        .finish_and_claim(&[stale], &[], "worker-a", Duration::from_secs(1))
+        .await
+        .unwrap();
     assert!(applied.is_empty());
     let stale_fail = Finish {
         job_id: job.id,
         lease_token: a[0].lease_token,
         at: now_ms(),
-        how: FinishKind::Discard { error: "late".into() },
+        how: FinishKind::Discard {
+            error: "late".into(),
+        },
     };
-    let (applied, _) = store.finish_and_claim(&[stale_fail], &[], "worker-a", Duration::from_secs(1)).await.unwrap();
+    let (applied, _) = store
+        .finish_and_claim(&[stale_fail], &[], "worker-a", Duration::from_secs(1))
+        .await
+        .unwrap();
     assert!(applied.is_empty());
 
     let current = store.job(job.id).await.unwrap().unwrap();
@@ -354,11 +461,22 @@ async fn expired_lease_is_rescued_and_the_old_worker_is_fenced_out() {
     assert_eq!(current.lease_owner.as_deref(), Some("worker-b"));
     assert_eq!(current.checkpoint, Some(json!({"by": "b"})));
 
-    let fresh = Finish { job_id: job.id, lease_token: b[0].lease_token, at: now_ms(), how: FinishKind::Completed };
-    let (applied, _) = store.finish_and_claim(&[fresh], &[], "worker-b", Duration::from_secs(1)).await.unwrap();
+    let fresh = Finish {
+        job_id: job.id,
+        lease_token: b[0].lease_token,
+        at: now_ms(),
+        how: FinishKind::Completed,
+    };
+    let (applied, _) = store
+        .finish_and_claim(&[fresh], &[], "worker-b", Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(applied, vec![job.id]);
     let attempts = store.attempts(job.id).await.unwrap();
-    assert_eq!(outcomes(&attempts), vec![AttemptOutcome::Lost, AttemptOutcome::Completed]);
+    assert_eq!(
+        outcomes(&attempts),
+        vec![AttemptOutcome::Lost, AttemptOutcome::Completed]
+    );
     assert_eq!(attempts[0].worker, "worker-a");
 }
 
@@ -391,7 +509,10 @@ async fn restarted_worker_reclaims_its_own_orphans_at_once() {
     let h = Harness::start_in(dir, config).await;
     let done = h.wait_state(job.id, JobState::Completed).await;
     let attempts = h.store().attempts(done.id).await.unwrap();
-    assert_eq!(outcomes(&attempts), vec![AttemptOutcome::Lost, AttemptOutcome::Completed]);
+    assert_eq!(
+        outcomes(&attempts),
+        vec![AttemptOutcome::Lost, AttemptOutcome::Completed]
+    );
 }
 
 #[tokio::test]
@@ -405,11 +526,21 @@ async fn paused_queue_claims_nothing_until_resumed_and_pause_persists() {
     store.close().await;
 
     let store = Store::open(&path).await.unwrap();
-    assert!(store.queues().await.unwrap().iter().any(|q| q.name == "default" && q.paused));
+    assert!(
+        store
+            .queues()
+            .await
+            .unwrap()
+            .iter()
+            .any(|q| q.name == "default" && q.paused)
+    );
     assert!(claim(&store, "w", Duration::from_secs(30)).await.is_empty());
     store.set_paused("default", false).await.unwrap();
     let claimed = claim(&store, "w", Duration::from_secs(30)).await;
-    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![job.id]);
+    assert_eq!(
+        claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![job.id]
+    );
 }
 
 #[tokio::test]
@@ -427,7 +558,10 @@ async fn resuming_a_paused_queue_lets_the_worker_run_its_jobs() {
     // A job on another queue runs to completion while the paused one waits.
     let runs = h.probe("ok", 0).await;
     h.wait_state(runs.id, JobState::Completed).await;
-    assert_eq!(h.store().job(parked.id).await.unwrap().unwrap().state, JobState::Available);
+    assert_eq!(
+        h.store().job(parked.id).await.unwrap().unwrap().state,
+        JobState::Available
+    );
     h.store().set_paused("other", false).await.unwrap();
     h.running().state.executor.wake();
     h.wait_state(parked.id, JobState::Completed).await;
@@ -444,7 +578,11 @@ async fn claim_order_is_priority_then_run_time() {
     let mut urgent = new_job(None);
     urgent.priority = 1;
     let urgent = store.enqueue(&urgent).await.unwrap().job;
-    let order: Vec<i64> = claim(&store, "w", Duration::from_secs(30)).await.iter().map(|c| c.id).collect();
+    let order: Vec<i64> = claim(&store, "w", Duration::from_secs(30))
+        .await
+        .iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(order, vec![urgent.id, normal.id, low.id]);
 }
 
@@ -456,18 +594,51 @@ async fn prune_deletes_finished_jobs_past_their_age_and_frees_keys() {
     let keep = store.enqueue(&new_job(Some("running"))).await.unwrap().job;
     let claimed = claim(&store, "w", Duration::from_secs(30)).await;
     let finish_old = claimed.iter().find(|c| c.id == old.id).unwrap();
-    let done = Finish { job_id: old.id, lease_token: finish_old.lease_token, at: now_ms(), how: FinishKind::Completed };
-    store.finish_and_claim(&[done], &[], "w", Duration::from_secs(30)).await.unwrap();
+    let done = Finish {
+        job_id: old.id,
+        lease_token: finish_old.lease_token,
+        at: now_ms(),
+        how: FinishKind::Completed,
+    };
+    store
+        .finish_and_claim(&[done], &[], "w", Duration::from_secs(30))
+        .await
+        .unwrap();
 
-    let ages = PruneAges { completed: Some(Duration::from_secs(3600)), cancelled: None, discarded: None };
-    assert_eq!(store.prune(&ages).await.unwrap(), 0, "a fresh completion is kept");
+    let ages = PruneAges {
+        completed: Some(Duration::from_secs(3600)),
+        cancelled: None,
+        discarded: None,
+    };
+    assert_eq!(
+        store.prune(&ages).await.unwrap(),
+        0,
+        "a fresh completion is kept"
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let ages = PruneAges { completed: Some(Duration::from_millis(10)), cancelled: None, discarded: None };
+    let ages = PruneAges {
+        completed: Some(Duration::from_millis(10)),
+        cancelled: None,
+        discarded: None,
+    };
     assert_eq!(store.prune(&ages).await.unwrap(), 1);
     assert!(store.job(old.id).await.unwrap().is_none());
-    assert!(store.attempts(old.id).await.unwrap().is_empty(), "attempts go with the job");
-    assert!(store.job(keep.id).await.unwrap().is_some(), "running jobs are never pruned");
-    assert!(!store.enqueue(&new_job(Some("old"))).await.unwrap().deduplicated, "key freed");
+    assert!(
+        store.attempts(old.id).await.unwrap().is_empty(),
+        "attempts go with the job"
+    );
+    assert!(
+        store.job(keep.id).await.unwrap().is_some(),
+        "running jobs are never pruned"
+    );
+    assert!(
+        !store
+            .enqueue(&new_job(Some("old")))
+            .await
+            .unwrap()
+            .deduplicated,
+        "key freed"
+    );
 }
 
 #[tokio::test]
@@ -510,7 +681,10 @@ async fn stalled_attempt_fails_instead_of_holding_its_lease() {
     let h = Harness::start().await;
     let job = h.enqueue("stall", json!({})).await;
     let j = h.wait_state(job.id, JobState::Retryable).await;
-    assert!(j.last_error.as_deref().unwrap_or("").contains("stalled"), "{j:?}");
+    assert!(
+        j.last_error.as_deref().unwrap_or("").contains("stalled"),
+        "{j:?}"
+    );
     assert!(j.lease_owner.is_none());
 }
 
@@ -551,10 +725,16 @@ async fn concurrent_writers_on_one_file_never_see_database_locked() {
             let mut ids = Vec::new();
             for i in 0..150 {
                 let key = format!("w{w}-{i}");
-                let job = store.enqueue(&new_job(Some(&key))).await.expect("enqueue never fails with a lock error");
+                let job = store
+                    .enqueue(&new_job(Some(&key)))
+                    .await
+                    .expect("enqueue never fails with a lock error");
                 ids.push(job.job.id);
                 if i % 10 == 0 {
-                    store.list_jobs(&JobFilter::default(), 20, None).await.expect("read");
+                    store
+                        .list_jobs(&JobFilter::default(), 20, None)
+                        .await
+                        .expect("read");
                 }
             }
             ids

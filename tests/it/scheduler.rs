@@ -19,9 +19,15 @@ use crate::common::{registry, test_config};
 fn every_slots_are_aligned_to_the_interval() {
     let spec = ScheduleSpec::Every { secs: 6 * 3600 };
     let t = Utc.with_ymd_and_hms(2026, 11, 22, 7, 30, 0).unwrap();
-    assert_eq!(spec.next_after(t).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap());
+    assert_eq!(
+        spec.next_after(t).unwrap(),
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+    );
     let on_slot = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
-    assert_eq!(spec.next_after(on_slot).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 18, 0, 0).unwrap());
+    assert_eq!(
+        spec.next_after(on_slot).unwrap(),
+        Utc.with_ymd_and_hms(2026, 11, 22, 18, 0, 0).unwrap()
+    );
 }
 
 #[test]
@@ -34,18 +40,34 @@ fn weekly_slots_follow_the_time_zone_across_daylight_saving() {
     // Saturday 2026-03-28: next is Sunday 29 March, the night clocks jump 02:00 → 03:00.
     let sat = Utc.with_ymd_and_hms(2026, 3, 28, 12, 0, 0).unwrap();
     let next = spec.next_after(sat).unwrap();
-    assert_eq!(next, Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap(), "02:30 does not exist; 03:30 CEST");
+    assert_eq!(
+        next,
+        Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap(),
+        "02:30 does not exist; 03:30 CEST"
+    );
     // Then Wednesday 1 April at 02:30 CEST = 00:30 UTC.
-    assert_eq!(spec.next_after(next).unwrap(), Utc.with_ymd_and_hms(2026, 4, 1, 0, 30, 0).unwrap());
+    assert_eq!(
+        spec.next_after(next).unwrap(),
+        Utc.with_ymd_and_hms(2026, 4, 1, 0, 30, 0).unwrap()
+    );
     // In winter, 02:30 CET = 01:30 UTC.
     let nov = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
-    assert_eq!(spec.next_after(nov).unwrap(), Utc.with_ymd_and_hms(2026, 11, 25, 1, 30, 0).unwrap());
+    assert_eq!(
+        spec.next_after(nov).unwrap(),
+        Utc.with_ymd_and_hms(2026, 11, 25, 1, 30, 0).unwrap()
+    );
 }
 
 #[test]
 fn cron_accepts_five_and_six_field_forms() {
-    let five = ScheduleSpec::Cron { expr: "15 3 * * *".into(), timezone: "UTC".into() };
-    let six = ScheduleSpec::Cron { expr: "0 15 3 * * *".into(), timezone: "UTC".into() };
+    let five = ScheduleSpec::Cron {
+        expr: "15 3 * * *".into(),
+        timezone: "UTC".into(),
+    };
+    let six = ScheduleSpec::Cron {
+        expr: "0 15 3 * * *".into(),
+        timezone: "UTC".into(),
+    };
     let t = Utc.with_ymd_and_hms(2026, 11, 22, 4, 0, 0).unwrap();
     let want = Utc.with_ymd_and_hms(2026, 11, 23, 3, 15, 0).unwrap();
     assert_eq!(five.next_after(t).unwrap(), want);
@@ -64,13 +86,48 @@ fn schedule_files_are_validated_with_file_and_field_named() {
     let (reg, _) = registry(&config);
     let jobs = dir.path().join("jobs");
     let cases = [
-        ("a.toml", "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:10\"\n", "schedule.at", "quarter hour"),
-        ("b.toml", "kind = \"noop\"\n[schedule]\nevery = \"6h\"\ncron = \"* * * * *\"\n", "schedule", "exactly one"),
-        ("c.toml", "kind = \"nope\"\n[schedule]\nevery = \"6h\"\n", "kind", "unknown job kind"),
-        ("d.toml", "kind = \"noop\"\nargs = { steps = -1 }\n[schedule]\nevery = \"6h\"\n", "args.steps", "invalid value"),
-        ("e.toml", "kind = \"noop\"\n[schedule]\ncron = \"61 * * * *\"\n", "schedule.cron", "invalid cron"),
-        ("f.toml", "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:15\"\ntimezone = \"Mars/Olympus\"\n", "schedule.timezone", "unknown time zone"),
-        ("g.toml", "kind = \"noop\"\n[schedule]\nweekdays = [\"funday\"]\nat = \"02:15\"\n", "schedule.weekdays", "unknown weekday"),
+        (
+            "a.toml",
+            "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:10\"\n",
+            "schedule.at",
+            "quarter hour",
+        ),
+        (
+            "b.toml",
+            "kind = \"noop\"\n[schedule]\nevery = \"6h\"\ncron = \"* * * * *\"\n",
+            "schedule",
+            "exactly one",
+        ),
+        (
+            "c.toml",
+            "kind = \"nope\"\n[schedule]\nevery = \"6h\"\n",
+            "kind",
+            "unknown job kind",
+        ),
+        (
+            "d.toml",
+            "kind = \"noop\"\nargs = { steps = -1 }\n[schedule]\nevery = \"6h\"\n",
+            "args.steps",
+            "invalid value",
+        ),
+        (
+            "e.toml",
+            "kind = \"noop\"\n[schedule]\ncron = \"61 * * * *\"\n",
+            "schedule.cron",
+            "invalid cron",
+        ),
+        (
+            "f.toml",
+            "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:15\"\ntimezone = \"Mars/Olympus\"\n",
+            "schedule.timezone",
+            "unknown time zone",
+        ),
+        (
+            "g.toml",
+            "kind = \"noop\"\n[schedule]\nweekdays = [\"funday\"]\nat = \"02:15\"\n",
+            "schedule.weekdays",
+            "unknown weekday",
+        ),
     ];
     for (file, text, key, message) in cases {
         let _ = std::fs::remove_dir_all(&jobs);
@@ -99,7 +156,12 @@ async fn setup(dir: &std::path::Path, schedule: &str) -> (Store, Scheduler) {
         vec![],
         Default::default(),
     );
-    let s = Scheduler { store: store.clone(), registry: reg, executor, reload: Arc::new(Notify::new()) };
+    let s = Scheduler {
+        store: store.clone(),
+        registry: reg,
+        executor,
+        reload: Arc::new(Notify::new()),
+    };
     (store, s)
 }
 
@@ -114,13 +176,22 @@ async fn a_due_slot_fires_once_even_across_a_restart() {
     let rec = &store.schedules().await.unwrap()[0];
     let next = rec.next_run_at.unwrap();
     assert!(next > now_ms() && next % 3_600_000 == 0);
-    assert!(store.list_jobs(&JobFilter::default(), 10, None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Pretend the slot came due 5 s ago.
     let slot = now_ms() - 5_000;
     store.set_next_run("nightly", Some(slot)).await.unwrap();
     sched.tick().await.unwrap();
-    let jobs = store.list_jobs(&JobFilter::default(), 10, None).await.unwrap();
+    let jobs = store
+        .list_jobs(&JobFilter::default(), 10, None)
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 1);
     let key = jobs[0].idempotency_key.clone().unwrap();
     assert!(key.starts_with("schedule:nightly:"), "{key}");
@@ -137,11 +208,34 @@ async fn a_due_slot_fires_once_even_across_a_restart() {
         let (reg, _) = registry(&config);
         let reg = Arc::new(reg);
         let store2 = Store::open(&config.database_path()).await.unwrap();
-        let executor = Executor::new(store2.clone(), reg.clone(), "other".into(), Default::default(), vec![], Default::default());
-        (store2.clone(), Scheduler { store: store2, registry: reg, executor, reload: Arc::new(Notify::new()) })
+        let executor = Executor::new(
+            store2.clone(),
+            reg.clone(),
+            "other".into(),
+            Default::default(),
+            vec![],
+            Default::default(),
+        );
+        (
+            store2.clone(),
+            Scheduler {
+                store: store2,
+                registry: reg,
+                executor,
+                reload: Arc::new(Notify::new()),
+            },
+        )
     };
     sched2.tick().await.unwrap();
-    assert_eq!(store2.list_jobs(&JobFilter::default(), 10, None).await.unwrap().len(), 1, "slot enqueued twice");
+    assert_eq!(
+        store2
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "slot enqueued twice"
+    );
 }
 
 #[tokio::test]
@@ -150,11 +244,23 @@ async fn a_missed_slot_is_not_backfilled() {
     let (store, sched) = setup(dir.path(), EVERY_HOUR).await;
     sched.tick().await.unwrap();
     // The process was down for two hours: the slot is long past.
-    store.set_next_run("nightly", Some(now_ms() - 2 * 3_600_000)).await.unwrap();
+    store
+        .set_next_run("nightly", Some(now_ms() - 2 * 3_600_000))
+        .await
+        .unwrap();
     sched.tick().await.unwrap();
-    assert!(store.list_jobs(&JobFilter::default(), 10, None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let rec = &store.schedules().await.unwrap()[0];
-    assert!(rec.next_run_at.unwrap() > now_ms(), "waits for the next slot");
+    assert!(
+        rec.next_run_at.unwrap() > now_ms(),
+        "waits for the next slot"
+    );
     assert_eq!(rec.last_slot_at, None);
 }
 
@@ -163,9 +269,13 @@ async fn run_now_enqueues_outside_the_slots_every_time() {
     let dir = tempfile::tempdir().unwrap();
     let (store, sched) = setup(dir.path(), EVERY_HOUR).await;
     sched.tick().await.unwrap();
-    let a = scheduler::run_now(&store, &sched.registry, "nightly").await.unwrap();
+    let a = scheduler::run_now(&store, &sched.registry, "nightly")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let b = scheduler::run_now(&store, &sched.registry, "nightly").await.unwrap();
+    let b = scheduler::run_now(&store, &sched.registry, "nightly")
+        .await
+        .unwrap();
     assert_ne!(a.job.id, b.job.id);
     assert_eq!(a.job.state, JobState::Available);
     let rec = &store.schedules().await.unwrap()[0];
@@ -184,7 +294,11 @@ async fn changing_a_schedule_recomputes_its_next_run_and_removed_files_disappear
     assert!(store.schedules().await.unwrap()[0].next_run_at.is_some());
     let config = test_config(dir.path());
     let (reg, _) = registry(&config);
-    write(&dir.path().join("jobs"), "nightly.toml", "kind = \"noop\"\n[schedule]\nevery = \"2h\"\n");
+    write(
+        &dir.path().join("jobs"),
+        "nightly.toml",
+        "kind = \"noop\"\n[schedule]\nevery = \"2h\"\n",
+    );
     let defs = scheduler::load_dir(&dir.path().join("jobs"), &reg, "UTC").unwrap();
     store.sync_schedules(&defs).await.unwrap();
     assert_eq!(store.schedules().await.unwrap()[0].next_run_at, None);

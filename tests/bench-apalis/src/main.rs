@@ -5,13 +5,16 @@
 //!    `push_bulk` in chunks of `--batch-size`;
 //! 2. process: `--workers` apalis workers drain the queue; the clock runs from
 //!    worker start until the database shows every job `Done`;
-//! 3. pickup: with the workers idle, enqueue one job at a time and time until the
-//!    handler starts.
+//! 3. pickup: on a fresh pool with fresh, idle workers, enqueue one job at a time
+//!    and time from the `push` call until the handler starts.
 //!
 //! Everything about apalis is left at its defaults (`SqliteStorage::setup`, default
 //! sqlx pool, default `Config`) so the numbers describe apalis as shipped. The only
 //! knob that has no neutral default is how an idle worker learns about new work,
 //! hence `--poll`.
+//!
+//! Run from this directory: `cargo run --release -j1 -- --jobs 2000`. The last line
+//! of output is a single JSON object for driver scripts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
+use apalis_sqlite::callback::HookCallbackListener;
 use apalis_sqlite::{SqlitePool, SqliteStorage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -102,9 +106,7 @@ impl Options {
             if flag == "-h" || flag == "--help" {
                 return Ok(None);
             }
-            let value = args
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value"))?;
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let num = |v: &str| {
                 v.parse::<u64>()
                     .map_err(|_| format!("{flag}: not a number: {v:?}"))
@@ -163,10 +165,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "bench-apalis-{}-{nanos}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("bench-apalis-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path)?;
         Ok(Self(path))
     }
@@ -249,17 +249,7 @@ async fn run(opts: Options) -> BoxResult<Report> {
         opts.poll.label()
     );
 
-    // The hooked mode needs apalis' own pool constructor (it installs the update
-    // hook on every connection); both constructors use sqlx's default pool options.
-    let (pool, listener) = match opts.poll {
-        PollMode::Hooked => {
-            let (pool, listener) = SqliteStorage::connect_with_callback(&url)?;
-            (pool, Some(listener))
-        }
-        _ => (SqlitePool::connect(&url).await?, None),
-    };
-    SqliteStorage::setup(&pool).await?;
-
+    let (pool, listener) = open_pool(&url, opts.poll).await?;
     let mut producer = SqliteStorage::<BenchJob>::new(&pool);
     let (enqueue_single, enqueue_batch) = enqueue(&mut producer, &opts).await?;
 
@@ -268,36 +258,54 @@ async fn run(opts: Options) -> BoxResult<Report> {
         handled: Arc::new(AtomicU64::new(0)),
         pickups: pickup_tx,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-
     let started = Instant::now();
-    let workers = spawn_workers(&pool, listener.as_ref(), &opts, &probe, &stop_rx, started);
+    let workers = WorkerSet::spawn("process", &pool, listener.as_ref(), &opts, &probe, started);
     let process = wait_processed(&pool, &probe, opts.jobs, started, opts.time_limit).await?;
     println!(
         "process: {} jobs in {:.2?} -> {:.0} jobs/s{}",
         process.count,
         process.elapsed,
         process.per_s().unwrap_or(0.0),
-        if process.partial { " (PARTIAL: time limit)" } else { "" }
-    );
-
-    let (pickup_ms, pickup_timeouts, pickup_partial) =
-        measure_pickup(&mut producer, &mut pickup_rx, &opts).await?;
-
-    let _ = stop_tx.send(true);
-    let mut workers_died = 0;
-    for w in workers {
-        // A worker stuck past this is not worth hanging the benchmark over.
-        match tokio::time::timeout(Duration::from_secs(10), w).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => workers_died += 1,
-            Ok(Err(e)) => eprintln!("warning: worker task failed: {e}"),
-            Err(_) => eprintln!("warning: worker did not stop within 10 s"),
+        if process.partial {
+            " (PARTIAL: time limit)"
+        } else {
+            ""
         }
-    }
+    );
+    let mut workers_died = workers.stop().await;
 
+    // After a partial run the backlog would sit in front of every probe job (apalis
+    // fetches oldest first), so drop it and start idle workers on an empty queue.
+    let dropped = sqlx::query("DELETE FROM Jobs WHERE status <> 'Done'")
+        .execute(&pool)
+        .await?
+        .rows_affected();
+    if dropped > 0 {
+        println!("dropped {dropped} unprocessed jobs before the pickup phase");
+    }
     let db = inspect_db(&pool).await?;
     pool.close().await;
+
+    // A fresh pool, as after an application restart. In hooked mode this matters:
+    // the listener queues one event per inserted job and a worker consumes one per
+    // poll, and while events are queued it registers no waker. After a partial
+    // run tens of thousands remain, so an idle worker would only wake on its 30 s
+    // heartbeat, hiding what the hook does for an idle queue.
+    let (pool, listener) = open_pool(&url, opts.poll).await?;
+    let mut producer = SqliteStorage::<BenchJob>::new(&pool);
+    let workers = WorkerSet::spawn(
+        "pickup",
+        &pool,
+        listener.as_ref(),
+        &opts,
+        &probe,
+        Instant::now(),
+    );
+    let (pickup_ms, pickup_timeouts, pickup_partial) =
+        measure_pickup(&mut producer, &mut pickup_rx, &opts).await?;
+    workers_died += workers.stop().await;
+    pool.close().await;
+
     Ok(Report {
         opts,
         enqueue_single,
@@ -309,6 +317,25 @@ async fn run(opts: Options) -> BoxResult<Report> {
         workers_died,
         db,
     })
+}
+
+/// Opens a pool with sqlx's default options and runs apalis' own `setup`
+/// (pragmas + migrations), as an application using apalis-sqlite would.
+async fn open_pool(
+    url: &str,
+    poll: PollMode,
+) -> BoxResult<(SqlitePool, Option<HookCallbackListener>)> {
+    // The hooked mode needs apalis' own pool constructor (it installs the update
+    // hook on every connection); both constructors use sqlx's default pool options.
+    let (pool, listener) = match poll {
+        PollMode::Hooked => {
+            let (pool, listener) = SqliteStorage::connect_with_callback(url)?;
+            (pool, Some(listener))
+        }
+        _ => (SqlitePool::connect(url).await?, None),
+    };
+    SqliteStorage::setup(&pool).await?;
+    Ok((pool, listener))
 }
 
 /// Pushes `opts.jobs` jobs: half one per call, the rest batched. If one-by-one
@@ -337,7 +364,11 @@ async fn enqueue(
             "enqueue one per call: {} jobs in {:.2?} -> {r:.0} jobs/s{}",
             single.count,
             single.elapsed,
-            if single.partial { " (PARTIAL: time budget)" } else { "" }
+            if single.partial {
+                " (PARTIAL: time budget)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -359,49 +390,79 @@ async fn enqueue(
     Ok((single, batch))
 }
 
-fn spawn_workers(
-    pool: &SqlitePool,
-    listener: Option<&apalis_sqlite::callback::HookCallbackListener>,
-    opts: &Options,
-    probe: &Probe,
-    stop: &watch::Receiver<bool>,
-    bench_start: Instant,
-) -> Vec<JoinHandle<bool>> {
-    (0..opts.workers)
-        .map(|i| {
-            // One strategy per worker: `Strategy` clones share state, and a shared
-            // interval timer would wake only one worker per tick.
-            let strategy = match (opts.poll, listener) {
-                (PollMode::Hooked, Some(l)) => Strategy::new().stream(l.clone()),
-                (PollMode::Interval(d), _) => Strategy::new().interval(d),
-                _ => Strategy::new(),
-            };
-            let backend = SqliteStorage::<BenchJob>::new(pool).poll_with_strategy(strategy);
-            let worker = WorkerBuilder::new(format!("bench-{i}"))
-                .backend(backend)
-                .data(probe.clone())
-                .concurrency(opts.concurrency)
-                .build(handle);
-            let mut stop = stop.clone();
-            tokio::spawn(async move {
-                let res = worker
-                    .run_until(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        Ok::<(), WorkerError>(())
-                    })
-                    .await;
-                // Reported as it happens: a worker that dies mid-run (apalis does not
-                // restart it without a `Monitor`) explains a throughput cliff.
-                if let Err(e) = &res {
-                    println!(
-                        "  !! worker bench-{i} died after {:.1?}: {e}",
-                        bench_start.elapsed()
-                    );
-                }
-                res.is_ok()
+/// A group of running apalis workers that can be stopped together.
+struct WorkerSet {
+    stop: watch::Sender<bool>,
+    /// Each resolves to whether its worker stopped cleanly.
+    handles: Vec<JoinHandle<bool>>,
+}
+
+impl WorkerSet {
+    /// `prefix` names the workers: apalis refuses to register a name that was
+    /// alive within the last heartbeat interval, so each set needs its own.
+    fn spawn(
+        prefix: &str,
+        pool: &SqlitePool,
+        listener: Option<&HookCallbackListener>,
+        opts: &Options,
+        probe: &Probe,
+        since: Instant,
+    ) -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handles = (0..opts.workers)
+            .map(|i| {
+                // One strategy per worker: `Strategy` clones share state, and a shared
+                // interval timer would wake only one worker per tick.
+                let strategy = match (opts.poll, listener) {
+                    (PollMode::Hooked, Some(l)) => Strategy::new().stream(l.clone()),
+                    (PollMode::Interval(d), _) => Strategy::new().interval(d),
+                    _ => Strategy::new(),
+                };
+                let backend = SqliteStorage::<BenchJob>::new(pool).poll_with_strategy(strategy);
+                let name = format!("{prefix}-{i}");
+                let worker = WorkerBuilder::new(name.as_str())
+                    .backend(backend)
+                    .data(probe.clone())
+                    .concurrency(opts.concurrency)
+                    .build(handle);
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let res = worker
+                        .run_until(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                            Ok::<(), WorkerError>(())
+                        })
+                        .await;
+                    // Reported as it happens: a worker that dies mid-run (apalis does not
+                    // restart it without a `Monitor`) explains a throughput cliff.
+                    if let Err(e) = &res {
+                        println!("  !! worker {name} died after {:.1?}: {e}", since.elapsed());
+                    }
+                    res.is_ok()
+                })
             })
-        })
-        .collect()
+            .collect();
+        Self {
+            stop: stop_tx,
+            handles,
+        }
+    }
+
+    /// Stops all workers and returns how many had died with an error.
+    async fn stop(self) -> usize {
+        let _ = self.stop.send(true);
+        let mut died = 0;
+        for handle in self.handles {
+            // A worker stuck past this is not worth hanging the benchmark over.
+            match tokio::time::timeout(Duration::from_secs(10), handle).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => died += 1,
+                Ok(Err(e)) => eprintln!("warning: worker task failed: {e}"),
+                Err(_) => eprintln!("warning: worker did not stop within 10 s"),
+            }
+        }
+        died
+    }
 }
 
 /// Waits until every job is `Done` in the database, not merely handled: apalis
@@ -416,6 +477,7 @@ async fn wait_processed(
 ) -> BoxResult<Rate> {
     let deadline = started + limit;
     let mut last_report = Instant::now();
+    let mut last_handled = 0;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -433,9 +495,15 @@ async fn wait_processed(
                 partial: false,
             });
         }
+        // apalis' per-job cost grows with table size, so show the current rate too.
         if last_report.elapsed() >= Duration::from_secs(10) {
-            println!("  ... {handled}/{total} handled after {:.0?}", started.elapsed());
+            println!(
+                "  ... {handled}/{total} handled after {:.0?} (last 10 s: {:.0} jobs/s)",
+                started.elapsed(),
+                (handled - last_handled) as f64 / last_report.elapsed().as_secs_f64()
+            );
             last_report = Instant::now();
+            last_handled = handled;
         }
         let step = if handled >= total { 2 } else { 5 };
         tokio::time::sleep(Duration::from_millis(step)).await;

@@ -1,0 +1,665 @@
+//! Every route of the HTTP API over a real socket, its error answers, the bearer token, and
+//! the committed OpenAPI description.
+
+use std::time::Duration;
+
+use offsite::queue::JobState;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::Harness;
+
+async fn body(r: reqwest::Response) -> (StatusCode, String, Value) {
+    let status = r.status();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        ct,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+fn assert_problem(ct: &str, v: &Value, status: u16, slug: &str) {
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(v["status"], status, "{v}");
+    assert_eq!(v["type"], format!("urn:offsite:problem:{slug}"), "{v}");
+    assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
+}
+
+async fn wait_api_state(c: &Client, base: &str, id: i64, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, v) = body(
+            c.get(format!("{base}/api/v1/jobs/{id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never became {state}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn submit_show_list_and_dedupe() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    let submit =
+        json!({"kind": "noop", "args": {"steps": 1}, "idempotency_key": "api-1", "priority": 1});
+    let (status, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs"))
+            .json(&submit)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(v["deduplicated"], false);
+    let id = v["job"]["id"].as_i64().unwrap();
+    assert_eq!(v["job"]["priority"], 1);
+    assert_eq!(v["job"]["args"], json!({"steps": 1, "step_ms": 0}));
+
+    let (status, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs"))
+            .json(&submit)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["deduplicated"], true);
+    assert_eq!(v["job"]["id"], id);
+
+    let done = wait_api_state(&c, &base, id, "completed").await;
+    assert_eq!(done["attempts"][0]["outcome"], "completed");
+    assert_eq!(done["checkpoint"]["step"], 1);
+
+    for _ in 0..4 {
+        c.post(format!("{base}/api/v1/jobs"))
+            .json(&json!({"kind": "probe", "args": {"mode": "permanent"}}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (status, _, page1) = body(
+        c.get(format!("{base}/api/v1/jobs?limit=3"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page1["jobs"].as_array().unwrap().len(), 3);
+    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
+    let (_, _, page2) = body(
+        c.get(format!("{base}/api/v1/jobs?limit=3&cursor={cursor}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ids: Vec<i64> = page1["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["jobs"].as_array().unwrap())
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first without overlap: {ids:?}"
+    );
+    assert!(page2["next_cursor"].is_null());
+
+    let (_, _, noops) = body(
+        c.get(format!("{base}/api/v1/jobs?kind=noop&state=completed"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(noops["jobs"].as_array().unwrap().len(), 1);
+    let (_, _, q) = body(
+        c.get(format!("{base}/api/v1/jobs?queue=other"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(q["jobs"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_answers_and_stores_nothing() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    let post = |b: &'static str| {
+        c.post(format!("{base}/api/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+    };
+
+    let (s, ct, v) = body(post("{\"kind\": \"noop\"").await.unwrap()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_problem(&ct, &v, 400, "bad-request");
+    assert!(v["detail"].as_str().unwrap().contains("malformed JSON"));
+
+    let (s, ct, v) = body(
+        post("{\"kind\": \"noop\", \"args\": {\"steps\": \"x\"}}")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_problem(&ct, &v, 422, "validation");
+    assert_eq!(v["errors"][0]["field"], "args.steps");
+
+    let (s, _, v) = body(post("{\"kind\": \"teleport\"}").await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "kind");
+
+    let (s, _, v) = body(post("{\"args\": {}}").await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        v["errors"][0]["message"].as_str().unwrap().contains("kind"),
+        "{v}"
+    );
+
+    let (s, _, v) = body(post("{\"kind\": \"noop\", \"priority\": 7}").await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "priority");
+
+    let (s, _, v) = body(
+        post("{\"kind\": \"noop\", \"run_at\": \"tomorrow\"}")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "run_at");
+
+    let (s, _, _) = body(
+        c.post(format!("{base}/api/v1/jobs"))
+            .header("content-type", "text/plain")
+            .body("{\"kind\":\"noop\"}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let big = format!(
+        "{{\"kind\": \"noop\", \"args\": {{\"pad\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let (s, ct, v) = body(
+        c.post(format!("{base}/api/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_problem(&ct, &v, 413, "payload-too-large");
+
+    let (s, _, v) = body(
+        c.get(format!("{base}/api/v1/jobs?state=bogus"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "state");
+    let (s, _, v) = body(
+        c.get(format!("{base}/api/v1/jobs?limit=0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "limit");
+
+    let (_, _, list) = body(c.get(format!("{base}/api/v1/jobs")).send().await.unwrap()).await;
+    assert!(
+        list["jobs"].as_array().unwrap().is_empty(),
+        "nothing was stored: {list}"
+    );
+
+    let (s, ct, v) = body(
+        c.get(format!("{base}/api/v1/jobs/999"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_problem(&ct, &v, 404, "not-found");
+    let (s, _, _) = body(
+        c.get(format!("{base}/api/v1/jobs/abc"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, ct, v) = body(
+        c.get(format!("{base}/api/v1/nothing-here"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_problem(&ct, &v, 404, "not-found");
+}
+
+#[tokio::test]
+async fn retry_cancel_delete_and_their_conflicts() {
+    let mut h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+
+    let failed = h.probe("permanent", 0).await;
+    h.wait_state(failed.id, JobState::Discarded).await;
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["state"], "available");
+    assert_eq!(v["max_attempts"], 3);
+    let again = wait_api_state(&c, &base, failed.id, "discarded").await;
+    assert_eq!(again["attempts"].as_array().unwrap().len(), 2);
+    let (s, _, _) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
+            .json(&json!({"reset_checkpoint": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
+            .json(&json!({"reset": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    let running = h.probe("block", 0).await;
+    h.event(running.id, "started").await;
+    let (s, ct, v) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/retry", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_problem(&ct, &v, 409, "conflict");
+    let (s, _, _) = body(
+        c.delete(format!("{base}/api/v1/jobs/{}", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["cancel_requested"], true);
+    wait_api_state(&c, &base, running.id, "cancelled").await;
+    let (s, _, _) = body(
+        c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    let (s, _, _) = body(
+        c.delete(format!("{base}/api/v1/jobs/{}", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = body(
+        c.get(format!("{base}/api/v1/jobs/{}", running.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    for path in ["retry", "cancel"] {
+        let (s, _, _) = body(
+            c.post(format!("{base}/api/v1/jobs/777/{path}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (s, _, _) = body(
+        c.delete(format!("{base}/api/v1/jobs/777"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_retry_returns_the_count() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    let a = h.probe("permanent", 0).await;
+    let b = h.probe("permanent", 0).await;
+    h.wait_state(a.id, JobState::Discarded).await;
+    h.wait_state(b.id, JobState::Discarded).await;
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs/retry"))
+            .json(&json!({"kind": "probe"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["count"], 2);
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs/retry"))
+            .json(&json!({"states": ["running"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"][0]["field"], "states");
+}
+
+#[tokio::test]
+async fn queues_pause_and_resume() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/queues/other/pause"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["paused"], true);
+    let (_, _, v) = body(
+        c.post(format!("{base}/api/v1/jobs"))
+            .json(&json!({"kind": "noop", "queue": "other"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = v["job"]["id"].as_i64().unwrap();
+    let (_, _, queues) = body(c.get(format!("{base}/api/v1/queues")).send().await.unwrap()).await;
+    let other = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "other")
+        .unwrap()
+        .clone();
+    assert_eq!(other["paused"], true);
+    assert_eq!(other["concurrency"], 2);
+    assert_eq!(other["counts"]["available"], 1);
+    assert_eq!(other["counts"]["discarded"], 0);
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/queues/other/resume"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["paused"], false);
+    wait_api_state(&c, &base, id, "completed").await;
+    let (s, _, _) = body(
+        c.post(format!("{base}/api/v1/queues/nope/pause"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn schedules_list_and_run_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(dir.path());
+    std::fs::create_dir_all(&config.jobs_dir).unwrap();
+    std::fs::write(config.jobs_dir.join("tick.toml"), "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\", \"thu\"]\nat = \"02:15\"\ntimezone = \"Europe/Berlin\"\n").unwrap();
+    config.timezone = Some("UTC".into());
+    let (registry, _events) = crate::common::registry(&config);
+    let schedules =
+        offsite::queue::scheduler::load_dir(&config.jobs_dir, &registry, "UTC").unwrap();
+    let setup = offsite::app::Setup {
+        config: std::sync::Arc::new(config),
+        registry: std::sync::Arc::new(registry),
+        schedules,
+    };
+    let running = offsite::app::start(setup).await.unwrap();
+    let base = format!("http://{}", running.addr.unwrap());
+    let c = Client::new();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let (s, _, v) = body(
+            c.get(format!("{base}/api/v1/schedules"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        if !v[0]["next_run_at"].is_null() || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(list[0]["name"], "tick");
+    assert_eq!(list[0]["when"], "Mon, Thu at 02:15 (Europe/Berlin)");
+    assert!(
+        list[0]["next_run_at"]
+            .as_str()
+            .unwrap()
+            .contains("T01:15:00"),
+        "{list}"
+    );
+
+    let (s, _, v) = body(
+        c.post(format!("{base}/api/v1/schedules/tick/run"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = v["job"]["id"].as_i64().unwrap();
+    wait_api_state(&c, &base, id, "completed").await;
+    let (_, _, list) = body(
+        c.get(format!("{base}/api/v1/schedules"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list[0]["last_job_id"], id);
+    let (s, _, _) = body(
+        c.post(format!("{base}/api/v1/schedules/none/run"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_metrics_openapi_and_explorer() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    let (s, _, v) = body(c.get(format!("{base}/api/v1/health")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["instance_id"], "test-worker");
+
+    let job = h.probe("ok", 0).await;
+    h.wait_state(job.id, JobState::Completed).await;
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("offsite_jobs{queue=\"default\",state=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("offsite_job_attempts_total{kind=\"probe\",outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("offsite_job_attempt_duration_seconds_count{kind=\"probe\"} 1"),
+        "{metrics}"
+    );
+
+    let spec: Value = c
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/api/v1/jobs/{id}/retry"]["post"].is_object());
+    let page = c.get(format!("{base}/api/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "explorer page is served");
+    assert!(
+        !html.contains("https://"),
+        "the explorer loads nothing from a CDN"
+    );
+    let js = c
+        .get(format!("{base}/api/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        js.status(),
+        StatusCode::OK,
+        "the explorer's script is served locally"
+    );
+}
+
+#[tokio::test]
+async fn token_is_required_when_configured() {
+    let token = "s3cret-token-for-tests-only";
+    let h = Harness::start_with(|c| c.api.token = Some(offsite::config::Secret::new(token))).await;
+    let base = h.base_url();
+    let c = Client::new();
+    let r = c.get(format!("{base}/api/v1/jobs")).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let (s, ct, v) = body(r).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_problem(&ct, &v, 401, "unauthorized");
+    assert!(!v.to_string().contains(token));
+    let (s, _, _) = body(
+        c.get(format!("{base}/api/v1/jobs"))
+            .bearer_auth("wrong-token-wrong-token")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = body(c.get(format!("{base}/metrics")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = body(
+        c.get(format!("{base}/api/v1/jobs"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = body(c.get(format!("{base}/api/v1/health")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "health stays open for watchdogs");
+}
+
+#[test]
+fn committed_openapi_matches_the_code() {
+    let generated = offsite::api::openapi_json();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+    if std::env::var_os("OFFSITE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/openapi.json is out of date: run `OFFSITE_UPDATE_OPENAPI=1 cargo test --test it committed_openapi` \
+         (or `offsite openapi > openapi/openapi.json`) and commit it"
+    );
+}

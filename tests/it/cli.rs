@@ -1,0 +1,268 @@
+//! The real `offsite` binary: commands, exit codes, configuration errors, a broken database.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_offsite")
+}
+
+/// A config file in `dir` with the API off (no port needed) and data inside `dir`.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("offsite.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{0}/data\"\njobs_dir = \"{0}/jobs\"\ninstance_id = \"cli-test\"\n{extra}\n[api]\nenabled = false\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub fn offsite(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run offsite")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_accepts_the_defaults_and_the_example() {
+    let o = Command::new(bin())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("configuration OK (built-in defaults)"),
+        "{out}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/offsite.example.toml");
+    let o = Command::new(bin())
+        .args(["--config", example, "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+}
+
+#[test]
+fn a_bad_value_stops_with_one_line_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[queues.default]\nconcurrency = \"many\"\n");
+    let o = offsite(&cfg, &["run"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "one readable message: {err}");
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("`queues.default.concurrency`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+
+    let cfg = write_config(dir.path(), "[queues.default\n");
+    let o = offsite(&cfg, &["config", "check"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("not valid TOML (line"),
+        "{}",
+        text(&o).1
+    );
+
+    let o = Command::new(bin())
+        .args([
+            "--config",
+            cfg.parent().unwrap().join("missing.toml").to_str().unwrap(),
+            "config",
+            "check",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("missing.toml"));
+
+    let cfg = write_config(dir.path(), "");
+    let o = Command::new(bin())
+        .args(["--config", cfg.to_str().unwrap(), "config", "check"])
+        .env("OFFSITE_ENGINE__LEASE", "soon")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("OFFSITE_ENGINE__LEASE") && err.contains("`engine.lease`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schedule_file_errors_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::write(
+        dir.path().join("jobs/db.toml"),
+        "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"25:00\"\n",
+    )
+    .unwrap();
+    let o = offsite(&cfg, &["run"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("jobs/db.toml") && err.contains("`schedule.at`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn enqueue_inspect_and_manage_jobs_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let o = offsite(
+        &cfg,
+        &[
+            "enqueue",
+            "noop",
+            "--args",
+            "{\"steps\": 2}",
+            "--key",
+            "cli-1",
+            "--run-at",
+            "2099-01-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["job"]["id"].as_i64().unwrap().to_string();
+    assert_eq!(v["job"]["state"], "scheduled");
+
+    let o = offsite(
+        &cfg,
+        &[
+            "enqueue",
+            "noop",
+            "--args",
+            "{\"steps\": 2}",
+            "--key",
+            "cli-1",
+        ],
+    );
+    assert!(text(&o).0.contains("already exists"), "{}", text(&o).0);
+
+    let o = offsite(&cfg, &["jobs", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let o = offsite(&cfg, &["jobs", "show", &id]);
+    assert!(text(&o).0.contains("scheduled"), "{}", text(&o).0);
+
+    let o = offsite(&cfg, &["jobs", "cancel", &id]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = offsite(&cfg, &["jobs", "show", &id, "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "cancelled");
+    let o = offsite(&cfg, &["jobs", "cancel", &id]);
+    assert_eq!(o.status.code(), Some(1), "cancelling twice is a failure");
+    assert!(text(&o).1.contains("already cancelled"));
+
+    let o = offsite(&cfg, &["jobs", "retry", &id]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o).0.contains("available"), "{}", text(&o).0);
+    let o = offsite(&cfg, &["jobs", "retry", "--all", "--state", "available"]);
+    assert!(
+        text(&o).0.contains("0 jobs"),
+        "available jobs are not finished: {}",
+        text(&o).0
+    );
+    let o = offsite(&cfg, &["jobs", "delete", &id]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = offsite(&cfg, &["jobs", "show", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("does not exist"));
+
+    let o = offsite(&cfg, &["queues", "pause", "default"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = offsite(&cfg, &["queues", "list"]);
+    assert!(text(&o).0.contains("default [paused]"), "{}", text(&o).0);
+    let o = offsite(&cfg, &["queues", "resume", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    for args in [
+        vec!["enqueue", "teleport"],
+        vec!["enqueue", "noop", "--args", "{broken"],
+        vec!["enqueue", "noop", "--args", "{\"steps\": \"x\"}"],
+        vec!["frobnicate"],
+        vec!["jobs", "show", "abc"],
+    ] {
+        let o = offsite(&cfg, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
+    }
+    let o = offsite(&cfg, &["enqueue", "noop", "--args", "{\"steps\": \"x\"}"]);
+    assert!(text(&o).1.contains("args.steps"), "{}", text(&o).1);
+}
+
+#[test]
+fn a_corrupt_database_is_reported_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let db = dir.path().join("data/offsite.db");
+    let garbage = b"this is not an sqlite database, it is a shopping list\n".repeat(200);
+    std::fs::write(&db, &garbage).unwrap();
+    for args in [vec!["run"], vec!["jobs", "list"]] {
+        let o = offsite(&cfg, &args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("is not a valid offsite database") && err.contains("offsite.db"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "never recreated or modified"
+    );
+}
+
+#[test]
+fn an_unusable_database_path_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "database = \"/proc/offsite.db\"\n");
+    let o = offsite(&cfg, &["jobs", "list"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/proc/offsite.db") && err.contains("cannot"),
+        "{err}"
+    );
+
+    let cfg = write_config(
+        dir.path(),
+        &format!("database = \"{}\"\n", dir.path().display()),
+    );
+    let o = offsite(&cfg, &["jobs", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("is a directory"), "{}", text(&o).1);
+}
