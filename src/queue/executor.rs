@@ -62,6 +62,8 @@ struct Done {
     queue: usize,
     finish: Finish,
     kind: String,
+    /// How long the handler ran; None when it never started.
+    elapsed: Option<Duration>,
 }
 
 struct Shared {
@@ -189,58 +191,144 @@ fn signal_cancel(shared: &Shared, job_id: i64) -> bool {
     }
 }
 
+/// Jobs shorter than this on average are claimed a few at a time ahead of free slots, so one
+/// transaction carries many of them; longer jobs (uploads) are never claimed ahead.
+const SHORT_JOB_MS: f64 = 20.0;
+
+/// The dispatcher's view of one queue. Its `concurrency` worker tasks take claimed jobs from
+/// `jobs` on their own, so they keep working while the dispatcher waits on the database.
+struct QueueSlot {
+    name: String,
+    concurrency: usize,
+    /// Claimed and not yet finished (running or waiting in the channel).
+    outstanding: usize,
+    jobs: flume::Sender<ClaimedJob>,
+    waiting: flume::Receiver<ClaimedJob>,
+    hungry: bool,
+    due: Option<Instant>,
+    /// Moving average of attempt durations.
+    avg_ms: Option<f64>,
+}
+
+impl QueueSlot {
+    fn prefetch(&self) -> usize {
+        match self.avg_ms {
+            Some(avg) if avg < SHORT_JOB_MS => (self.concurrency * 16).min(256),
+            _ => 0,
+        }
+    }
+
+    /// How many more jobs to claim now.
+    fn want(&self) -> usize {
+        (self.concurrency + self.prefetch()).saturating_sub(self.outstanding)
+    }
+
+    fn finished(&mut self, elapsed: Option<Duration>) {
+        self.outstanding -= 1;
+        if let Some(elapsed) = elapsed {
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            self.avg_ms = Some(self.avg_ms.map_or(ms, |avg| avg * 0.8 + ms * 0.2));
+        }
+    }
+}
+
+fn released(queue: usize, job: ClaimedJob) -> Done {
+    Done {
+        queue,
+        finish: Finish {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            at: now_ms(),
+            how: FinishKind::Release,
+        },
+        kind: job.kind,
+        elapsed: None,
+    }
+}
+
 async fn dispatch(
     shared: Arc<Shared>,
     done_tx: mpsc::UnboundedSender<Done>,
     mut done_rx: mpsc::UnboundedReceiver<Done>,
 ) {
-    let n = shared.queues.len();
-    let mut free: Vec<usize> = shared.queues.iter().map(|q| q.concurrency).collect();
-    let mut hungry = vec![true; n];
-    let mut due: Vec<Option<Instant>> = vec![None; n];
+    let mut queues: Vec<QueueSlot> = Vec::with_capacity(shared.queues.len());
+    let mut workers = Vec::new();
+    for (i, q) in shared.queues.iter().enumerate() {
+        let (tx, rx) = flume::unbounded();
+        for _ in 0..q.concurrency {
+            workers.push(tokio::spawn(work_loop(
+                shared.clone(),
+                i,
+                rx.clone(),
+                done_tx.clone(),
+            )));
+        }
+        queues.push(QueueSlot {
+            name: q.name.clone(),
+            concurrency: q.concurrency,
+            outstanding: 0,
+            jobs: tx,
+            waiting: rx,
+            hungry: true,
+            due: None,
+            avg_ms: None,
+        });
+    }
+    drop(done_tx);
     let mut pending: Vec<Done> = Vec::new();
-    let mut in_flight = 0usize;
     let mut next_poll = Instant::now() + shared.settings.poll_interval;
 
     loop {
         while let Ok(done) = done_rx.try_recv() {
-            free[done.queue] += 1;
-            in_flight -= 1;
+            queues[done.queue].finished(done.elapsed);
             pending.push(done);
         }
         let stopping = shared.stopping.is_cancelled();
-        if stopping && in_flight == 0 && pending.is_empty() {
-            break;
+        if stopping {
+            // Claimed but never started: hand them back as they were.
+            for (i, q) in queues.iter_mut().enumerate() {
+                while let Ok(job) = q.waiting.try_recv() {
+                    forget(&shared, job.id);
+                    q.finished(None);
+                    pending.push(released(i, job));
+                }
+            }
+            if pending.is_empty() && queues.iter().all(|q| q.outstanding == 0) {
+                break;
+            }
         }
         let now = Instant::now();
         if now >= next_poll {
-            hungry.fill(true);
+            queues.iter_mut().for_each(|q| q.hungry = true);
             next_poll = now + shared.settings.poll_interval;
         }
-        for (i, when) in due.iter_mut().enumerate() {
-            if when.is_some_and(|t| t <= now) {
-                hungry[i] = true;
-                *when = None;
+        for q in queues.iter_mut() {
+            if q.due.is_some_and(|t| t <= now) {
+                q.hungry = true;
+                q.due = None;
             }
         }
         let claims: Vec<(String, i64)> = if stopping {
             Vec::new()
         } else {
-            (0..n)
-                .filter(|&i| hungry[i] && free[i] > 0)
-                .map(|i| (shared.queues[i].name.clone(), free[i] as i64))
+            queues
+                .iter()
+                .filter(|q| q.hungry && q.want() > 0)
+                .map(|q| (q.name.clone(), q.want() as i64))
                 .collect()
         };
 
         if pending.is_empty() && claims.is_empty() {
-            let wake_at = due.iter().flatten().copied().fold(next_poll, Instant::min);
+            let wake_at = queues
+                .iter()
+                .filter_map(|q| q.due)
+                .fold(next_poll, Instant::min);
             tokio::select! {
                 Some(done) = done_rx.recv() => {
-                    free[done.queue] += 1;
-                    in_flight -= 1;
+                    queues[done.queue].finished(done.elapsed);
                     pending.push(done);
                 }
-                _ = shared.wake.notified() => hungry.fill(true),
+                _ = shared.wake.notified() => queues.iter_mut().for_each(|q| q.hungry = true),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shared.stopping.cancelled(), if !stopping => {}
             }
@@ -273,30 +361,75 @@ async fn dispatch(
                 .metrics
                 .attempt_finished(&done.kind, outcome_label(&done.finish.how, kept));
         }
-        for (queue, asked) in &claims {
-            let i = shared
-                .queues
-                .iter()
-                .position(|q| &q.name == queue)
-                .unwrap_or(0);
-            let got = claimed.iter().filter(|j| &j.queue == queue).count() as i64;
-            if got < *asked {
-                hungry[i] = false;
-                due[i] = next_due_instant(&shared, queue).await;
+        for (name, asked) in &claims {
+            let got = claimed.iter().filter(|j| &j.queue == name).count() as i64;
+            if got < *asked
+                && let Some(q) = queues.iter_mut().find(|q| &q.name == name)
+            {
+                q.hungry = false;
+                q.due = next_due_instant(&shared, name).await;
             }
         }
         for job in claimed {
-            let i = shared
-                .queues
-                .iter()
-                .position(|q| q.name == job.queue)
-                .unwrap_or(0);
-            free[i] -= 1;
-            in_flight += 1;
-            spawn_job(shared.clone(), job, i, done_tx.clone());
+            if let Some(q) = queues.iter_mut().find(|q| q.name == job.queue) {
+                // Registered now, so a cancel that comes while the job waits is not missed.
+                if let Ok(mut running) = shared.running.lock() {
+                    running.insert(job.id, CancellationToken::new());
+                }
+                q.outstanding += 1;
+                let _ = q.jobs.send(job);
+            }
         }
     }
+    for w in workers {
+        let _ = w.await;
+    }
     debug!("dispatcher stopped");
+}
+
+/// One handler slot of a queue: runs claimed jobs one after another until shutdown.
+async fn work_loop(
+    shared: Arc<Shared>,
+    queue: usize,
+    jobs: flume::Receiver<ClaimedJob>,
+    done_tx: mpsc::UnboundedSender<Done>,
+) {
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = shared.stopping.cancelled() => return,
+            job = jobs.recv_async() => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        if shared.stopping.is_cancelled() {
+            forget(&shared, job.id);
+            let _ = done_tx.send(released(queue, job));
+            return;
+        }
+        let cancel = shared
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&job.id).cloned())
+            .unwrap_or_default();
+        let started = Instant::now();
+        let finish = run_job(&shared, &job, cancel).await;
+        forget(&shared, job.id);
+        let _ = done_tx.send(Done {
+            queue,
+            finish,
+            kind: job.kind,
+            elapsed: Some(started.elapsed()),
+        });
+    }
+}
+
+fn forget(shared: &Shared, job_id: i64) {
+    if let Ok(mut running) = shared.running.lock() {
+        running.remove(&job_id);
+    }
 }
 
 fn outcome_label(how: &FinishKind, kept: bool) -> &'static str {
@@ -322,29 +455,6 @@ async fn next_due_instant(shared: &Shared, queue: &str) -> Option<Instant> {
         return None;
     }
     Some(Instant::now() + Duration::from_millis(wait as u64))
-}
-
-fn spawn_job(
-    shared: Arc<Shared>,
-    job: ClaimedJob,
-    queue: usize,
-    done_tx: mpsc::UnboundedSender<Done>,
-) {
-    let cancel = CancellationToken::new();
-    if let Ok(mut running) = shared.running.lock() {
-        running.insert(job.id, cancel.clone());
-    }
-    tokio::spawn(async move {
-        let finish = run_job(&shared, &job, cancel).await;
-        if let Ok(mut running) = shared.running.lock() {
-            running.remove(&job.id);
-        }
-        let _ = done_tx.send(Done {
-            queue,
-            finish,
-            kind: job.kind,
-        });
-    });
 }
 
 async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -> Finish {

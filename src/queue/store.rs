@@ -419,12 +419,12 @@ impl Store {
         } else {
             "available"
         };
-        let inserted: Option<i64> = sqlx::query_scalar(
+        let inserted = sqlx::query(&format!(
             "insert into jobs (kind, queue, args, state, priority, max_attempts, idempotency_key, \
              created_at, scheduled_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              on conflict (idempotency_key) where idempotency_key is not null do nothing \
-             returning id",
-        )
+             returning {JOB_COLUMNS}"
+        ))
         .bind(&job.kind)
         .bind(&job.queue)
         .bind(&job.args)
@@ -436,24 +436,18 @@ impl Store {
         .bind(run_at)
         .fetch_optional(&mut *tx)
         .await?;
-        let (sql, bind_key, deduplicated) = match inserted {
-            Some(id) => (
-                format!("select {JOB_COLUMNS} from jobs where id = ?"),
-                Err(id),
-                false,
-            ),
-            None => (
-                format!("select {JOB_COLUMNS} from jobs where idempotency_key = ?"),
-                Ok(job.idempotency_key.clone().unwrap_or_default()),
-                true,
-            ),
+        let (row, deduplicated) = match inserted {
+            Some(row) => (row, false),
+            None => {
+                let existing = sqlx::query(&format!(
+                    "select {JOB_COLUMNS} from jobs where idempotency_key = ?"
+                ))
+                .bind(&job.idempotency_key)
+                .fetch_one(&mut *tx)
+                .await?;
+                (existing, true)
+            }
         };
-        let query = sqlx::query(&sql);
-        let query = match bind_key {
-            Err(id) => query.bind(id),
-            Ok(key) => query.bind(key),
-        };
-        let row = query.fetch_one(&mut *tx).await?;
         Ok(Enqueued {
             job: JobRecord::from_row(&row)?,
             deduplicated,

@@ -749,3 +749,26 @@ async fn concurrent_writers_on_one_file_never_see_database_locked() {
         h.wait_state(id, JobState::Completed).await;
     }
 }
+
+#[tokio::test]
+async fn long_jobs_are_not_claimed_ahead_of_a_free_slot() {
+    let mut h = Harness::start_with(|c| {
+        c.queues.insert("single".into(), offsite::config::QueueConfig { concurrency: 1 });
+    })
+    .await;
+    let on_single = |mode: &str| EnqueueRequest {
+        kind: "probe".into(),
+        args: json!({"mode": mode}),
+        queue: Some("single".into()),
+        ..Default::default()
+    };
+    let first = h.enqueue_req(on_single("block")).await;
+    let second = h.enqueue_req(on_single("block")).await;
+    h.event(first.id, "started").await;
+    // A full dispatcher round on another queue has passed since.
+    let other = h.probe("ok", 0).await;
+    h.wait_state(other.id, JobState::Completed).await;
+    let waiting = h.store().job(second.id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, JobState::Available, "not held by a worker that cannot run it yet");
+    h.stop().await;
+}
