@@ -753,7 +753,10 @@ async fn concurrent_writers_on_one_file_never_see_database_locked() {
 #[tokio::test]
 async fn long_jobs_are_not_claimed_ahead_of_a_free_slot() {
     let mut h = Harness::start_with(|c| {
-        c.queues.insert("single".into(), offsite::config::QueueConfig { concurrency: 1 });
+        c.queues.insert(
+            "single".into(),
+            offsite::config::QueueConfig { concurrency: 1 },
+        );
     })
     .await;
     let on_single = |mode: &str| EnqueueRequest {
@@ -769,6 +772,10 @@ async fn long_jobs_are_not_claimed_ahead_of_a_free_slot() {
     let other = h.probe("ok", 0).await;
     h.wait_state(other.id, JobState::Completed).await;
     let waiting = h.store().job(second.id).await.unwrap().unwrap();
-    assert_eq!(waiting.state, JobState::Available, "not held by a worker that cannot run it yet");
+    assert_eq!(
+        waiting.state,
+        JobState::Available,
+        "not held by a worker that cannot run it yet"
+    );
     h.stop().await;
 }

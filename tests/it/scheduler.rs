@@ -305,3 +305,40 @@ async fn changing_a_schedule_recomputes_its_next_run_and_removed_files_disappear
     store.sync_schedules(&[]).await.unwrap();
     assert!(store.schedules().await.unwrap().is_empty());
 }
+
+#[test]
+fn shipped_schedule_examples_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let (reg, _) = registry(&config);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
+    let planned = [
+        "snapshot_upload",
+        "device_fetch",
+        "db_dump",
+        "google_delta",
+        "retention_prune",
+    ];
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let file = entry.unwrap().path();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let kind = text.parse::<toml::Table>().unwrap()["kind"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        match scheduler::parse_schedule(&text, &file, &reg, "UTC") {
+            Ok(def) => assert_eq!(def.kind, kind),
+            // A kind still to be built: everything but the kind itself must be right.
+            Err(e) => assert!(
+                planned.contains(&kind.as_str()) && e.key.as_deref() == Some("kind"),
+                "{}: {e}",
+                file.display()
+            ),
+        }
+        kinds.push(kind);
+    }
+    for kind in planned.iter().chain(["noop"].iter()) {
+        assert!(kinds.iter().any(|k| k == kind), "no example for {kind}");
+    }
+}

@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of the offsite image: a Rust build stage, then a small Debian runtime with
+# only the binary, CA certificates and time zone data.
+#
+#   docker build -t offsite .
+#   docker run -v offsite-data:/data -e OFFSITE_API__TOKEN=$(openssl rand -hex 24) -p 8099:8099 offsite
+#
+# The API listens on 0.0.0.0 inside the container, so a token is required (start-up says so
+# plainly when it is missing).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+COPY tests tests
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked --bin offsite || true
+COPY src src
+COPY migrations migrations
+COPY config config
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin offsite \
+    && strip target/release/offsite
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates tzdata \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/offsite /usr/local/bin/offsite
+COPY jobs /etc/offsite/jobs
+ENV OFFSITE_DATA_DIR=/data \
+    OFFSITE_JOBS_DIR=/etc/offsite/jobs \
+    OFFSITE_API__LISTEN=0.0.0.0:8099
+VOLUME /data
+EXPOSE 8099
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/offsite"]
+CMD ["run"]
