@@ -349,13 +349,36 @@ impl Store {
             .fetch_one(&writer)
             .await
             .map_err(|e| classify_open_error(path, e))?;
-        MIGRATOR
+        // Two processes opening a new database at once (a worker and a CLI command) must not
+        // both create the schema: migrations run under an exclusive lock on a file beside it.
+        let lock_path = path.with_extension("db-migrate.lock");
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| StoreError::Open {
+            path: path.into(),
+            detail: e.to_string(),
+        })?
+        .map_err(|e| StoreError::Open {
+            path: path.into(),
+            detail: format!("cannot lock it for migration: {e}"),
+        })?;
+        let migrated = MIGRATOR
             .run(&writer)
             .await
             .map_err(|e| StoreError::Migrate {
                 path: path.into(),
                 detail: e.to_string(),
-            })?;
+            });
+        drop(lock);
+        migrated?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(120))

@@ -779,3 +779,18 @@ async fn long_jobs_are_not_claimed_ahead_of_a_free_slot() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn processes_opening_a_new_database_at_once_migrate_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { Store::open(&path).await.map(|_| ()) })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().expect("every concurrent open succeeds");
+    }
+}
