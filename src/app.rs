@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, AppState},
     config::{Config, ConfigError},
-    jobs,
+    jobs::{self, services::Services},
     metrics::Metrics,
     queue::{
         Registry, Store,
@@ -20,6 +20,9 @@ use crate::{
         store::{PruneAges, ScheduleDef, StoreError},
     },
 };
+
+/// The name of the schedule made from `[snapshots]`.
+pub const SNAPSHOTS: &str = "snapshots";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,17 +49,40 @@ pub struct Setup {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub schedules: Vec<ScheduleDef>,
+    pub services: Arc<Services>,
 }
 
 impl Setup {
     /// Validates everything that can be validated without touching the database.
     pub fn new(config: Config) -> Result<Setup, ConfigError> {
-        let registry = jobs::registry(&config)?;
-        let schedules = scheduler::load_dir(&config.jobs_dir, &registry, &config.timezone())?;
+        let services = Arc::new(Services::new(&config)?);
+        let registry = jobs::registry_with(&config, services.clone())?;
+        Self::with(config, registry, services)
+    }
+
+    /// With a registry of one's own (tests add kinds); schedules are loaded and checked.
+    pub fn with(
+        config: Config,
+        registry: Registry,
+        services: Arc<Services>,
+    ) -> Result<Setup, ConfigError> {
+        let mut schedules = scheduler::load_dir(&config.jobs_dir, &registry, &config.timezone())?;
+        if let Some(snapshots) = config.snapshots.as_ref().filter(|s| s.enabled) {
+            if schedules.iter().any(|s| s.name == SNAPSHOTS) {
+                return Err(config.error(
+                    "snapshots",
+                    format!("a schedule file already defines {SNAPSHOTS:?}"),
+                ));
+            }
+            schedules.push(scheduler::snapshots_schedule(
+                snapshots, &registry, &config,
+            )?);
+        }
         Ok(Setup {
             config: Arc::new(config),
             registry: Arc::new(registry),
             schedules,
+            services,
         })
     }
 
@@ -179,6 +205,33 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         warn!(jobs = ?reclaimed, "reclaimed jobs this instance was running when it stopped");
     }
     store.sync_schedules(&setup.schedules).await?;
+    for (name, d) in &config.destinations {
+        if d.kind == crate::config::DestinationKind::Folder {
+            std::fs::create_dir_all(&d.path).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot create folder {} of destination {name}: {e}",
+                    d.path
+                ))
+            })?;
+        }
+    }
+    for s in config.sources.values() {
+        // The built-in inbox is created so there is somewhere to drop backups.
+        if let crate::config::SourceConfig::Folder { path } = s
+            && path.starts_with(&config.data_dir)
+        {
+            let _ = std::fs::create_dir_all(path);
+        }
+    }
+    if config
+        .snapshots
+        .as_ref()
+        .is_some_and(|s| s.enabled && s.scan_on_start)
+    {
+        scheduler::run_now(&store, &setup.registry, SNAPSHOTS)
+            .await
+            .map_err(|e| StartError::Other(format!("cannot start the snapshot scan: {e}")))?;
+    }
 
     let metrics = Metrics::new();
     let queues = config
@@ -230,6 +283,8 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         metrics,
         config: config.clone(),
         instance_id: identity.id.clone(),
+        services: setup.services.clone(),
+        auth: Default::default(),
     };
 
     let (server, addr) = if config.api.enabled {

@@ -52,6 +52,20 @@ pub enum Command {
     /// List schedules or run one now.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Back up now: scan the snapshot source and upload what is new.
+    BackupNow,
+    /// What was uploaded where.
+    Uploads {
+        #[arg(long)]
+        destination: Option<String>,
+        /// Include copies retention deleted.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authorize a Dropbox destination: prints a link, then reads the code Dropbox shows.
+    Auth { destination: String },
     /// Check the configuration and schedule files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -269,6 +283,86 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             app::run(setup).await?;
         }
         Command::Openapi => print!("{}", crate::api::openapi_json()),
+        Command::BackupNow => {
+            let store = setup.open_store().await?;
+            // The worker may not have run yet on a new database: make sure the schedule exists.
+            store
+                .sync_schedules(&setup.schedules)
+                .await
+                .map_err(runtime)?;
+            let enq = scheduler::run_now(&store, &setup.registry, app::SNAPSHOTS)
+                .await
+                .map_err(|e| match e {
+                    RunNowError::NotFound(_) => {
+                        usage("no snapshot schedule is configured ([snapshots])")
+                    }
+                    other => runtime(other),
+                })?;
+            println!(
+                "backup scan enqueued as job {}; a running worker picks it up",
+                enq.job.id
+            );
+        }
+        Command::Uploads {
+            destination,
+            all,
+            json,
+        } => {
+            let store = setup.open_store().await?;
+            let list = store
+                .uploads(destination.as_deref(), all)
+                .await
+                .map_err(runtime)?;
+            if json {
+                print_json(&list);
+            } else if list.is_empty() {
+                println!("nothing uploaded yet");
+            } else {
+                for u in &list {
+                    println!(
+                        "{:<12} {}  {:>12} bytes  {}  {}{}",
+                        u.destination,
+                        u.backup_date.format("%Y-%m-%d %H:%M"),
+                        u.size,
+                        u.backup_name,
+                        u.remote_path,
+                        if u.deleted_at.is_some() {
+                            "  [deleted by retention]"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        Command::Auth { destination } => {
+            let dest = setup
+                .services
+                .destination(&destination)
+                .map_err(|e| usage(e.to_string()))?;
+            let client = dest.dropbox().ok_or_else(|| {
+                usage(format!("destination {destination} needs no authorization"))
+            })?;
+            let pkce = crate::destinations::dropbox::Pkce::generate();
+            println!(
+                "1. Open this link and allow access:\n\n   {}\n",
+                client.authorize_url(&pkce, None, None)
+            );
+            println!("2. Paste the code Dropbox shows here and press Enter:");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(runtime)?;
+            let code = line.trim().to_string();
+            client
+                .exchange_code(&code, &pkce.verifier, None)
+                .await
+                .map_err(runtime)?;
+            let store = setup.open_store().await?;
+            let woken = store
+                .wake_waiting(&["snapshot_upload", "retention_prune"], &destination)
+                .await
+                .map_err(runtime)?;
+            println!("destination {destination} is authorized; {woken} waiting jobs continue");
+        }
         Command::Config(ConfigCommand::Check) => {
             let c = &setup.config;
             println!(

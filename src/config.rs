@@ -116,6 +116,14 @@ pub struct Config {
     #[serde(default)]
     pub kinds: BTreeMap<String, KindConfig>,
     pub prune: PruneConfig,
+    /// Where backups come from, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Where backups go, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// The built-in snapshot schedule: scan a source and upload new backups.
+    pub snapshots: Option<SnapshotsConfig>,
     /// Where the configuration came from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -191,6 +199,98 @@ pub struct PruneConfig {
     pub cancelled_after: Duration,
     #[serde(with = "humantime_serde")]
     pub discarded_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A directory of backup files (`*.tar`), e.g. Home Assistant's `/backup` mapped read-only.
+    Folder { path: PathBuf },
+    /// The Home Assistant Supervisor API (add-on mode).
+    Supervisor {
+        #[serde(default = "default_supervisor_url")]
+        url: String,
+        /// Default: the `SUPERVISOR_TOKEN` environment variable the Supervisor sets.
+        token: Option<Secret>,
+    },
+}
+
+fn default_supervisor_url() -> String {
+    "http://supervisor".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    Folder,
+    Dropbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    #[serde(rename = "type")]
+    pub kind: DestinationKind,
+    /// folder: the directory; dropbox: the remote folder, e.g. `/HomeAssistant/Backups`.
+    pub path: String,
+    /// Bytes per request/write, in MiB: a multiple of 4, at most 148 (Dropbox's limits).
+    #[serde(default = "default_chunk_mib")]
+    pub chunk_mib: u64,
+    /// Keep the newest N backups offsite uploaded here (0: keep all).
+    #[serde(default)]
+    pub max_backups: u32,
+    /// Generational retention on top of `max_backups`: keep the newest backup of each of the
+    /// last N days / ISO weeks / months / years.
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Upload at most this many bytes per second (0: no limit).
+    #[serde(default)]
+    pub throttle_bytes_per_sec: u64,
+    /// Dropbox app key (an app of your own, "App folder" or "Full Dropbox").
+    pub app_key: Option<String>,
+    /// Optional with PKCE.
+    pub app_secret: Option<Secret>,
+    /// A redirect URI registered with the app, for the redirect flow (`…/callback`).
+    pub redirect_uri: Option<String>,
+    #[serde(default = "default_dropbox_api")]
+    pub api_url: String,
+    #[serde(default = "default_dropbox_content")]
+    pub content_url: String,
+    #[serde(default = "default_dropbox_authorize")]
+    pub authorize_url: String,
+}
+
+fn default_chunk_mib() -> u64 {
+    8
+}
+fn default_dropbox_api() -> String {
+    "https://api.dropboxapi.com".into()
+}
+fn default_dropbox_content() -> String {
+    "https://content.dropboxapi.com".into()
+}
+fn default_dropbox_authorize() -> String {
+    "https://www.dropbox.com/oauth2/authorize".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsConfig {
+    pub enabled: bool,
+    /// A name under [sources].
+    pub source: String,
+    /// Names under [destinations].
+    pub destinations: Vec<String>,
+    /// Scan once when the worker starts, besides the schedule.
+    pub scan_on_start: bool,
+    /// Same forms as a schedule file's [schedule]: every / cron / weekdays + at.
+    pub schedule: toml::Value,
 }
 
 fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
@@ -338,6 +438,44 @@ impl Config {
                 "timezone",
                 format!("unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"),
             ));
+        }
+        for (name, d) in &self.destinations {
+            let key = |k: &str| format!("destinations.{name}.{k}");
+            if d.chunk_mib == 0 || d.chunk_mib % 4 != 0 || d.chunk_mib > 148 {
+                return Err(self.err(&key("chunk_mib"), "must be a multiple of 4 from 4 to 148"));
+            }
+            if d.kind == DestinationKind::Dropbox {
+                if d.app_key.as_deref().is_none_or(str::is_empty) {
+                    return Err(self.err(
+                        &key("app_key"),
+                        "a Dropbox destination needs the app key of your Dropbox app",
+                    ));
+                }
+                if !d.path.starts_with('/') {
+                    return Err(self.err(
+                        &key("path"),
+                        "a Dropbox folder starts with '/', e.g. /HomeAssistant/Backups",
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.snapshots {
+            if !self.sources.contains_key(&s.source) {
+                return Err(self.err(
+                    "snapshots.source",
+                    format!("{:?} is not a source under [sources]", s.source),
+                ));
+            }
+            if let Some(d) = s
+                .destinations
+                .iter()
+                .find(|d| !self.destinations.contains_key(*d))
+            {
+                return Err(self.err(
+                    "snapshots.destinations",
+                    format!("{d:?} is not a destination under [destinations]"),
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(self.err(

@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod queues;
 pub mod schedules;
+pub mod snapshots;
 
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub config: Arc<Config>,
     pub instance_id: String,
+    pub services: Arc<crate::jobs::services::Services>,
+    /// Dropbox authorizations started from the API or panel, waiting for their code.
+    pub auth: snapshots::PendingAuth,
 }
 
 impl AppState {
@@ -70,7 +74,8 @@ impl Modify for BearerAuth {
     paths(
         jobs::enqueue, jobs::list, jobs::show, jobs::retry, jobs::cancel, jobs::delete,
         jobs::bulk_retry, queues::list, queues::pause, queues::resume, schedules::list,
-        schedules::run, health::health
+        schedules::run, health::health, snapshots::uploads, snapshots::run,
+        snapshots::destinations, snapshots::authorize, snapshots::authorize_code
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -78,6 +83,7 @@ impl Modify for BearerAuth {
         (name = "jobs", description = "Submit and manage jobs"),
         (name = "queues", description = "Queue counts, pause and resume"),
         (name = "schedules", description = "Schedules and running them on demand"),
+        (name = "backups", description = "Uploaded backups, back up now, destinations and their authorization"),
         (name = "system", description = "Health")
     )
 )]
@@ -130,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(queues::router())
         .merge(schedules::router())
+        .merge(snapshots::router())
         .merge(health::router());
     Router::new()
         .nest("/api/v1", api)

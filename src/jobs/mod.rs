@@ -1,11 +1,17 @@
 //! The job kinds offsite knows. A kind plugs in as one file plus one `register` line here.
 
 pub mod noop;
+pub mod retention;
+pub mod services;
+pub mod snapshot;
+
+use std::sync::Arc;
 
 use crate::{
     config::{Config, ConfigError},
-    queue::{JobArgs, KindSettings, Registry, Worker},
+    queue::{FieldError, JobArgs, KindSettings, Registry, Worker},
 };
+use services::Services;
 
 fn apply(config: &Config, kind: &str, s: &mut KindSettings) {
     if let Some(k) = config.kinds.get(kind) {
@@ -31,10 +37,63 @@ fn add<A: JobArgs, W: Worker<A>>(registry: &mut Registry, config: &Config, worke
     registry.register::<A, W>(worker, |s| apply(config, A::KIND, s));
 }
 
+fn known(exists: bool, field: &str, what: &str, name: &str) -> Result<(), FieldError> {
+    if exists {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{what} {name:?} is not configured"),
+        ))
+    }
+}
+
 /// Every kind, with the config's overrides applied.
 pub fn registry(config: &Config) -> Result<Registry, ConfigError> {
+    registry_with(config, Arc::new(Services::new(config)?))
+}
+
+pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registry, ConfigError> {
     let mut registry = Registry::new(config.queue_names());
     add::<noop::NoopArgs, _>(&mut registry, config, noop::NoopWorker);
+    let s = services.clone();
+    registry.register_checked::<snapshot::SnapshotScanArgs, _>(
+        snapshot::SnapshotScanWorker(services.clone()),
+        |k| apply(config, snapshot::SnapshotScanArgs::KIND, k),
+        move |a| {
+            known(s.has_source(&a.source), "source", "source", &a.source)?;
+            a.destinations
+                .iter()
+                .try_for_each(|d| known(s.has_destination(d), "destinations", "destination", d))
+        },
+    );
+    let s = services.clone();
+    registry.register_checked::<snapshot::SnapshotUploadArgs, _>(
+        snapshot::SnapshotUploadWorker(services.clone()),
+        |k| apply(config, snapshot::SnapshotUploadArgs::KIND, k),
+        move |a| {
+            known(s.has_source(&a.source), "source", "source", &a.source)?;
+            known(
+                s.has_destination(&a.destination),
+                "destination",
+                "destination",
+                &a.destination,
+            )
+        },
+    );
+    let s = services.clone();
+    registry.register_checked::<retention::RetentionPruneArgs, _>(
+        retention::RetentionPruneWorker(services.clone()),
+        |k| apply(config, retention::RetentionPruneArgs::KIND, k),
+        move |a| {
+            known(
+                s.has_destination(&a.destination),
+                "destination",
+                "destination",
+                &a.destination,
+            )
+        },
+    );
 
     for kind in config.kinds.keys() {
         if registry.get(kind).is_none() {

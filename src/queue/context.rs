@@ -10,7 +10,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{registry::JobError, state::now_ms, store::Store};
+use tokio::sync::Notify;
+
+use super::{
+    registry::{EnqueueRequest, FieldError, JobError, Registry},
+    state::now_ms,
+    store::{Enqueued, Store},
+};
 
 /// Progress is written to the database at most this often (checkpoints always are).
 const PROGRESS_SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -27,6 +33,8 @@ struct Inner {
     max_attempts: i64,
     lease_token: i64,
     store: Store,
+    registry: Arc<Registry>,
+    wake: Arc<Notify>,
     checkpoint: Mutex<Option<Value>>,
     cancel: CancellationToken,
     stopping: CancellationToken,
@@ -61,6 +69,8 @@ impl JobContext {
         lease_token: i64,
         checkpoint: Option<Value>,
         store: Store,
+        registry: Arc<Registry>,
+        wake: Arc<Notify>,
         cancel: CancellationToken,
         stopping: CancellationToken,
     ) -> Self {
@@ -73,6 +83,8 @@ impl JobContext {
                 max_attempts,
                 lease_token,
                 store,
+                registry,
+                wake,
                 checkpoint: Mutex::new(checkpoint),
                 cancel,
                 stopping,
@@ -84,6 +96,30 @@ impl JobContext {
                 }),
             }),
         }
+    }
+
+    /// The database, for what a job records beside its own row (uploads, deletions).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Enqueues another job (validated like any other) and wakes the workers.
+    pub async fn enqueue(&self, request: &EnqueueRequest) -> Result<Enqueued, JobError> {
+        let job = self
+            .inner
+            .registry
+            .prepare(request)
+            .map_err(|errors: Vec<FieldError>| {
+                JobError::Permanent(format!("follow-up job is invalid: {}", errors[0]))
+            })?;
+        let enqueued = self
+            .inner
+            .store
+            .enqueue(&job)
+            .await
+            .map_err(JobError::retryable)?;
+        self.inner.wake.notify_one();
+        Ok(enqueued)
     }
 
     pub fn job_id(&self) -> i64 {

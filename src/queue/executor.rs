@@ -72,7 +72,7 @@ struct Shared {
     owner: String,
     settings: EngineSettings,
     queues: Vec<QueueSettings>,
-    wake: Notify,
+    wake: Arc<Notify>,
     running: Mutex<HashMap<i64, CancellationToken>>,
     metrics: Metrics,
     /// Soft stop: claim nothing more, ask handlers to wrap up.
@@ -109,7 +109,7 @@ impl Executor {
                 owner,
                 settings,
                 queues,
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
                 running: Mutex::new(HashMap::new()),
                 metrics,
                 stopping: CancellationToken::new(),
@@ -479,6 +479,8 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
             job.lease_token,
             checkpoint,
             shared.store.clone(),
+            shared.registry.clone(),
+            shared.wake.clone(),
             cancel.clone(),
             shared.stopping.clone(),
         );

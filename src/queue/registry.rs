@@ -100,7 +100,7 @@ type Handler =
 #[derive(Clone)]
 pub struct KindEntry {
     pub settings: KindSettings,
-    validate: fn(&Value) -> Result<String, FieldError>,
+    validate: Validate,
     handler: Handler,
 }
 
@@ -125,10 +125,10 @@ fn parse_args<A: JobArgs>(value: &Value) -> Result<A, FieldError> {
     Ok(args)
 }
 
-fn validate_args<A: JobArgs>(value: &Value) -> Result<String, FieldError> {
-    let args = parse_args::<A>(value)?;
-    serde_json::to_string(&args).map_err(|e| FieldError::new("args", e.to_string()))
-}
+/// Parses, checks and canonicalizes submitted args.
+type Validate = Arc<dyn Fn(&Value) -> Result<String, FieldError> + Send + Sync>;
+
+type Check<A> = Arc<dyn Fn(&A) -> Result<(), FieldError> + Send + Sync>;
 
 /// What an operator or schedule submits.
 #[derive(Debug, Clone, Default)]
@@ -162,6 +162,23 @@ impl Registry {
         worker: W,
         overrides: impl FnOnce(&mut KindSettings),
     ) {
+        self.register_checked(worker, overrides, |_: &A| Ok(()));
+    }
+
+    /// Like `register`, with a check of the args against this installation (e.g. that a named
+    /// destination is configured); its field names are relative to `args`.
+    pub fn register_checked<A: JobArgs, W: Worker<A>>(
+        &mut self,
+        worker: W,
+        overrides: impl FnOnce(&mut KindSettings),
+        check: impl Fn(&A) -> Result<(), FieldError> + Send + Sync + 'static,
+    ) {
+        let check: Check<A> = Arc::new(check);
+        let validate = Arc::new(move |value: &Value| {
+            let args = parse_args::<A>(value)?;
+            check(&args).map_err(|e| FieldError::new(format!("args.{}", e.field), e.message))?;
+            serde_json::to_string(&args).map_err(|e| FieldError::new("args", e.to_string()))
+        });
         let worker = Arc::new(worker);
         let handler: Handler = Arc::new(move |ctx, raw| {
             let worker = worker.clone();
@@ -179,7 +196,7 @@ impl Registry {
             A::KIND,
             KindEntry {
                 settings,
-                validate: validate_args::<A>,
+                validate,
                 handler,
             },
         );

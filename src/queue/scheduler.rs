@@ -239,6 +239,51 @@ impl ScheduleForm {
     }
 }
 
+/// The schedule made from the config's `[snapshots]` section.
+pub fn snapshots_schedule(
+    s: &crate::config::SnapshotsConfig,
+    registry: &Registry,
+    config: &crate::config::Config,
+) -> Result<ScheduleDef, ConfigError> {
+    let in_config = |e: ConfigError| {
+        let e = ConfigError {
+            key: e.key.map(|k| format!("snapshots.{k}")),
+            ..e
+        };
+        match &config.source {
+            Some(f) => e.in_file(f),
+            None => e,
+        }
+    };
+    let form: ScheduleForm = s
+        .schedule
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            in_config(ConfigError::at("schedule", e.message().to_string()))
+        })?;
+    let spec = form.into_spec(&config.timezone()).map_err(in_config)?;
+    let args = serde_json::json!({"source": s.source, "destinations": s.destinations});
+    let job = registry
+        .prepare(&EnqueueRequest {
+            kind: "snapshot_scan".into(),
+            args,
+            ..Default::default()
+        })
+        .map_err(|e| in_config(ConfigError::at(e[0].field.clone(), e[0].message.clone())))?;
+    Ok(ScheduleDef {
+        name: crate::app::SNAPSHOTS.into(),
+        kind: job.kind,
+        args: job.args,
+        queue: None,
+        priority: None,
+        max_attempts: None,
+        spec: serde_json::to_string(&spec).unwrap_or_default(),
+        enabled: true,
+        source: "configuration [snapshots]".into(),
+    })
+}
+
 /// Parses one schedule file's text into a definition; `registry` checks kind and args.
 pub fn parse_schedule(
     text: &str,

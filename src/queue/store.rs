@@ -1149,3 +1149,110 @@ impl Store {
 pub fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
+
+/// One backup stored on one destination.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct UploadRecord {
+    pub id: i64,
+    pub destination: String,
+    pub source: String,
+    pub backup_slug: String,
+    pub backup_name: String,
+    pub backup_date: chrono::DateTime<chrono::Utc>,
+    pub size: i64,
+    pub remote_path: String,
+    pub content_hash: Option<String>,
+    pub job_id: Option<i64>,
+    pub uploaded_at: chrono::DateTime<chrono::Utc>,
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn upload_from_row(r: &SqliteRow) -> Result<UploadRecord, sqlx::Error> {
+    use super::state::to_datetime;
+    Ok(UploadRecord {
+        id: r.try_get("id")?,
+        destination: r.try_get("destination")?,
+        source: r.try_get("source")?,
+        backup_slug: r.try_get("backup_slug")?,
+        backup_name: r.try_get("backup_name")?,
+        backup_date: to_datetime(r.try_get("backup_date")?),
+        size: r.try_get("size")?,
+        remote_path: r.try_get("remote_path")?,
+        content_hash: r.try_get("content_hash")?,
+        job_id: r.try_get("job_id")?,
+        uploaded_at: to_datetime(r.try_get("uploaded_at")?),
+        deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(to_datetime),
+    })
+}
+
+impl Store {
+    /// Records a finished upload (a replay overwrites the record of the same backup).
+    pub async fn record_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into uploads (destination, source, backup_slug, backup_name, backup_date, size, \
+                 remote_path, content_hash, job_id, uploaded_at) \
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             on conflict (destination, backup_slug) do update set source = ?2, backup_name = ?4, \
+                 backup_date = ?5, size = ?6, remote_path = ?7, content_hash = ?8, job_id = ?9, \
+                 uploaded_at = ?10, deleted_at = null, deleted_by_job = null",
+        )
+        .bind(&u.destination)
+        .bind(&u.source)
+        .bind(&u.backup_slug)
+        .bind(&u.backup_name)
+        .bind(u.backup_date.timestamp_millis())
+        .bind(u.size)
+        .bind(&u.remote_path)
+        .bind(&u.content_hash)
+        .bind(u.job_id)
+        .bind(u.uploaded_at.timestamp_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Uploads, newest backup first; `include_deleted` adds the ones retention removed.
+    pub async fn uploads(
+        &self,
+        destination: Option<&str>,
+        include_deleted: bool,
+    ) -> Result<Vec<UploadRecord>, StoreError> {
+        let rows = sqlx::query(
+            "select * from uploads where (?1 is null or destination = ?1) \
+                 and (?2 or deleted_at is null) order by backup_date desc, id desc",
+        )
+        .bind(destination)
+        .bind(include_deleted)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(upload_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn mark_upload_deleted(&self, id: i64, job_id: i64) -> Result<(), StoreError> {
+        sqlx::query("update uploads set deleted_at = ?, deleted_by_job = ? where id = ?")
+            .bind(now_ms())
+            .bind(job_id)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Wakes jobs of `kinds` for `destination` that wait (snoozed), e.g. after it was authorized.
+    pub async fn wake_waiting(&self, kinds: &[&str], destination: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "update jobs set state = 'available', scheduled_at = ?1 \
+             where state in ('scheduled', 'retryable') and kind in (select value from json_each(?2)) \
+               and json_extract(args, '$.destination') = ?3",
+        )
+        .bind(now_ms())
+        .bind(serde_json::to_string(kinds).unwrap_or_default())
+        .bind(destination)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

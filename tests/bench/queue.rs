@@ -49,6 +49,9 @@ fn config(dir: &Path, api: bool) -> Config {
     c.api.listen = "127.0.0.1:0".parse().unwrap();
     c.instance_id = Some("bench".into());
     c.queues.get_mut("default").unwrap().concurrency = 4;
+    c.snapshots = None;
+    c.sources.clear();
+    c.destinations.clear();
     c
 }
 
@@ -152,7 +155,7 @@ fn write_config_file(dir: &Path, lease: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{0}/data\"\njobs_dir = \"{0}/jobs\"\ninstance_id = \"bench-proc\"\n[api]\nenabled = false\n[engine]\nlease = \"{lease}\"\n",
+            "data_dir = \"{0}/data\"\njobs_dir = \"{0}/jobs\"\ninstance_id = \"bench-proc\"\n[api]\nenabled = false\n[snapshots]\nenabled = false\n[engine]\nlease = \"{lease}\"\n",
             dir.display()
         ),
     )
@@ -165,6 +168,7 @@ fn enqueue_cli(dir: &Path, n: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
         let o = Command::new(env!("CARGO_BIN_EXE_offsite"))
+            .current_dir(dir)
             .args(["--config", cfg.to_str().unwrap(), "enqueue", "noop"])
             .output()
             .unwrap();
@@ -201,13 +205,10 @@ async fn pickup_in_process(dir: &Path, samples: usize) -> Vec<f64> {
     let c = config(dir, false);
     let (tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let marks = Marks(tx);
-    let mut registry = jobs::registry(&c).unwrap();
+    let services = Arc::new(jobs::services::Services::new(&c).unwrap());
+    let mut registry = jobs::registry_with(&c, services.clone()).unwrap();
     registry.register::<MarkArgs, _>(marks.clone(), |_| {});
-    let setup = Setup {
-        config: Arc::new(c),
-        registry: Arc::new(registry),
-        schedules: vec![],
-    };
+    let setup = Setup::with(c, registry, services).unwrap();
     let running = app::start(setup).await.unwrap();
     let state = running.state.clone();
     let mut out = Vec::with_capacity(samples);
@@ -242,6 +243,7 @@ async fn pickup_in_process(dir: &Path, samples: usize) -> Vec<f64> {
 fn spawn_worker(cfg: &Path, dir: &Path) -> Child {
     let log = std::fs::File::create(dir.join(format!("worker-{}.log", rand_suffix()))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_offsite"))
+        .current_dir(dir)
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .stdout(Stdio::null())
         .stderr(log)

@@ -485,14 +485,9 @@ async fn schedules_list_and_run_now() {
     std::fs::create_dir_all(&config.jobs_dir).unwrap();
     std::fs::write(config.jobs_dir.join("tick.toml"), "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\", \"thu\"]\nat = \"02:15\"\ntimezone = \"Europe/Berlin\"\n").unwrap();
     config.timezone = Some("UTC".into());
-    let (registry, _events) = crate::common::registry(&config);
-    let schedules =
-        offsite::queue::scheduler::load_dir(&config.jobs_dir, &registry, "UTC").unwrap();
-    let setup = offsite::app::Setup {
-        config: std::sync::Arc::new(config),
-        registry: std::sync::Arc::new(registry),
-        schedules,
-    };
+    let services = crate::common::services(&config);
+    let (registry, _events) = crate::common::registry_with(&config, services.clone());
+    let setup = offsite::app::Setup::with(config, registry, services).unwrap();
     let running = offsite::app::start(setup).await.unwrap();
     let base = format!("http://{}", running.addr.unwrap());
     let c = Client::new();

@@ -17,7 +17,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{0}/data\"\njobs_dir = \"{0}/jobs\"\ninstance_id = \"cli-test\"\n{extra}\n[api]\nenabled = false\n",
+            "data_dir = \"{0}/data\"\njobs_dir = \"{0}/jobs\"\ninstance_id = \"cli-test\"\n{extra}\n[api]\nenabled = false\n[snapshots]\nenabled = false\n",
             dir.display()
         ),
     )
@@ -27,6 +27,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 pub fn offsite(config: &Path, args: &[&str]) -> Output {
     Command::new(bin())
+        .current_dir(config.parent().unwrap())
         .arg("--config")
         .arg(config)
         .args(args)

@@ -13,7 +13,7 @@ use figment::providers::Env;
 use offsite::{
     app::{self, Running, Setup},
     config::Config,
-    jobs,
+    jobs::{self, services::Services},
     queue::{
         EnqueueRequest, JobArgs, JobContext, JobError, JobState, KindSettings, Registry, Store,
         Worker, store::JobRecord,
@@ -39,6 +39,10 @@ pub fn test_config(dir: &Path) -> Config {
         "other".into(),
         offsite::config::QueueConfig { concurrency: 2 },
     );
+    // The built-in inbox → outbox flow is tested on its own, in temp dirs.
+    c.snapshots = None;
+    c.sources.clear();
+    c.destinations.clear();
     c
 }
 
@@ -196,7 +200,18 @@ impl Worker<StallArgs> for Probe {
 
 /// The real kinds plus the probes.
 pub fn registry(config: &Config) -> (Registry, mpsc::UnboundedReceiver<Event>) {
-    let mut registry = jobs::registry(config).expect("registry");
+    registry_with(config, services(config))
+}
+
+pub fn services(config: &Config) -> Arc<Services> {
+    Arc::new(Services::new(config).expect("services"))
+}
+
+pub fn registry_with(
+    config: &Config,
+    services: Arc<Services>,
+) -> (Registry, mpsc::UnboundedReceiver<Event>) {
+    let mut registry = jobs::registry_with(config, services).expect("registry");
     let (tx, rx) = mpsc::unbounded_channel();
     let probe = Probe { events: tx };
     registry.register::<ProbeArgs, _>(probe.clone(), |_| {});
@@ -225,12 +240,9 @@ impl Harness {
     }
 
     pub async fn start_in(dir: TempDir, config: Config) -> Harness {
-        let (registry, events) = registry(&config);
-        let setup = Setup {
-            config: Arc::new(config),
-            registry: Arc::new(registry),
-            schedules: Vec::new(),
-        };
+        let services = services(&config);
+        let (registry, events) = registry_with(&config, services.clone());
+        let setup = Setup::with(config, registry, services).expect("setup");
         let running = app::start(setup).await.expect("worker starts");
         Harness {
             dir,

@@ -18,6 +18,7 @@ fn start(cfg: &std::path::Path, log: &std::path::Path) -> Child {
         .open(log)
         .unwrap();
     Command::new(bin())
+        .current_dir(cfg.parent().unwrap())
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .stdout(Stdio::null())
         .stderr(log)

@@ -4,7 +4,10 @@ mod api;
 mod cli;
 mod common;
 mod crash;
+mod dropbox;
 mod queue;
 mod scheduler;
+mod snapshots;
+mod sources_tests;
 #[path = "../support/mod.rs"]
 mod support;

@@ -309,16 +309,22 @@ async fn changing_a_schedule_recomputes_its_next_run_and_removed_files_disappear
 #[test]
 fn shipped_schedule_examples_are_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
+    let mut config = test_config(dir.path());
+    // The names the examples use.
+    config.sources.insert(
+        "ha".into(),
+        offsite::config::SourceConfig::Supervisor {
+            url: "http://supervisor".into(),
+            token: Some(offsite::config::Secret::new("t")),
+        },
+    );
+    config.destinations.insert(
+        "dropbox".into(),
+        toml::from_str("type = \"dropbox\"\npath = \"/B\"\napp_key = \"k\"").unwrap(),
+    );
     let (reg, _) = registry(&config);
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
-    let planned = [
-        "snapshot_upload",
-        "device_fetch",
-        "db_dump",
-        "google_delta",
-        "retention_prune",
-    ];
+    let planned = ["device_fetch", "db_dump", "google_delta"];
     let mut kinds = Vec::new();
     for entry in std::fs::read_dir(&examples).unwrap() {
         let file = entry.unwrap().path();
@@ -338,7 +344,10 @@ fn shipped_schedule_examples_are_valid() {
         }
         kinds.push(kind);
     }
-    for kind in planned.iter().chain(["noop"].iter()) {
+    for kind in planned
+        .iter()
+        .chain(["noop", "snapshot_scan", "retention_prune"].iter())
+    {
         assert!(kinds.iter().any(|k| k == kind), "no example for {kind}");
     }
 }

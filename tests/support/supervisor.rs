@@ -665,7 +665,7 @@ fn byte_range(value: &str, size: u64) -> Option<(u64, u64)> {
         (Some(s), Some(e)) if e >= s => (s, (e + 1).min(size)),
         _ => return None,
     };
-    (start < size).then_some((start, end - start))
+    (start < size).then(|| (start, end - start))
 }
 
 fn unsatisfiable(size: u64) -> Response {

@@ -1,0 +1,247 @@
+//! Backups: what was uploaded where, "back up now", destinations and their authorization.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    AppState,
+    error::{ApiError, ApiJson, Problem},
+    jobs::EnqueueResponse,
+};
+use crate::{
+    app::SNAPSHOTS,
+    destinations::dropbox::Pkce,
+    queue::{
+        FieldError,
+        scheduler::{self, RunNowError},
+        store::UploadRecord,
+    },
+    transfer::TransferError,
+};
+
+/// PKCE verifiers of authorizations started and not finished yet, by destination.
+pub type PendingAuth = Arc<Mutex<HashMap<String, Pkce>>>;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadParams {
+    pub destination: Option<String>,
+    /// Also list copies retention has deleted.
+    pub include_deleted: Option<bool>,
+}
+
+/// What was uploaded where, newest backup first.
+#[utoipa::path(get, path = "/api/v1/uploads", tag = "backups", params(UploadParams),
+    responses((status = 200, body = [UploadRecord])))]
+pub async fn uploads(
+    State(state): State<AppState>,
+    Query(p): Query<UploadParams>,
+) -> Result<Json<Vec<UploadRecord>>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .uploads(p.destination.as_deref(), p.include_deleted.unwrap_or(false))
+            .await?,
+    ))
+}
+
+/// Back up now: scan the snapshot source and upload what is new, at once.
+#[utoipa::path(post, path = "/api/v1/snapshots/run", tag = "backups",
+    responses((status = 201, body = EnqueueResponse), (status = 404, description = "No [snapshots] configured", body = Problem)))]
+pub async fn run(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
+    let enqueued = scheduler::run_now(&state.store, &state.registry, SNAPSHOTS)
+        .await
+        .map_err(|e| match e {
+            RunNowError::NotFound(_) => {
+                ApiError::NotFound("no snapshot schedule is configured ([snapshots])".into())
+            }
+            RunNowError::Invalid { .. } => {
+                ApiError::Validation(vec![FieldError::new("snapshots", e.to_string())])
+            }
+            RunNowError::Store(s) => s.into(),
+        })?;
+    state.nudge();
+    Ok((
+        StatusCode::CREATED,
+        Json(EnqueueResponse {
+            job: enqueued.job.into(),
+            deduplicated: false,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DestinationView {
+    pub name: String,
+    /// `folder` or `dropbox`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where backups go on it.
+    pub folder: String,
+    /// False while the user has to authorize it; its uploads wait meanwhile.
+    pub authorized: bool,
+    /// Backups currently stored there by offsite.
+    pub backups: usize,
+    pub last_upload_at: Option<DateTime<Utc>>,
+}
+
+async fn view(state: &AppState, name: &str) -> Result<DestinationView, ApiError> {
+    let dest = state
+        .services
+        .destination(name)
+        .map_err(|_| ApiError::NotFound(format!("destination {name:?} is not configured")))?;
+    let uploads = state.store.uploads(Some(name), false).await?;
+    Ok(DestinationView {
+        name: name.into(),
+        kind: if dest.dropbox().is_some() {
+            "dropbox"
+        } else {
+            "folder"
+        }
+        .into(),
+        folder: match dest {
+            crate::destinations::Destination::Folder { folder, .. } => {
+                folder.root.display().to_string()
+            }
+            _ => dest.folder().to_string(),
+        },
+        authorized: dest.is_authorized(),
+        backups: uploads.len(),
+        last_upload_at: uploads.iter().map(|u| u.uploaded_at).max(),
+    })
+}
+
+/// Destinations with their authorization state.
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "backups", responses((status = 200, body = [DestinationView])))]
+pub async fn destinations(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<DestinationView>>, ApiError> {
+    let mut out = Vec::new();
+    for name in state.services.destination_names() {
+        out.push(view(&state, name).await?);
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuthorizeStart {
+    /// Open this in a browser, allow access, and paste the code Dropbox shows back.
+    pub authorize_url: String,
+}
+
+/// Start authorizing a Dropbox destination (PKCE; no redirect needed).
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups",
+    params(("name" = String, Path)),
+    responses((status = 200, body = AuthorizeStart), (status = 404, body = Problem),
+        (status = 409, description = "Not a destination that needs authorization", body = Problem)))]
+pub async fn authorize(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<AuthorizeStart>, ApiError> {
+    let client = dropbox_of(&state, &name)?;
+    let pkce = Pkce::generate();
+    let url = client.authorize_url(&pkce, None, None);
+    state
+        .auth
+        .lock()
+        .map_err(|_| ApiError::Internal("auth lock poisoned".into()))?
+        .insert(name, pkce);
+    Ok(Json(AuthorizeStart { authorize_url: url }))
+}
+
+fn dropbox_of<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<&'a crate::destinations::dropbox::DropboxClient, ApiError> {
+    state
+        .services
+        .destination(name)
+        .map_err(|_| ApiError::NotFound(format!("destination {name:?} is not configured")))?
+        .dropbox()
+        .ok_or_else(|| ApiError::Conflict(format!("destination {name:?} needs no authorization")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeCode {
+    /// The code Dropbox showed after "Allow".
+    pub code: String,
+}
+
+/// Finish authorizing with the pasted code; waiting uploads continue at once.
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups",
+    params(("name" = String, Path)), request_body = AuthorizeCode,
+    responses((status = 200, body = DestinationView), (status = 404, body = Problem),
+        (status = 409, description = "No authorization was started", body = Problem),
+        (status = 422, description = "Dropbox did not accept the code", body = Problem)))]
+pub async fn authorize_code(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AuthorizeCode>,
+) -> Result<Json<DestinationView>, ApiError> {
+    let client = dropbox_of(&state, &name)?.clone();
+    let code = body.code.trim();
+    if code.is_empty() {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "code",
+            "paste the code Dropbox showed",
+        )]));
+    }
+    let pkce = state
+        .auth
+        .lock()
+        .map_err(|_| ApiError::Internal("auth lock poisoned".into()))?
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::Conflict("start the authorization first (POST …/authorize)".into())
+        })?;
+    client
+        .exchange_code(code, &pkce.verifier, None)
+        .await
+        .map_err(|e| match e {
+            TransferError::Permanent(m) | TransferError::Unauthorized(m) => {
+                ApiError::Validation(vec![FieldError::new("code", m)])
+            }
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    if let Ok(mut pending) = state.auth.lock() {
+        pending.remove(&name);
+    }
+    after_authorized(&state.store, &name).await?;
+    state.nudge();
+    Ok(Json(view(&state, &name).await?))
+}
+
+/// Jobs that waited for the destination run now.
+pub async fn after_authorized(
+    store: &crate::queue::Store,
+    destination: &str,
+) -> Result<u64, ApiError> {
+    Ok(store
+        .wake_waiting(&["snapshot_upload", "retention_prune"], destination)
+        .await?)
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/uploads", get(uploads))
+        .route("/snapshots/run", post(run))
+        .route("/destinations", get(destinations))
+        .route("/destinations/{name}/authorize", post(authorize))
+        .route("/destinations/{name}/authorize/code", post(authorize_code))
+}

@@ -1,0 +1,62 @@
+//! Errors of moving bytes between sources and destinations, classified for the retry decision.
+
+use std::time::Duration;
+
+use crate::queue::JobError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransferError {
+    /// Network trouble, 5xx, timeouts: retry with backoff.
+    #[error("{0}")]
+    Temporary(String),
+    /// Will not succeed by retrying (bad path, quota, 4xx that is not about auth).
+    #[error("{0}")]
+    Permanent(String),
+    /// The remote named a wait (429/503 Retry-After).
+    #[error("{message}")]
+    RetryAfter { wait: Duration, message: String },
+    /// No usable credentials (none stored, or the refresh token was revoked: invalid_grant).
+    /// The destination must be authorized again by the user.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The upload session no longer exists (not_found / closed / expired): start again from 0.
+    #[error("upload session no longer exists: {0}")]
+    SessionGone(String),
+    /// The server has a different offset for this session: continue from `0`.
+    #[error("server expects offset {0}")]
+    IncorrectOffset(u64),
+    /// The thing asked for does not exist (a source backup that vanished).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// How long a job waits for a destination to be authorized again before looking once more;
+/// authorizing wakes it at once.
+pub const AUTH_WAIT: Duration = Duration::from_secs(3600);
+
+impl From<TransferError> for JobError {
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Temporary(m) => JobError::Retryable(m),
+            TransferError::Permanent(m) => JobError::Permanent(m),
+            TransferError::RetryAfter { wait, message } => JobError::Snooze {
+                wait,
+                reason: message,
+            },
+            TransferError::Unauthorized(m) => JobError::Snooze {
+                wait: AUTH_WAIT,
+                reason: m,
+            },
+            TransferError::NotFound(m) => JobError::Cancelled(m),
+            e @ (TransferError::SessionGone(_) | TransferError::IncorrectOffset(_)) => {
+                JobError::Retryable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<std::io::Error> for TransferError {
+    fn from(e: std::io::Error) -> Self {
+        TransferError::Temporary(e.to_string())
+    }
+}
