@@ -111,8 +111,11 @@ async fn require_token(
         return Ok(next.run(req).await);
     };
     let path = req.uri().path();
-    let open =
-        path == "/api/v1/health" || path == "/api/v1/openapi.json" || path.starts_with("/api/docs");
+    // /callback is reached by the browser coming back from Dropbox; its `state` guards it.
+    let open = path == "/api/v1/health"
+        || path == "/api/v1/openapi.json"
+        || path.starts_with("/api/docs")
+        || path == "/callback";
     if !open {
         let given = req
             .headers()
@@ -141,6 +144,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(health::metrics_router())
+        .route("/callback", axum::routing::get(snapshots::callback))
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -9,6 +9,7 @@ use axum::{
     Json, Router,
     extract::{Path, Query, State},
     http::StatusCode,
+    response::Html,
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
@@ -31,8 +32,16 @@ use crate::{
     transfer::TransferError,
 };
 
-/// PKCE verifiers of authorizations started and not finished yet, by destination.
-pub type PendingAuth = Arc<Mutex<HashMap<String, Pkce>>>;
+/// An authorization started and not finished yet.
+#[derive(Clone)]
+pub struct Pending {
+    pkce: Pkce,
+    /// For the redirect flow: the `state` Dropbox hands back to `/callback`.
+    state: String,
+}
+
+/// Pending authorizations, by destination.
+pub type PendingAuth = Arc<Mutex<HashMap<String, Pending>>>;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -154,12 +163,20 @@ pub async fn authorize(
 ) -> Result<Json<AuthorizeStart>, ApiError> {
     let client = dropbox_of(&state, &name)?;
     let pkce = Pkce::generate();
-    let url = client.authorize_url(&pkce, None, None);
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    // With a registered redirect URI Dropbox sends the user back to /callback; without one it
+    // shows a code to paste.
+    let redirect = state.services.redirect_uri(&name);
+    let url = client.authorize_url(
+        &pkce,
+        redirect.as_deref(),
+        redirect.as_ref().map(|_| nonce.as_str()),
+    );
     state
         .auth
         .lock()
         .map_err(|_| ApiError::Internal("auth lock poisoned".into()))?
-        .insert(name, pkce);
+        .insert(name, Pending { pkce, state: nonce });
     Ok(Json(AuthorizeStart { authorize_url: url }))
 }
 
@@ -211,7 +228,7 @@ pub async fn authorize_code(
             ApiError::Conflict("start the authorization first (POST …/authorize)".into())
         })?;
     client
-        .exchange_code(code, &pkce.verifier, None)
+        .exchange_code(code, &pkce.pkce.verifier, None)
         .await
         .map_err(|e| match e {
             TransferError::Permanent(m) | TransferError::Unauthorized(m) => {
@@ -235,6 +252,93 @@ pub async fn after_authorized(
     Ok(store
         .wake_waiting(&["snapshot_upload", "retention_prune"], destination)
         .await?)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> (StatusCode, Html<String>) {
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    (
+        status,
+        Html(format!(
+            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
+             <title>offsite</title><h1>{}</h1><p>{}</p>",
+            esc(title),
+            esc(text)
+        )),
+    )
+}
+
+/// Where Dropbox sends the user back in the redirect flow (a redirect URI registered with the
+/// app and set as the destination's `redirect_uri`). The `state` proves the request is ours.
+pub async fn callback(
+    State(state): State<AppState>,
+    Query(p): Query<CallbackParams>,
+) -> (StatusCode, Html<String>) {
+    if let Some(error) = p.error {
+        let why = p.error_description.unwrap_or(error);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization was not granted",
+            &why,
+        );
+    }
+    let (Some(code), Some(nonce)) = (p.code, p.state) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Missing code",
+            "This page is opened by Dropbox after you allow access.",
+        );
+    };
+    let found = state.auth.lock().ok().and_then(|pending| {
+        pending
+            .iter()
+            .find(|(_, p)| p.state == nonce)
+            .map(|(name, p)| (name.clone(), p.clone()))
+    });
+    let Some((name, pending)) = found else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Unknown or expired authorization",
+            "Start the authorization again.",
+        );
+    };
+    let Ok(client) = dropbox_of(&state, &name) else {
+        return page(StatusCode::NOT_FOUND, "Unknown destination", &name);
+    };
+    let redirect = state.services.redirect_uri(&name);
+    if let Err(e) = client
+        .exchange_code(&code, &pending.pkce.verifier, redirect.as_deref())
+        .await
+    {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Dropbox did not accept the code",
+            &e.to_string(),
+        );
+    }
+    if let Ok(mut p) = state.auth.lock() {
+        p.remove(&name);
+    }
+    if let Err(e) = after_authorized(&state.store, &name).await {
+        tracing::error!(error = ?e, "could not wake waiting jobs");
+    }
+    state.nudge();
+    page(
+        StatusCode::OK,
+        "Dropbox is authorized",
+        &format!("Destination {name} is ready; you can close this page."),
+    )
 }
 
 pub fn router() -> Router<AppState> {

@@ -138,9 +138,38 @@ pub struct UploadCheckpoint {
 
 pub struct SnapshotUploadWorker(pub Arc<Services>);
 
+/// Chunk buffers, reused: allocating a fresh chunk for every request fragments the heap and
+/// lets memory creep up over a long upload.
+#[derive(Default)]
+struct Buffers(Option<BytesMut>);
+
+impl Buffers {
+    fn take(&mut self, size: usize) -> BytesMut {
+        match self.0.take() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(size);
+                b
+            }
+            None => BytesMut::with_capacity(size),
+        }
+    }
+
+    /// Takes a sent chunk back once nobody else holds it.
+    fn recycle(&mut self, chunk: Bytes) {
+        if let Ok(b) = chunk.try_into_mut() {
+            self.0 = Some(b);
+        }
+    }
+}
+
 /// Reads up to `size` bytes (fewer only at the end of the stream).
-async fn read_chunk(stream: &mut BackupStream, size: usize) -> Result<Bytes, TransferError> {
-    let mut buf = BytesMut::with_capacity(size);
+async fn read_chunk(
+    stream: &mut BackupStream,
+    size: usize,
+    buffers: &mut Buffers,
+) -> Result<Bytes, TransferError> {
+    let mut buf = buffers.take(size);
     while buf.len() < size {
         let n = stream
             .read_buf(&mut buf)
@@ -240,7 +269,8 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
             let mut hasher = ContentHasher::resume(&cp.hash).unwrap_or_default();
             let (mut stream, total) = source.open(&args.backup, cp.offset).await?;
             let mut offset = cp.offset;
-            let mut current = read_chunk(&mut stream, chunk).await?;
+            let mut buffers = Buffers::default();
+            let mut current = read_chunk(&mut stream, chunk, &mut buffers).await?;
             loop {
                 let end = offset + current.len() as u64;
                 if end > total || (end < total && current.len() < chunk) {
@@ -276,7 +306,8 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                             message: Some(format!("{} → {}", args.name, args.destination)),
                         })
                         .await?;
-                        current = read_chunk(&mut stream, chunk).await?;
+                        buffers.recycle(std::mem::take(&mut current));
+                        current = read_chunk(&mut stream, chunk, &mut buffers).await?;
                     }
                     // The destination got more than our checkpoint knows (it acknowledged a
                     // chunk we never heard back about): hash the bytes it has and go on from there.
@@ -289,7 +320,7 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         let mut pending = current.clone();
                         while offset < at {
                             if pending.is_empty() {
-                                pending = read_chunk(&mut stream, chunk).await?;
+                                pending = read_chunk(&mut stream, chunk, &mut buffers).await?;
                                 if pending.is_empty() {
                                     return Err(JobError::retryable(
                                         "the source ended before the destination's offset",
@@ -308,15 +339,17 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                             cp.hash = hash;
                             ctx.save_checkpoint(&cp).await?;
                         }
-                        current =
-                            if pending.len() >= chunk || offset + pending.len() as u64 == total {
-                                pending
-                            } else {
-                                let mut joined = BytesMut::from(&pending[..]);
-                                let more = read_chunk(&mut stream, chunk - pending.len()).await?;
-                                joined.extend_from_slice(&more);
-                                joined.freeze()
-                            };
+                        current = if pending.len() >= chunk
+                            || offset + pending.len() as u64 == total
+                        {
+                            pending
+                        } else {
+                            let mut joined = BytesMut::from(&pending[..]);
+                            let more = read_chunk(&mut stream, chunk - pending.len(), &mut buffers)
+                                .await?;
+                            joined.extend_from_slice(&more);
+                            joined.freeze()
+                        };
                     }
                     Err(TransferError::IncorrectOffset(_)) | Err(TransferError::SessionGone(_)) => {
                         warn!(

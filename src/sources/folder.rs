@@ -16,6 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncSeekExt, BufReader};
+
+/// Largest single read from the file (the biggest chunk a destination asks for).
+const MAX_READ: usize = 16 * 1024 * 1024;
 use tracing::{debug, warn};
 
 use super::{BackupInfo, BackupStream, listing_order, parse_ha_date};
@@ -133,6 +136,8 @@ impl FolderSource {
                 .await
                 .map_err(|e| io_failure("cannot seek in", &path, &e))?;
         }
+        // One blocking read per chunk instead of tokio's default 2 MiB steps.
+        file.set_max_buf_size(MAX_READ);
         Ok((Box::pin(BufReader::with_capacity(READ_BUFFER, file)), len))
     }
 

@@ -615,3 +615,95 @@ async fn each_backup_goes_to_every_destination_once() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn redirect_flow_authorizes_through_callback_and_rejects_a_forged_state() {
+    let fake = FakeDropbox::start().await;
+    let mut dest = dropbox_dest(&fake, 0);
+    dest.redirect_uri = Some("https://ha.example/api/hassio_ingress/x/callback".into());
+    let (mut h, _) = harness(vec![("dropbox", dest)]).await;
+    let base = h.base_url();
+    let c = Client::new();
+    let r: Value = c
+        .post(format!("{base}/api/v1/destinations/dropbox/authorize"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = url::Url::parse(r["authorize_url"].as_str().unwrap()).unwrap();
+    let q = |k: &str| {
+        url.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    assert_eq!(
+        q("redirect_uri").as_deref(),
+        Some("https://ha.example/api/hassio_ingress/x/callback")
+    );
+    let state = q("state").unwrap();
+    let code = fake.issue_auth_code(&q("code_challenge").unwrap());
+
+    let forged = c
+        .get(format!("{base}/callback?code={code}&state=not-{state}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let denied = c
+        .get(format!(
+            "{base}/callback?error=access_denied&error_description=The+user+said+no"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(denied.text().await.unwrap().contains("The user said no"));
+
+    let ok = c
+        .get(format!("{base}/callback?code={code}&state={state}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("authorized"));
+    let dests: Value = c
+        .get(format!("{base}/api/v1/destinations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dests[0]["authorized"], true);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_waits_for_retry_after_without_using_an_attempt() {
+    let fake = FakeDropbox::start().await;
+    let (mut h, inbox) = harness(vec![("dropbox", dropbox_dest(&fake, 0))]).await;
+    authorize(&h.base_url(), &fake, "dropbox").await;
+    std::fs::write(inbox.join("r.tar"), data(MIB, 9)).unwrap();
+    fake.rate_limit_next(1, 1);
+    back_up_now(&h.base_url()).await;
+    let list = wait_uploads(h.store(), 1).await;
+    let job = h
+        .store()
+        .job(list[0].job_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.attempt, 1, "the 429 did not use an attempt");
+    let outcomes: Vec<_> = h
+        .store()
+        .attempts(job.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(format!("{:?}", outcomes[0]), "Snoozed");
+    h.stop().await;
+}
