@@ -41,6 +41,18 @@ impl ContentHasher {
         }
     }
 
+    /// Continues with `next`, a hasher fed the bytes that follow. Only possible on a block
+    /// boundary; false (and nothing changed) otherwise.
+    pub fn append(&mut self, next: ContentHasher) -> bool {
+        if self.in_block != 0 {
+            return false;
+        }
+        self.blocks.extend_from_slice(&next.blocks);
+        self.current = next.current;
+        self.in_block = next.in_block;
+        true
+    }
+
     /// The checkpointable state; only meaningful on a block boundary.
     pub fn state(&self) -> Option<String> {
         (self.in_block == 0).then(|| hex_encode(&self.blocks))
@@ -91,6 +103,22 @@ mod tests {
         let mut resumed = ContentHasher::resume(&first.state().unwrap()).unwrap();
         resumed.update(&data[BLOCK..]);
         assert_eq!(whole.finalize(), resumed.finalize());
+    }
+
+    #[test]
+    fn appending_a_separately_hashed_part_equals_hashing_all() {
+        let data: Vec<u8> = (0..(BLOCK * 3 + 99)).map(|i| (i % 253) as u8).collect();
+        let mut whole = ContentHasher::new();
+        whole.update(&data);
+        let mut head = ContentHasher::new();
+        head.update(&data[..BLOCK * 2]);
+        let mut tail = ContentHasher::new();
+        tail.update(&data[BLOCK * 2..]);
+        assert!(head.append(tail));
+        assert_eq!(head.finalize(), whole.finalize());
+        let mut odd = ContentHasher::new();
+        odd.update(&[1]);
+        assert!(!odd.append(ContentHasher::new()));
     }
 
     #[test]

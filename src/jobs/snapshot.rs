@@ -279,6 +279,15 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                     )));
                 }
                 let last = end == total;
+                // Hash the chunk on another thread while the destination takes it.
+                let hashing = {
+                    let bytes = current.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut h = ContentHasher::new();
+                        h.update(&bytes);
+                        h
+                    })
+                };
                 let sent = if last {
                     dest.finish(&session, offset, current.clone(), &remote)
                         .await
@@ -288,9 +297,14 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         .await
                         .map(|()| None)
                 };
+                let chunk_hash = hashing
+                    .await
+                    .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))?;
                 match sent {
                     Ok(stored) => {
-                        hasher.update(&current);
+                        if !hasher.append(chunk_hash) {
+                            hasher.update(&current);
+                        }
                         throttle.sent(current.len(), &ctx).await?;
                         offset = end;
                         if let Some(stored) = stored {
