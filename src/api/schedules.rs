@@ -71,7 +71,15 @@ pub async fn run(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    let enqueued = scheduler::run_now(&state.store, &state.registry, &name)
+    enqueue_now(&state, &name).await
+}
+
+/// Enqueues a schedule's job now and answers 201 with it.
+pub(crate) async fn enqueue_now(
+    state: &AppState,
+    name: &str,
+) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
+    let enqueued = scheduler::run_now(&state.store, &state.registry, name)
         .await
         .map_err(|e| match e {
             RunNowError::NotFound(_) => ApiError::NotFound(e.to_string()),

@@ -24,11 +24,7 @@ use super::{
 use crate::{
     app::SNAPSHOTS,
     destinations::dropbox::Pkce,
-    queue::{
-        FieldError,
-        scheduler::{self, RunNowError},
-        store::UploadRecord,
-    },
+    queue::{FieldError, store::UploadRecord},
     transfer::TransferError,
 };
 
@@ -72,25 +68,14 @@ pub async fn uploads(
 pub async fn run(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    let enqueued = scheduler::run_now(&state.store, &state.registry, SNAPSHOTS)
+    super::schedules::enqueue_now(&state, SNAPSHOTS)
         .await
         .map_err(|e| match e {
-            RunNowError::NotFound(_) => {
+            ApiError::NotFound(_) => {
                 ApiError::NotFound("no snapshot schedule is configured ([snapshots])".into())
             }
-            RunNowError::Invalid { .. } => {
-                ApiError::Validation(vec![FieldError::new("snapshots", e.to_string())])
-            }
-            RunNowError::Store(s) => s.into(),
-        })?;
-    state.nudge();
-    Ok((
-        StatusCode::CREATED,
-        Json(EnqueueResponse {
-            job: enqueued.job.into(),
-            deduplicated: false,
-        }),
-    ))
+            other => other,
+        })
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -303,7 +288,7 @@ pub async fn callback(
     let found = state.auth.lock().ok().and_then(|pending| {
         pending
             .iter()
-            .find(|(_, p)| p.state == nonce)
+            .find(|(_, p)| super::ct_eq(p.state.as_bytes(), nonce.as_bytes()))
             .map(|(name, p)| (name.clone(), p.clone()))
     });
     let Some((name, pending)) = found else {

@@ -106,7 +106,12 @@ impl LocalFolder {
             .map_err(|e| io_err("cannot stat", temp, e))?
             .len();
         if len != offset {
-            return Err(TransferError::IncorrectOffset(len));
+            // Resume already cut the file back to our offset: anything else means another
+            // writer or a torn write. Never trust those bytes; start over.
+            return Err(TransferError::SessionGone(format!(
+                "{} has {len} bytes where {offset} were acknowledged",
+                temp.display()
+            )));
         }
         file.write_all(chunk)
             .await

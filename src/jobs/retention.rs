@@ -147,8 +147,22 @@ impl Worker<RetentionPruneArgs> for RetentionPruneWorker {
                 )
                 .await;
         }
+        // Two records can name one file (same name and second): never delete a kept one.
+        let kept_paths: HashSet<String> = present
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.contains(i))
+            .map(|(_, u)| u.remote_path.to_lowercase())
+            .collect();
         let mut deleted = Vec::new();
         for upload in doomed {
+            if kept_paths.contains(&upload.remote_path.to_lowercase()) {
+                ctx.store()
+                    .mark_upload_deleted(upload.id, ctx.job_id())
+                    .await
+                    .map_err(JobError::retryable)?;
+                continue;
+            }
             if let Err(e) = dest.delete(&upload.remote_path).await {
                 warn!(path = %upload.remote_path, error = %e, "could not delete an old copy");
                 ctx.save_checkpoint(

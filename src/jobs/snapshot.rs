@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -65,9 +65,29 @@ impl Worker<SnapshotScanArgs> for SnapshotScanWorker {
     async fn work(&self, ctx: JobContext, args: SnapshotScanArgs) -> Result<(), JobError> {
         let source = self.0.source(&args.source)?;
         let backups = source.list().await?;
+        // The idempotency key goes when finished jobs are pruned; the uploads record stays, so
+        // a backup that was uploaded once (even if retention removed it since) is never sent again.
+        let mut done = std::collections::HashMap::new();
+        for destination in &args.destinations {
+            let uploaded: std::collections::HashSet<String> = ctx
+                .store()
+                .uploads(Some(destination), true)
+                .await
+                .map_err(JobError::retryable)?
+                .into_iter()
+                .map(|u| u.backup_slug)
+                .collect();
+            done.insert(destination.clone(), uploaded);
+        }
         let mut new = 0;
         for backup in &backups {
             for destination in &args.destinations {
+                if done
+                    .get(destination)
+                    .is_some_and(|d| d.contains(&backup.slug))
+                {
+                    continue;
+                }
                 let upload = SnapshotUploadArgs {
                     source: args.source.clone(),
                     destination: destination.clone(),
@@ -136,6 +156,15 @@ pub struct UploadCheckpoint {
     pub hash: String,
 }
 
+impl UploadCheckpoint {
+    /// The hash state covers exactly the acknowledged bytes.
+    fn is_consistent(&self) -> bool {
+        ContentHasher::resume(&self.hash).is_some()
+            && (self.hash.len() / 64) as u64 * crate::destinations::content_hash::BLOCK as u64
+                == self.offset
+    }
+}
+
 pub struct SnapshotUploadWorker(pub Arc<Services>);
 
 /// Chunk buffers, reused: allocating a fresh chunk for every request fragments the heap and
@@ -171,8 +200,10 @@ async fn read_chunk(
 ) -> Result<Bytes, TransferError> {
     let mut buf = buffers.take(size);
     while buf.len() < size {
+        // A reused buffer may have room for more than one chunk: never read past `size`.
+        let room = size - buf.len();
         let n = stream
-            .read_buf(&mut buf)
+            .read_buf(&mut (&mut buf).limit(room))
             .await
             .map_err(|e| TransferError::Temporary(format!("reading the backup failed: {e}")))?;
         if n == 0 {
@@ -224,9 +255,7 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
         let chunk = dest.chunk_size();
         let mut cp: UploadCheckpoint = ctx
             .checkpoint()
-            .filter(|c: &UploadCheckpoint| {
-                c.remote_path == remote && ContentHasher::resume(&c.hash).is_some()
-            })
+            .filter(|c: &UploadCheckpoint| c.remote_path == remote && c.is_consistent())
             .unwrap_or(UploadCheckpoint {
                 remote_path: remote.clone(),
                 ..Default::default()
@@ -288,6 +317,8 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         h
                     })
                 };
+                // A slow chunk is progress too: the client watches the request itself.
+                let keepalive = ctx.keep_alive();
                 let sent = if last {
                     dest.finish(&session, offset, current.clone(), &remote)
                         .await
@@ -297,6 +328,7 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         .await
                         .map(|()| None)
                 };
+                drop(keepalive);
                 let chunk_hash = hashing
                     .await
                     .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))?;
@@ -305,13 +337,18 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         if !hasher.append(chunk_hash) {
                             hasher.update(&current);
                         }
-                        throttle.sent(current.len(), &ctx).await?;
                         offset = end;
                         if let Some(stored) = stored {
                             return self.finished(&ctx, &args, hasher, stored, total).await;
                         }
+                        throttle.sent(current.len(), &ctx).await?;
+                        let Some(hash) = hasher.state() else {
+                            return Err(JobError::Permanent(format!(
+                                "internal error: chunk end {offset} is not on a 4 MiB block boundary"
+                            )));
+                        };
                         cp.offset = offset;
-                        cp.hash = hasher.state().unwrap_or_default();
+                        cp.hash = hash;
                         ctx.save_checkpoint(&cp).await?;
                         ctx.progress(Progress {
                             done: offset,
@@ -396,6 +433,12 @@ impl SnapshotUploadWorker {
         if let Some(theirs) = &stored.content_hash
             && *theirs != ours
         {
+            // Do not leave a file that looks like a good backup.
+            if let Ok(dest) = self.0.destination(&args.destination)
+                && let Err(e) = dest.delete(&stored.path).await
+            {
+                warn!(path = %stored.path, error = %e, "could not remove the mismatched upload");
+            }
             return Err(JobError::Permanent(format!(
                 "content hash mismatch: {} has {theirs}, the bytes read hash to {ours}; not recorded as backed up",
                 stored.path

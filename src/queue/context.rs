@@ -49,6 +49,15 @@ struct Activity {
     last_saved: Option<Instant>,
 }
 
+/// Touches the job every few seconds while it lives.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A progress report: how much of how much.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -219,6 +228,17 @@ impl JobContext {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the job alive for stall detection until the guard is dropped (a long request).
+    pub fn keep_alive(&self) -> KeepAlive {
+        let ctx = self.clone();
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                ctx.touch();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }))
     }
 
     /// Marks the job as alive without a measurable step.

@@ -343,6 +343,12 @@ async fn dispatch(
         let (applied, claimed) = match result {
             Ok(r) => r,
             Err(e) => {
+                if shared.hard_stop.is_cancelled() {
+                    // Shutting down and the database will not take the results: leave them;
+                    // the jobs' leases run out and a restart reclaims them.
+                    error!(error = %e, jobs = pending.len(), "could not record job results at shutdown");
+                    break;
+                }
                 // Keep the results and try again: leases are still being renewed meanwhile.
                 error!(error = %e, "could not write job results or claim jobs; retrying");
                 sleep(Duration::from_millis(500)).await;

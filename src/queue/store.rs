@@ -262,6 +262,12 @@ pub struct ScheduleRecord {
     pub next_run_at: Option<Millis>,
 }
 
+#[derive(Clone, Copy)]
+enum JsonColumn {
+    Checkpoint,
+    Progress,
+}
+
 #[derive(Clone)]
 pub struct Store {
     writer: SqlitePool,
@@ -336,21 +342,9 @@ impl Store {
                 detail: format!("directory {} does not exist", parent.display()),
             });
         }
-        let options = connect_options(path).create_if_missing(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(120))
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| classify_open_error(path, e))?;
-        // Touch the schema so a file that is not a database fails here, clearly.
-        sqlx::query("select count(*) from sqlite_master")
-            .fetch_one(&writer)
-            .await
-            .map_err(|e| classify_open_error(path, e))?;
         // Two processes opening a new database at once (a worker and a CLI command) must not
-        // both create the schema: migrations run under an exclusive lock on a file beside it.
+        // both switch it to WAL and create the schema: connecting and migrating happen under
+        // an exclusive lock on a file beside the database.
         let lock_path = path.with_extension("db-migrate.lock");
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             let file = std::fs::File::options()
@@ -368,8 +362,21 @@ impl Store {
         })?
         .map_err(|e| StoreError::Open {
             path: path.into(),
-            detail: format!("cannot lock it for migration: {e}"),
+            detail: format!("cannot lock it for set-up: {e}"),
         })?;
+        let options = connect_options(path).create_if_missing(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(120))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        // Touch the schema so a file that is not a database fails here, clearly.
+        sqlx::query("select count(*) from sqlite_master")
+            .fetch_one(&writer)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
         let migrated = MIGRATOR
             .run(&writer)
             .await
@@ -755,6 +762,32 @@ impl Store {
         Ok(applied)
     }
 
+    /// Writes one JSON column of a running job, fenced by its lease token; false when the
+    /// caller no longer holds the lease.
+    async fn fenced_json(
+        &self,
+        column: JsonColumn,
+        job_id: i64,
+        lease_token: i64,
+        value: &Value,
+    ) -> Result<bool, StoreError> {
+        let sql = match column {
+            JsonColumn::Checkpoint => {
+                "update jobs set checkpoint = ? where id = ? and state = 'running' and lease_token = ?"
+            }
+            JsonColumn::Progress => {
+                "update jobs set progress = ? where id = ? and state = 'running' and lease_token = ?"
+            }
+        };
+        let done = sqlx::query(sql)
+            .bind(value.to_string())
+            .bind(job_id)
+            .bind(lease_token)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Durably stores a job's checkpoint; false when the caller no longer holds the lease.
     pub async fn save_checkpoint(
         &self,
@@ -762,15 +795,8 @@ impl Store {
         lease_token: i64,
         checkpoint: &Value,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "update jobs set checkpoint = ? where id = ? and state = 'running' and lease_token = ?",
-        )
-        .bind(checkpoint.to_string())
-        .bind(job_id)
-        .bind(lease_token)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.fenced_json(JsonColumn::Checkpoint, job_id, lease_token, checkpoint)
+            .await
     }
 
     /// Stores the latest progress report (for other processes and the API to read).
@@ -780,15 +806,8 @@ impl Store {
         lease_token: i64,
         progress: &Value,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "update jobs set progress = ? where id = ? and state = 'running' and lease_token = ?",
-        )
-        .bind(progress.to_string())
-        .bind(job_id)
-        .bind(lease_token)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.fenced_json(JsonColumn::Progress, job_id, lease_token, progress)
+            .await
     }
 
     /// Extends every lease this process holds.

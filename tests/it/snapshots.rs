@@ -707,3 +707,24 @@ async fn rate_limit_waits_for_retry_after_without_using_an_attempt() {
     assert_eq!(format!("{:?}", outcomes[0]), "Snoozed");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_backup_is_not_uploaded_again_after_its_job_was_pruned() {
+    let out = tempfile::tempdir().unwrap().keep();
+    let (mut h, inbox) = harness(vec![("nas", folder_dest(&out, 0))]).await;
+    std::fs::write(inbox.join("kept.tar"), data(1000, 20)).unwrap();
+    back_up_now(&h.base_url()).await;
+    let first = wait_uploads(h.store(), 1).await;
+    let job = first[0].job_id.unwrap();
+    h.wait_state(job, JobState::Completed).await;
+    // Pruning deletes the finished job and frees its idempotency key.
+    h.store().delete(job).await.unwrap();
+    let scan = back_up_now(&h.base_url()).await;
+    let done = h.wait_state(scan, JobState::Completed).await;
+    assert_eq!(
+        done.checkpoint.unwrap()["new_uploads"],
+        0,
+        "the uploads record still says it is there"
+    );
+    h.stop().await;
+}
