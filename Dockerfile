@@ -22,6 +22,12 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin offsite
     && strip target/release/offsite
 
 FROM debian:bookworm-slim
+ARG BUILD_ARCH=amd64
+LABEL io.hass.type="addon" \
+      io.hass.name="offsite" \
+      io.hass.arch="${BUILD_ARCH}" \
+      io.hass.version="0.1.0" \
+      org.opencontainers.image.source="https://github.com/offsite-backup/offsite"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tzdata \
     && rm -rf /var/lib/apt/lists/*

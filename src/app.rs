@@ -95,9 +95,27 @@ impl Setup {
         })
     }
 
-    /// Opens the database (creating it on first use).
+    /// Where `db-snapshot` writes the consistent copy.
+    pub fn snapshot_path(&self) -> std::path::PathBuf {
+        self.config.database_path().with_extension("db.snapshot")
+    }
+
+    /// Opens the database (creating it on first use). After a restore of the add-on's data
+    /// (which holds only the snapshot, not the live files) the snapshot becomes the database.
     pub async fn open_store(&self) -> Result<Store, StartError> {
         self.create_data_dir()?;
+        let db = self.config.database_path();
+        let snapshot = self.snapshot_path();
+        if !db.exists() && snapshot.is_file() {
+            std::fs::copy(&snapshot, &db).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot restore {} from {}: {e}",
+                    db.display(),
+                    snapshot.display()
+                ))
+            })?;
+            tracing::warn!(database = %db.display(), "restored the database from its backup snapshot");
+        }
         Ok(Store::open(&self.config.database_path()).await?)
     }
 }
@@ -298,6 +316,7 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         let app = api::router(state.clone());
         let stop_server = stop.clone();
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop_server.cancelled().await })
                 .await;

@@ -54,6 +54,9 @@ pub enum Command {
     Schedules(SchedulesCommand),
     /// Back up now: scan the snapshot source and upload what is new.
     BackupNow,
+    /// Write a consistent copy of the database beside it (`<database>.snapshot`), for a hot
+    /// backup of the data directory; used as the add-on's backup_pre.
+    DbSnapshot,
     /// What was uploaded where.
     Uploads {
         #[arg(long)]
@@ -275,7 +278,12 @@ fn op_failure(e: OpError) -> Failure {
 
 /// Runs the parsed command line.
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
-    let config = Config::load(cli.config.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let config = match (&cli.config, crate::addon::options_file()) {
+        // Home Assistant add-on: the options from the Configuration tab.
+        (None, Some(options)) => crate::addon::load(&options, std::path::Path::new("/data")),
+        (file, _) => Config::load(file.as_deref()),
+    }
+    .map_err(|e| usage(e.to_string()))?;
     let setup = Setup::new(config).map_err(|e| usage(e.to_string()))?;
     match cli.command {
         Command::Run => {
@@ -283,6 +291,12 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             app::run(setup).await?;
         }
         Command::Openapi => print!("{}", crate::api::openapi_json()),
+        Command::DbSnapshot => {
+            let store = setup.open_store().await?;
+            let target = setup.snapshot_path();
+            store.snapshot_to(&target).await.map_err(runtime)?;
+            println!("database copied to {}", target.display());
+        }
         Command::BackupNow => {
             let store = setup.open_store().await?;
             // The worker may not have run yet on a new database: make sure the schedule exists.

@@ -134,8 +134,12 @@ pub struct Config {
 pub struct ApiConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// Bearer token; required when `listen` is not a loopback address.
+    /// Bearer token; required when `listen` is not a loopback address (unless `allow_from`).
     pub token: Option<Secret>,
+    /// When set, only these client addresses may connect; the add-on sets it to Home
+    /// Assistant's ingress proxy.
+    #[serde(default)]
+    pub allow_from: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -362,6 +366,14 @@ impl Config {
         Ok(config)
     }
 
+    /// The built-in defaults with `overlay` (TOML) on top, validated; no file, no environment.
+    pub fn from_overlay(overlay: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(overlay));
+        let config: Config = figment.extract().map_err(|e| figment_error(e, None))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let e = ConfigError::at(key, message);
         match &self.source {
@@ -371,7 +383,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.api.enabled && !self.api.listen.ip().is_loopback() && self.api.token.is_none() {
+        if self.api.enabled
+            && !self.api.listen.ip().is_loopback()
+            && self.api.token.is_none()
+            && self.api.allow_from.is_empty()
+        {
             return Err(self.err(
                 "api.token",
                 format!(

@@ -1,5 +1,6 @@
 //! offsite: a durable job-queue worker backed by one SQLite file. See README.md.
 
+pub mod addon;
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -21,6 +21,7 @@ pub enum ApiError {
     BadRequest(String),
     Validation(Vec<FieldError>),
     Unauthorized,
+    Forbidden,
     NotFound(String),
     Conflict(String),
     PayloadTooLarge,
@@ -55,6 +56,7 @@ impl ApiError {
                 "unauthorized",
                 "Authentication required",
             ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::PayloadTooLarge => (
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => {
                 ("the request body is larger than 1 MiB".into(), Vec::new())
             }
+            ApiError::Forbidden => ("this address may not use the API".into(), Vec::new()),
             ApiError::Internal(_) => (
                 "the server failed to handle the request; see the offsite log".into(),
                 Vec::new(),

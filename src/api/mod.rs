@@ -130,6 +130,21 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
+/// With `api.allow_from`, only those clients get an answer at all.
+async fn restrict_clients(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let allowed = &state.config.api.allow_from;
+    if allowed.is_empty() || allowed.contains(&peer.ip()) {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
 async fn fallback() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
@@ -148,6 +163,10 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            restrict_clients,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state)
 }

@@ -419,6 +419,22 @@ impl Store {
         }
     }
 
+    /// Writes a consistent copy of the database to `target` (for a hot backup of the data
+    /// directory); written beside it and renamed, so `target` is always whole.
+    pub async fn snapshot_to(&self, target: &Path) -> Result<(), StoreError> {
+        let temp = target.with_extension("snapshot-partial");
+        let _ = std::fs::remove_file(&temp);
+        sqlx::query("vacuum into ?")
+            .bind(temp.display().to_string())
+            .execute(&self.writer)
+            .await?;
+        std::fs::rename(&temp, target).map_err(|e| StoreError::Open {
+            path: target.into(),
+            detail: format!("cannot move the snapshot into place: {e}"),
+        })?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;

@@ -658,3 +658,21 @@ fn committed_openapi_matches_the_code() {
          (or `offsite openapi > openapi/openapi.json`) and commit it"
     );
 }
+
+#[tokio::test]
+async fn allow_from_refuses_other_client_addresses() {
+    let h = Harness::start_with(|c| c.api.allow_from = vec!["172.30.32.2".parse().unwrap()]).await;
+    let r = Client::new()
+        .get(format!("{}/api/v1/jobs", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let h = Harness::start_with(|c| c.api.allow_from = vec!["127.0.0.1".parse().unwrap()]).await;
+    let r = Client::new()
+        .get(format!("{}/api/v1/jobs", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

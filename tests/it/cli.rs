@@ -267,3 +267,75 @@ fn an_unusable_database_path_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("is a directory"), "{}", text(&o).1);
 }
+
+#[test]
+fn db_snapshot_is_a_consistent_copy_that_a_restored_data_dir_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let o = offsite(
+        &cfg,
+        &[
+            "enqueue",
+            "noop",
+            "--key",
+            "survives",
+            "--run-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let o = offsite(&cfg, &["db-snapshot"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    // A restore brings back the data dir without the live database files.
+    for f in ["offsite.db", "offsite.db-wal", "offsite.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join("data").join(f));
+    }
+    let o = offsite(&cfg, &["jobs", "list", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let jobs: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(jobs[0]["idempotency_key"], "survives");
+}
+
+#[test]
+fn addon_mode_reads_the_options_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = dir.path().join("options.json");
+    std::fs::write(
+        &options,
+        r#"{"dropbox_app_key": "k", "dropbox_app_secret": "", "backup_interval_hours": 0,
+            "max_backups_in_dropbox": 10, "dropbox_backup_path": "/HomeAssistant/Backups"}"#,
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["config", "check"])
+        .env("OFFSITE_OPTIONS", &options)
+        .env("SUPERVISOR_TOKEN", "t")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("options.json") && err.contains("`backup_interval_hours`"),
+        "{err}"
+    );
+    std::fs::write(
+        &options,
+        std::fs::read_to_string(&options).unwrap().replace(
+            "\"backup_interval_hours\": 0",
+            "\"backup_interval_hours\": 6",
+        ),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["config", "check"])
+        .env("OFFSITE_OPTIONS", &options)
+        .env("SUPERVISOR_TOKEN", "t")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("/data/offsite.db") && out.contains("snapshots (snapshot_scan): every 6h"),
+        "{out}"
+    );
+}

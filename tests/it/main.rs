@@ -1,5 +1,6 @@
 //! One integration-test binary (one link), one module per area.
 
+mod addon;
 mod api;
 mod cli;
 mod common;
