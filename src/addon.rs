@@ -34,14 +34,10 @@ pub struct AddonOptions {
     pub keep_yearly: u32,
     #[serde(default)]
     pub upload_limit_bytes_per_second: u64,
-    #[serde(default = "default_chunk")]
+    #[serde(default = "crate::config::default_chunk_mib")]
     pub chunk_mib: u64,
     #[serde(default = "default_log")]
     pub log_level: String,
-}
-
-fn default_chunk() -> u64 {
-    8
 }
 
 fn default_log() -> String {
@@ -85,9 +81,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
             "must start with '/', e.g. /HomeAssistant/Backups",
         );
     }
-    if o.chunk_mib == 0 || !o.chunk_mib.is_multiple_of(4) || o.chunk_mib > 148 {
-        return bad("chunk_mib", "must be a multiple of 4 from 4 to 148");
-    }
+
     let data = data_dir.display().to_string();
     let mut toml = format!(
         "data_dir = {data}\njobs_dir = {jobs}\n\
@@ -132,6 +126,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         // Name the add-on option the user can change, not our internal key.
         let key = e.key.as_deref().map(|k| match k {
             k if k.starts_with("destinations.dropbox.app_key") => "dropbox_app_key".to_string(),
+            "destinations.dropbox.chunk_mib" => "chunk_mib".to_string(),
             "log.level" => "log_level".to_string(),
             other => other.to_string(),
         });
@@ -220,5 +215,17 @@ mod tests {
         .unwrap();
         assert!(c.destinations.is_empty());
         assert!(!c.snapshots.unwrap().enabled);
+    }
+
+    #[test]
+    fn a_bad_chunk_size_names_the_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(
+            &write(dir.path(), &SEED.replace("12,", "12, \"chunk_mib\": 10,")),
+            Path::new("/data"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("chunk_mib"), "{e}");
+        assert!(e.file.unwrap().ends_with("options.json"));
     }
 }

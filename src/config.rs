@@ -270,7 +270,7 @@ pub struct DestinationConfig {
     pub authorize_url: String,
 }
 
-fn default_chunk_mib() -> u64 {
+pub(crate) fn default_chunk_mib() -> u64 {
     8
 }
 fn default_dropbox_api() -> String {
