@@ -3,7 +3,7 @@
 
 use std::{fs::File, net::SocketAddr, path::Path, sync::Arc};
 
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -290,7 +290,6 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         store: store.clone(),
         registry: setup.registry.clone(),
         executor: executor.clone(),
-        reload: Arc::new(Notify::new()),
     };
     tasks.push(tokio::spawn(scheduler.run(stop.clone())));
 

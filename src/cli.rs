@@ -19,7 +19,7 @@ use crate::{
         EnqueueRequest,
         scheduler::{self, RunNowError},
         state::to_datetime,
-        store::{JobFilter, OpError},
+        store::JobFilter,
     },
 };
 
@@ -270,10 +270,6 @@ fn print_job(job: &JobView, attempts: &[AttemptView]) {
                     .unwrap_or_default()
         );
     }
-}
-
-fn op_failure(e: OpError) -> Failure {
-    runtime(e)
 }
 
 /// Runs the parsed command line.
@@ -544,10 +540,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     reset_checkpoint,
                     ..
                 } => {
-                    let job = store
-                        .retry(id, reset_checkpoint)
-                        .await
-                        .map_err(op_failure)?;
+                    let job = store.retry(id, reset_checkpoint).await.map_err(runtime)?;
                     println!(
                         "job {} is {} again (attempt {}/{})",
                         job.id, job.state, job.attempt, job.max_attempts
@@ -573,7 +566,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     println!("{n} jobs made available again");
                 }
                 JobsCommand::Cancel { id } => {
-                    let job = store.cancel(id).await.map_err(op_failure)?;
+                    let job = store.cancel(id).await.map_err(runtime)?;
                     if job.cancel_requested {
                         println!("job {id} is running; its worker was asked to stop");
                     } else {
@@ -581,7 +574,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     }
                 }
                 JobsCommand::Delete { id } => {
-                    store.delete(id).await.map_err(op_failure)?;
+                    store.delete(id).await.map_err(runtime)?;
                     println!("job {id} deleted");
                 }
             }

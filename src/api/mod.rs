@@ -45,7 +45,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Tell the local workers and scheduler that something changed.
+    /// Tell this process's workers that something may be runnable now.
     pub fn nudge(&self) {
         self.executor.wake();
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::{task::JoinHandle, time::sleep};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -65,12 +65,4 @@ pub fn start(
             }
         }
     })
-}
-
-/// A pause that ends early on `stop`; true when it ended because of `stop`.
-pub async fn pause(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = sleep(d) => false,
-        _ = stop.cancelled() => true,
-    }
 }

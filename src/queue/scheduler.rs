@@ -16,7 +16,6 @@ use std::{
 use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -460,7 +459,6 @@ pub struct Scheduler {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub executor: Executor,
-    pub reload: Arc<Notify>,
 }
 
 impl Scheduler {
@@ -475,7 +473,7 @@ impl Scheduler {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.reload.notified() => {}
+
                 _ = stop.cancelled() => return,
             }
         }

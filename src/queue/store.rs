@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::{
     Connection, Row, SqliteConnection, SqlitePool,
@@ -1178,11 +1177,6 @@ impl Store {
         tx.commit().await?;
         Ok(enqueued)
     }
-}
-
-/// Serializes a value for the `args`/`checkpoint` columns.
-pub fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 /// One backup stored on one destination.

@@ -54,6 +54,17 @@ pub struct Event {
     pub what: &'static str,
 }
 
+/// The probe kinds' settings: queue `default`, 3 attempts, normal priority.
+fn probe_settings(timeout: Option<Duration>, stall_timeout: Option<Duration>) -> KindSettings {
+    KindSettings {
+        queue: "default".into(),
+        max_attempts: 3,
+        priority: 2,
+        timeout,
+        stall_timeout,
+    }
+}
+
 /// A job whose behaviour is chosen by its args, for exercising every engine path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,17 +77,11 @@ pub struct ProbeArgs {
 impl JobArgs for ProbeArgs {
     const KIND: &'static str = "probe";
     fn settings() -> KindSettings {
-        KindSettings {
-            queue: "default".into(),
-            max_attempts: 3,
-            priority: 2,
-            timeout: None,
-            stall_timeout: None,
-        }
+        probe_settings(None, None)
     }
 }
 
-/// Same behaviours, with a 300 ms attempt timeout and a 300 ms stall limit.
+/// Same behaviours, with a 300 ms attempt timeout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StrictArgs {
     pub mode: String,
@@ -85,13 +90,7 @@ pub struct StrictArgs {
 impl JobArgs for StrictArgs {
     const KIND: &'static str = "strict";
     fn settings() -> KindSettings {
-        KindSettings {
-            queue: "default".into(),
-            max_attempts: 3,
-            priority: 2,
-            timeout: Some(Duration::from_millis(300)),
-            stall_timeout: None,
-        }
+        probe_settings(Some(Duration::from_millis(300)), None)
     }
 }
 
@@ -101,13 +100,7 @@ pub struct StallArgs {}
 impl JobArgs for StallArgs {
     const KIND: &'static str = "stall";
     fn settings() -> KindSettings {
-        KindSettings {
-            queue: "default".into(),
-            max_attempts: 3,
-            priority: 2,
-            timeout: None,
-            stall_timeout: Some(Duration::from_millis(300)),
-        }
+        probe_settings(None, Some(Duration::from_millis(300)))
     }
 }
 

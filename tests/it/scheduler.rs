@@ -11,7 +11,6 @@ use offsite::queue::{
     state::now_ms,
     store::JobFilter,
 };
-use tokio::sync::Notify;
 
 use crate::common::{registry, test_config};
 
@@ -160,7 +159,6 @@ async fn setup(dir: &std::path::Path, schedule: &str) -> (Store, Scheduler) {
         store: store.clone(),
         registry: reg,
         executor,
-        reload: Arc::new(Notify::new()),
     };
     (store, s)
 }
@@ -222,7 +220,6 @@ async fn a_due_slot_fires_once_even_across_a_restart() {
                 store: store2,
                 registry: reg,
                 executor,
-                reload: Arc::new(Notify::new()),
             },
         )
     };
