@@ -728,3 +728,48 @@ async fn a_backup_is_not_uploaded_again_after_its_job_was_pruned() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn dry_run_lists_what_would_go_and_deletes_nothing() {
+    let fake = FakeDropbox::start().await;
+    let (mut h, inbox) = harness(vec![("dropbox", dropbox_dest(&fake, 1))]).await;
+    authorize(&h.base_url(), &fake, "dropbox").await;
+    // Retention runs on the default queue: pause it so only the dry run looks.
+    h.store().set_paused("default", true).await.unwrap();
+    for (slug, age) in [("old", 2u64), ("new", 1)] {
+        let p = inbox.join(format!("{slug}.tar"));
+        std::fs::write(&p, data(1000, age)).unwrap();
+        set_mtime(&p, age);
+        let date = chrono::DateTime::<chrono::Utc>::from(
+            std::fs::metadata(&p).unwrap().modified().unwrap(),
+        );
+        h.enqueue(
+            "snapshot_upload",
+            json!({"source": "inbox", "destination": "dropbox", "backup": slug, "name": slug, "date": date}),
+        )
+        .await;
+    }
+    let list = wait_uploads(h.store(), 2).await;
+    let old = list
+        .iter()
+        .find(|u| u.backup_slug == "old")
+        .unwrap()
+        .remote_path
+        .clone();
+    let dry = h
+        .enqueue_req(EnqueueRequest {
+            kind: "retention_prune".into(),
+            args: json!({"destination": "dropbox", "dry_run": true}),
+            queue: Some("uploads".into()),
+            ..Default::default()
+        })
+        .await;
+    let done = h.wait_state(dry.id, JobState::Completed).await;
+    assert_eq!(done.checkpoint.unwrap()["would_delete"], json!([old]));
+    assert!(fake.file(&old).is_some(), "a dry run deletes nothing");
+    assert!(
+        h.store().uploads(None, false).await.unwrap().len() == 2,
+        "nothing recorded as deleted"
+    );
+    h.stop().await;
+}
