@@ -87,6 +87,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         "data_dir = {data}\njobs_dir = {jobs}\n\
          [api]\nlisten = \"0.0.0.0:8099\"\nallow_from = [\"{INGRESS_PROXY}\"]\n\
          [log]\nlevel = {level}\n\
+         [homeassistant]\nenabled = true\n\
          [sources.ha]\ntype = \"supervisor\"\n",
         data = toml_str(&data),
         jobs = toml_str(&data_dir.join("jobs").display().to_string()),

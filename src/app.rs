@@ -292,6 +292,13 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         executor: executor.clone(),
     };
     tasks.push(tokio::spawn(scheduler.run(stop.clone())));
+    if let Some(ha) = crate::homeassistant::HomeAssistant::new(
+        config.clone(),
+        store.clone(),
+        setup.services.clone(),
+    )? {
+        tasks.push(ha.start(stop.clone()));
+    }
 
     let state = AppState {
         store: store.clone(),
@@ -302,6 +309,14 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         instance_id: identity.id.clone(),
         services: setup.services.clone(),
         auth: Default::default(),
+        panel_key: Arc::new(
+            crate::web::PanelKey::load_or_create(&config.data_dir).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot keep the panel key in {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?,
+        ),
     };
 
     let (server, addr) = if config.api.enabled {

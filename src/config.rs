@@ -124,6 +124,8 @@ pub struct Config {
     pub destinations: BTreeMap<String, DestinationConfig>,
     /// The built-in snapshot schedule: scan a source and upload new backups.
     pub snapshots: Option<SnapshotsConfig>,
+    /// Notifications and sensors in Home Assistant (the add-on turns this on).
+    pub homeassistant: Option<HomeAssistantConfig>,
     /// Where the configuration came from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -295,6 +297,42 @@ pub struct SnapshotsConfig {
     pub scan_on_start: bool,
     /// Same forms as a schedule file's [schedule]: every / cron / weekdays + at.
     pub schedule: toml::Value,
+}
+
+/// Home Assistant's Core API, reached through the Supervisor's proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Base of the Core REST API.
+    #[serde(default = "default_core_url")]
+    pub url: String,
+    /// Default: the `SUPERVISOR_TOKEN` environment variable the Supervisor sets.
+    pub token: Option<Secret>,
+    /// Sensors are named `sensor.<prefix>_last_backup` and so on.
+    #[serde(default = "default_sensor_prefix")]
+    pub sensor_prefix: String,
+    /// How often notifications and sensors are brought up to date.
+    #[serde(default = "default_ha_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Every sensor is written again this often, even unchanged (Home Assistant forgets
+    /// states set through the API when it restarts).
+    #[serde(default = "default_ha_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+fn default_core_url() -> String {
+    "http://supervisor/core/api".into()
+}
+fn default_sensor_prefix() -> String {
+    "offsite".into()
+}
+fn default_ha_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_ha_refresh() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
@@ -490,6 +528,28 @@ impl Config {
                 return Err(self.err(
                     "snapshots.destinations",
                     format!("{d:?} is not a destination under [destinations]"),
+                ));
+            }
+        }
+        if let Some(ha) = self.homeassistant.as_ref().filter(|h| h.enabled) {
+            if url::Url::parse(&ha.url).is_err() {
+                return Err(self.err("homeassistant.url", format!("{:?} is not a URL", ha.url)));
+            }
+            if ha.sensor_prefix.is_empty()
+                || !ha
+                    .sensor_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(self.err(
+                    "homeassistant.sensor_prefix",
+                    "use lower-case letters, digits and '_' (it becomes part of entity ids)",
+                ));
+            }
+            if ha.interval < Duration::from_millis(100) || ha.refresh < ha.interval {
+                return Err(self.err(
+                    "homeassistant.interval",
+                    "must be at least 100ms, and refresh at least the interval",
                 ));
             }
         }

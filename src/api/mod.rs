@@ -42,6 +42,8 @@ pub struct AppState {
     pub services: Arc<crate::jobs::services::Services>,
     /// Dropbox authorizations started from the API or panel, waiting for their code.
     pub auth: snapshots::PendingAuth,
+    /// Signs the panel's session and CSRF cookies.
+    pub panel_key: crate::web::SharedPanelKey,
 }
 
 impl AppState {
@@ -115,7 +117,9 @@ async fn require_token(
     let open = path == "/api/v1/health"
         || path == "/api/v1/openapi.json"
         || path.starts_with("/api/docs")
-        || path == "/callback";
+        || path == "/callback"
+        // The panel checks access itself (ingress, loopback, or a signed-in session).
+        || crate::web::is_panel_path(path);
     if !open {
         let given = req
             .headers()
@@ -160,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(health::metrics_router())
         .route("/callback", axum::routing::get(snapshots::callback))
+        .merge(crate::web::router(state.clone()))
         .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

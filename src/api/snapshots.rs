@@ -32,6 +32,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Pending {
     pkce: Pkce,
+    /// Where the user was sent, so the panel can offer the link again.
+    pub url: String,
     /// For the redirect flow: the `state` Dropbox hands back to `/callback`.
     state: String,
 }
@@ -93,7 +95,7 @@ pub struct DestinationView {
     pub last_upload_at: Option<DateTime<Utc>>,
 }
 
-async fn view(state: &AppState, name: &str) -> Result<DestinationView, ApiError> {
+pub(crate) async fn view(state: &AppState, name: &str) -> Result<DestinationView, ApiError> {
     let dest = state
         .services
         .destination(name)
@@ -146,12 +148,19 @@ pub async fn authorize(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<AuthorizeStart>, ApiError> {
-    let client = dropbox_of(&state, &name)?;
+    Ok(Json(AuthorizeStart {
+        authorize_url: begin_authorization(&state, &name)?,
+    }))
+}
+
+/// Starts (or restarts) authorizing `name`; returns the URL to send the user to.
+pub(crate) fn begin_authorization(state: &AppState, name: &str) -> Result<String, ApiError> {
+    let client = dropbox_of(state, name)?;
     let pkce = Pkce::generate();
     let nonce = format!("{:032x}", rand::random::<u128>());
     // With a registered redirect URI Dropbox sends the user back to /callback; without one it
     // shows a code to paste.
-    let redirect = state.services.redirect_uri(&name);
+    let redirect = state.services.redirect_uri(name);
     let url = client.authorize_url(
         &pkce,
         redirect.as_deref(),
@@ -161,8 +170,20 @@ pub async fn authorize(
         .auth
         .lock()
         .map_err(|_| ApiError::Internal("auth lock poisoned".into()))?
-        .insert(name, Pending { pkce, state: nonce });
-    Ok(Json(AuthorizeStart { authorize_url: url }))
+        .insert(
+            name.to_string(),
+            Pending {
+                pkce,
+                url: url.clone(),
+                state: nonce,
+            },
+        );
+    Ok(url)
+}
+
+/// The authorization of `name` waiting for its code, if any.
+pub(crate) fn pending_authorization(state: &AppState, name: &str) -> Option<Pending> {
+    state.auth.lock().ok()?.get(name).cloned()
 }
 
 fn dropbox_of<'a>(
@@ -195,23 +216,27 @@ pub async fn authorize_code(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<AuthorizeCode>,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let client = dropbox_of(&state, &name)?.clone();
-    let code = body.code.trim();
+    finish_authorization(&state, &name, &body.code).await?;
+    Ok(Json(view(&state, &name).await?))
+}
+
+/// Exchanges the pasted code; on success the waiting uploads of `name` run at once.
+pub(crate) async fn finish_authorization(
+    state: &AppState,
+    name: &str,
+    code: &str,
+) -> Result<(), ApiError> {
+    let client = dropbox_of(state, name)?.clone();
+    let code = code.trim();
     if code.is_empty() {
         return Err(ApiError::Validation(vec![FieldError::new(
             "code",
             "paste the code Dropbox showed",
         )]));
     }
-    let pkce = state
-        .auth
-        .lock()
-        .map_err(|_| ApiError::Internal("auth lock poisoned".into()))?
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::Conflict("start the authorization first (POST …/authorize)".into())
-        })?;
+    let pkce = pending_authorization(state, name).ok_or_else(|| {
+        ApiError::Conflict("start the authorization first (POST …/authorize)".into())
+    })?;
     client
         .exchange_code(code, &pkce.pkce.verifier, None)
         .await
@@ -222,11 +247,11 @@ pub async fn authorize_code(
             other => ApiError::Internal(other.to_string()),
         })?;
     if let Ok(mut pending) = state.auth.lock() {
-        pending.remove(&name);
+        pending.remove(name);
     }
-    after_authorized(&state.store, &name).await?;
+    after_authorized(&state.store, name).await?;
     state.nudge();
-    Ok(Json(view(&state, &name).await?))
+    Ok(())
 }
 
 /// Jobs that waited for the destination run now.

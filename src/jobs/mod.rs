@@ -117,3 +117,18 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     }
     Ok(registry)
 }
+
+/// What a job was about, in words: `backup "Weekly" → dropbox`.
+pub fn describe(job: &crate::queue::store::JobRecord) -> String {
+    let arg = |k: &str| job.args.get(k).and_then(serde_json::Value::as_str);
+    match (
+        job.kind.as_str(),
+        arg("name").or(arg("backup")),
+        arg("destination"),
+    ) {
+        ("snapshot_upload", Some(name), Some(dest)) => format!("upload of {name:?} to {dest}"),
+        ("retention_prune", _, Some(dest)) => format!("clean-up of old backups on {dest}"),
+        ("snapshot_scan", _, _) => "scan for new backups".into(),
+        (kind, _, _) => kind.replace('_', " "),
+    }
+}

@@ -19,7 +19,9 @@ pub fn to_datetime(ms: Millis) -> DateTime<Utc> {
 
 /// The lifecycle of a job, as River defines it. `completed`, `cancelled` and `discarded` are
 /// final; a job is `running` exactly while a worker holds its lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its run time.

@@ -1285,3 +1285,59 @@ impl Store {
         Ok(done.rows_affected())
     }
 }
+
+impl Store {
+    /// The most recently finished job of `kind` (completed, cancelled or discarded).
+    pub async fn last_finished(&self, kind: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!(
+            "select {JOB_COLUMNS} from jobs where kind = ? and finalized_at is not null \
+             order by finalized_at desc, id desc limit 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(kind)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.as_ref().map(JobRecord::from_row).transpose()?)
+    }
+
+    /// Home Assistant notifications offsite raised and has not dismissed: id → fingerprint.
+    pub async fn ha_notifications(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let rows = sqlx::query("select notification_id, fingerprint from ha_notifications")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("notification_id")?, r.try_get("fingerprint")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Remembers a raised notification (`Some(fingerprint)`) or forgets a dismissed one.
+    pub async fn set_ha_notification(
+        &self,
+        id: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match fingerprint {
+            Some(fp) => {
+                sqlx::query(
+                    "insert into ha_notifications (notification_id, fingerprint, created_at) \
+                     values (?1, ?2, ?3) on conflict (notification_id) do update set fingerprint = ?2",
+                )
+                .bind(id)
+                .bind(fp)
+                .bind(now_ms())
+                .execute(&self.writer)
+                .await?
+            }
+            None => {
+                sqlx::query("delete from ha_notifications where notification_id = ?")
+                    .bind(id)
+                    .execute(&self.writer)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+}

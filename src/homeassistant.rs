@@ -1,0 +1,424 @@
+//! Home Assistant integration through the Core API (reached via the Supervisor's proxy):
+//! persistent notifications when a destination needs re-authorization or a job was discarded
+//! (dismissed once that recovers), and sensors for dashboards and automations.
+//!
+//! One task compares what Home Assistant should show with what it was last told and sends only
+//! the difference. Raised notifications are remembered in the database, so a restart neither
+//! repeats one the user already dismissed nor forgets to dismiss one that recovered.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    app::SNAPSHOTS,
+    config::{Config, ConfigError, HomeAssistantConfig, Secret},
+    jobs::services::Services,
+    queue::{JobState, Store, state::to_datetime, store::JobFilter},
+};
+
+/// Notification ids start with this, so ours are easy to tell apart.
+const NOTIFICATION_PREFIX: &str = "offsite_";
+/// Discarded jobs named one by one in the notification; the rest are counted.
+const LISTED_FAILURES: usize = 10;
+
+/// A notification Home Assistant should show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub id: String,
+    pub title: String,
+    pub message: String,
+    /// Changes when the notification should be shown again (a new failure, say).
+    pub fingerprint: String,
+}
+
+/// A sensor state to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sensor {
+    pub entity_id: String,
+    pub state: String,
+    pub attributes: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("Home Assistant is not reachable: {0}")]
+    Unreachable(String),
+    #[error("Home Assistant refused the token (is homeassistant_api enabled?): HTTP {0}")]
+    Refused(u16),
+    #[error("Home Assistant answered HTTP {0}: {1}")]
+    Status(u16, String),
+    #[error("database: {0}")]
+    Store(#[from] crate::queue::store::StoreError),
+}
+
+/// The Core API client and the sync loop's memory.
+pub struct HomeAssistant {
+    http: reqwest::Client,
+    url: String,
+    token: Secret,
+    prefix: String,
+    interval: Duration,
+    refresh: Duration,
+    store: Store,
+    services: Arc<Services>,
+    config: Arc<Config>,
+    /// What each sensor was last set to, and when everything was last written.
+    written: BTreeMap<String, (String, Value)>,
+    last_refresh: Option<Instant>,
+    healthy: bool,
+}
+
+impl HomeAssistant {
+    /// `None` when the integration is off.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        services: Arc<Services>,
+    ) -> Result<Option<HomeAssistant>, ConfigError> {
+        let Some(ha) = config.homeassistant.clone().filter(|h| h.enabled) else {
+            return Ok(None);
+        };
+        let HomeAssistantConfig {
+            url,
+            token,
+            sensor_prefix,
+            interval,
+            refresh,
+            ..
+        } = ha;
+        let token = token
+            .or_else(|| std::env::var("SUPERVISOR_TOKEN").ok().map(Secret::new))
+            .ok_or_else(|| {
+                config.error(
+                    "homeassistant.token",
+                    "not set, and SUPERVISOR_TOKEN is not in the environment (is this running as a Home Assistant add-on?)",
+                )
+            })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| ConfigError::new(format!("cannot set up HTTP: {e}")))?;
+        Ok(Some(HomeAssistant {
+            http,
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            prefix: sensor_prefix,
+            interval,
+            refresh,
+            store,
+            services,
+            config,
+            written: BTreeMap::new(),
+            last_refresh: None,
+            healthy: true,
+        }))
+    }
+
+    /// Runs until `stop`: a sync now, then one per interval.
+    pub fn start(mut self, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            info!(url = %self.url, "Home Assistant notifications and sensors are on");
+            loop {
+                match self.sync().await {
+                    Ok(()) => {
+                        if !self.healthy {
+                            info!("Home Assistant is reachable again");
+                        }
+                        self.healthy = true;
+                    }
+                    Err(e) => {
+                        // Logged once per outage, not on every tick.
+                        if self.healthy {
+                            warn!(error = %e, "cannot update Home Assistant; will keep trying");
+                        } else {
+                            debug!(error = %e, "Home Assistant still unavailable");
+                        }
+                        self.healthy = false;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+            }
+        })
+    }
+
+    /// Brings Home Assistant up to date once.
+    pub async fn sync(&mut self) -> Result<(), CoreError> {
+        self.sync_notifications().await?;
+        self.sync_sensors().await
+    }
+
+    async fn sync_notifications(&mut self) -> Result<(), CoreError> {
+        let wanted = wanted_notifications(&self.store, &self.services).await?;
+        let raised = self.store.ha_notifications().await?;
+        for n in &wanted {
+            if raised.get(&n.id) != Some(&n.fingerprint) {
+                self.call(
+                    "services/persistent_notification/create",
+                    &json!({"notification_id": n.id, "title": n.title, "message": n.message}),
+                )
+                .await?;
+                self.store
+                    .set_ha_notification(&n.id, Some(&n.fingerprint))
+                    .await?;
+                info!(notification = %n.id, "raised a notification in Home Assistant");
+            }
+        }
+        for id in raised.keys() {
+            if !wanted.iter().any(|n| &n.id == id) {
+                self.call(
+                    "services/persistent_notification/dismiss",
+                    &json!({"notification_id": id}),
+                )
+                .await?;
+                self.store.set_ha_notification(id, None).await?;
+                info!(notification = %id, "dismissed a notification in Home Assistant (recovered)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_sensors(&mut self) -> Result<(), CoreError> {
+        let sensors =
+            wanted_sensors(&self.store, &self.services, &self.config, &self.prefix).await?;
+        let refresh = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= self.refresh);
+        for s in sensors {
+            let current = (s.state.clone(), s.attributes.clone());
+            if !refresh && self.written.get(&s.entity_id) == Some(&current) {
+                continue;
+            }
+            self.call(
+                &format!("states/{}", s.entity_id),
+                &json!({"state": s.state, "attributes": s.attributes}),
+            )
+            .await?;
+            self.written.insert(s.entity_id, current);
+        }
+        if refresh {
+            self.last_refresh = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn call(&self, path: &str, body: &Value) -> Result<(), CoreError> {
+        let resp = self
+            .http
+            .post(format!("{}/{path}", self.url))
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await
+            // Without the URL: reqwest's message would repeat it, and that is all it adds.
+            .map_err(|e| CoreError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(()),
+            401 | 403 => Err(CoreError::Refused(status)),
+            502..=504 => Err(CoreError::Unreachable(format!("HTTP {status}"))),
+            _ => {
+                let text = resp.text().await.unwrap_or_default();
+                Err(CoreError::Status(
+                    status,
+                    text.chars().take(200).collect::<String>(),
+                ))
+            }
+        }
+    }
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The notifications Home Assistant should show now.
+pub async fn wanted_notifications(
+    store: &Store,
+    services: &Services,
+) -> Result<Vec<Notification>, crate::queue::store::StoreError> {
+    let mut out = Vec::new();
+    for name in services.destination_names() {
+        let Ok(dest) = services.destination(name) else {
+            continue;
+        };
+        if dest.dropbox().is_some() && !dest.is_authorized() {
+            out.push(Notification {
+                id: format!("{NOTIFICATION_PREFIX}reauthorize_{name}"),
+                title: format!("offsite: Dropbox destination \"{name}\" needs authorization"),
+                message: format!(
+                    "Backups to **{name}** are waiting: offsite has no valid Dropbox \
+                     authorization for it (never given, or revoked). Open **offsite** in the \
+                     sidebar and press **Authorize**; the waiting uploads continue right after."
+                ),
+                fingerprint: "unauthorized".into(),
+            });
+        }
+    }
+    let failed = store
+        .list_jobs(
+            &JobFilter {
+                states: vec![JobState::Discarded],
+                ..Default::default()
+            },
+            200,
+            None,
+        )
+        .await?;
+    if !failed.is_empty() {
+        let mut lines: Vec<String> = failed
+            .iter()
+            .take(LISTED_FAILURES)
+            .map(|j| {
+                let error = j.last_error.as_deref().unwrap_or("no error recorded");
+                let error: String = error.chars().take(200).collect();
+                format!("- job {}: {} — {error}", j.id, crate::jobs::describe(j))
+            })
+            .collect();
+        if failed.len() > LISTED_FAILURES {
+            lines.push(format!("- and {} more", failed.len() - LISTED_FAILURES));
+        }
+        let ids: Vec<String> = failed.iter().map(|j| j.id.to_string()).collect();
+        out.push(Notification {
+            id: format!("{NOTIFICATION_PREFIX}failed_jobs"),
+            title: if failed.len() == 1 {
+                "offsite: a backup job failed".into()
+            } else {
+                format!("offsite: {} backup jobs failed", failed.len())
+            },
+            message: format!(
+                "These jobs gave up and will not run again by themselves:\n\n{}\n\n\
+                 Open **offsite** in the sidebar to retry them.",
+                lines.join("\n")
+            ),
+            fingerprint: ids.join(","),
+        });
+    }
+    Ok(out)
+}
+
+/// The sensors, as Home Assistant should show them now.
+pub async fn wanted_sensors(
+    store: &Store,
+    services: &Services,
+    config: &Config,
+    prefix: &str,
+) -> Result<Vec<Sensor>, crate::queue::store::StoreError> {
+    let all = store.uploads(None, true).await?;
+    let last = all.iter().max_by_key(|u| u.uploaded_at);
+    let mut out = vec![Sensor {
+        entity_id: format!("sensor.{prefix}_last_backup"),
+        state: last.map_or("unknown".into(), |u| iso(u.uploaded_at)),
+        attributes: json!({
+            "friendly_name": "offsite last backup",
+            "device_class": "timestamp",
+            "icon": "mdi:cloud-check",
+            "backup_name": last.map(|u| u.backup_name.clone()),
+            "destination": last.map(|u| u.destination.clone()),
+            "remote_path": last.map(|u| u.remote_path.clone()),
+        }),
+    }];
+
+    let finished = store.last_finished("snapshot_upload").await?;
+    let (result, job_id, error, at) = match &finished {
+        Some(j) => (
+            match j.state {
+                JobState::Completed => "success",
+                JobState::Discarded => "failed",
+                _ => "cancelled",
+            },
+            Some(j.id),
+            j.last_error
+                .clone()
+                .filter(|_| j.state != JobState::Completed),
+            j.finalized_at.map(|t| iso(to_datetime(t))),
+        ),
+        None if last.is_some() => ("success", None, None, None),
+        None => ("unknown", None, None, None),
+    };
+    out.push(Sensor {
+        entity_id: format!("sensor.{prefix}_last_result"),
+        state: result.into(),
+        attributes: json!({
+            "friendly_name": "offsite last result",
+            "icon": if result == "failed" { "mdi:cloud-alert" } else { "mdi:cloud-check" },
+            "job_id": job_id,
+            "job": finished.as_ref().map(crate::jobs::describe),
+            "error": error,
+            "finished_at": at,
+        }),
+    });
+
+    for name in services.destination_names() {
+        let stored: Vec<_> = all
+            .iter()
+            .filter(|u| &u.destination == name && u.deleted_at.is_none())
+            .collect();
+        out.push(Sensor {
+            entity_id: format!("sensor.{prefix}_backups_{}", entity_part(name)),
+            state: stored.len().to_string(),
+            attributes: json!({
+                "friendly_name": format!("offsite backups on {name}"),
+                "unit_of_measurement": "backups",
+                "state_class": "measurement",
+                "icon": "mdi:archive",
+                "destination": name,
+                "authorized": services.destination(name).map(|d| d.is_authorized()).unwrap_or(false),
+                "newest": stored.iter().map(|u| u.backup_date).max().map(iso),
+                "bytes": stored.iter().map(|u| u.size).sum::<i64>(),
+            }),
+        });
+    }
+
+    let next = if config.snapshots.as_ref().is_some_and(|s| s.enabled) {
+        store
+            .schedules()
+            .await?
+            .into_iter()
+            .find(|s| s.def.name == SNAPSHOTS && s.def.enabled)
+            .and_then(|s| s.next_run_at)
+            .map(to_datetime)
+    } else {
+        None
+    };
+    out.push(Sensor {
+        entity_id: format!("sensor.{prefix}_next_backup"),
+        state: next.map_or("unknown".into(), iso),
+        attributes: json!({
+            "friendly_name": "offsite next backup",
+            "device_class": "timestamp",
+            "icon": "mdi:calendar-clock",
+        }),
+    });
+    Ok(out)
+}
+
+/// A destination name as it may appear in an entity id.
+fn entity_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_ids_stay_valid() {
+        assert_eq!(entity_part("My Dropbox-2"), "my_dropbox_2");
+    }
+}

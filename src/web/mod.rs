@@ -1,0 +1,580 @@
+//! The panel: server-rendered pages for the Home Assistant sidebar (through ingress) and for a
+//! browser on the same machine standalone. A little JavaScript refreshes the live parts; every
+//! action is a plain form POST that redirects back (so a reload never repeats it).
+//!
+//! Who gets in: in add-on mode `api.allow_from` already limits the port to Home Assistant's
+//! ingress proxy, which has authenticated the user. Standalone, a browser on this machine
+//! (a loopback peer that no proxy forwarded) gets in; anyone else signs in with the API token,
+//! which sets a session cookie. Forms carry a CSRF token bound to a signed cookie.
+
+mod page;
+
+use std::{net::SocketAddr, path::Path as FsPath, sync::Arc};
+
+use axum::{
+    Form, Router,
+    extract::{ConnectInfo, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Json, Redirect, Response},
+    routing::{get, post},
+};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS};
+
+const CSRF_COOKIE: &str = "offsite_csrf";
+const SESSION_COOKIE: &str = "offsite_session";
+
+/// The panel's signing key: kept in the data directory so sessions and open pages survive a
+/// restart.
+pub struct PanelKey([u8; 32]);
+
+impl PanelKey {
+    pub fn load_or_create(data_dir: &FsPath) -> std::io::Result<PanelKey> {
+        let path = data_dir.join("panel.key");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        {
+            return Ok(PanelKey(key));
+        }
+        let key: [u8; 32] = rand::random();
+        let tmp = path.with_extension("key.tmp");
+        {
+            use std::io::Write;
+            let mut opts = std::fs::File::options();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(PanelKey(key))
+    }
+
+    /// For tests and tools that do not keep one.
+    pub fn ephemeral() -> PanelKey {
+        PanelKey(rand::random())
+    }
+
+    fn sign(&self, what: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        mac.update(what.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The path prefix every link and form must carry: Home Assistant's `X-Ingress-Path`, or
+/// nothing. Anything that is not a plain path is ignored rather than echoed into the page.
+pub(crate) fn ingress_prefix(headers: &HeaderMap) -> String {
+    let Some(p) = headers.get("x-ingress-path").and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let ok = p.starts_with('/')
+        && !p.contains("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+    if ok {
+        p.trim_end_matches('/').to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn set_cookie(prefix: &str, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let path = if prefix.is_empty() { "/" } else { prefix };
+    let age = max_age
+        .map(|a| format!("; Max-Age={a}"))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={path}; HttpOnly; SameSite=Strict{age}"
+    ))
+    .expect("cookie is ASCII")
+}
+
+fn session_value(state: &AppState) -> Option<String> {
+    let token = state.config.api.token.as_ref()?;
+    Some(state.panel_key.sign(&format!("session:{}", token.expose())))
+}
+
+/// Whether this request may use the panel without signing in.
+fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
+    if !state.config.api.allow_from.is_empty() && state.config.api.allow_from.contains(&peer.ip()) {
+        return true;
+    }
+    let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+    if peer.ip().is_loopback() && !proxied {
+        return true;
+    }
+    if let Some(expected) = session_value(state) {
+        if let Some(given) = cookie(headers, SESSION_COOKIE)
+            && crate::api::ct_eq(given.as_bytes(), expected.as_bytes())
+        {
+            return true;
+        }
+        let token = state.config.api.token.as_ref().map(|t| t.expose());
+        if let (Some(token), Some(bearer)) = (
+            token,
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ")),
+        ) && crate::api::ct_eq(bearer.as_bytes(), token.as_bytes())
+        {
+            return true;
+        }
+    }
+    false
+}
+
+async fn guard(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if trusted(&state, &peer, req.headers()) {
+        return next.run(req).await;
+    }
+    let prefix = ingress_prefix(req.headers());
+    if req.method() == axum::http::Method::GET && req.uri().path() == "/" {
+        return Redirect::to(&format!("{prefix}/panel/login")).into_response();
+    }
+    page_error(
+        &prefix,
+        StatusCode::UNAUTHORIZED,
+        "Sign in first",
+        "This page needs the API token.",
+    )
+}
+
+/// Headers every panel answer carries.
+async fn hardening(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A whole page that only says what went wrong (never internals).
+fn page_error(prefix: &str, status: StatusCode, title: &str, text: &str) -> Response {
+    (status, Html(page::message_page(prefix, title, text))).into_response()
+}
+
+/// The CSRF token for this browser: the signed cookie it has, or a new one to set.
+fn csrf_token(state: &AppState, headers: &HeaderMap) -> (String, bool) {
+    if let Some(v) = cookie(headers, CSRF_COOKIE)
+        && valid_csrf(state, v)
+    {
+        return (v.to_string(), false);
+    }
+    let nonce = hex(&rand::random::<[u8; 16]>());
+    let sig = state.panel_key.sign(&format!("csrf:{nonce}"));
+    (format!("{nonce}.{sig}"), true)
+}
+
+fn valid_csrf(state: &AppState, value: &str) -> bool {
+    let Some((nonce, sig)) = value.split_once('.') else {
+        return false;
+    };
+    let expected = state.panel_key.sign(&format!("csrf:{nonce}"));
+    crate::api::ct_eq(sig.as_bytes(), expected.as_bytes())
+}
+
+/// A form is accepted only from our own pages: the field must match the signed cookie, and a
+/// browser that says the request is cross-site is refused outright.
+fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<Response> {
+    let prefix = ingress_prefix(headers);
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site" || v == "same-site");
+    let cookie_ok = cookie(headers, CSRF_COOKIE)
+        .is_some_and(|c| valid_csrf(state, c) && crate::api::ct_eq(c.as_bytes(), field.as_bytes()));
+    if cross_site || !cookie_ok {
+        return Some(page_error(
+            &prefix,
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "The request did not come from this panel, or the page was open too long. \
+             Go back, reload the page and try again.",
+        ));
+    }
+    None
+}
+
+/// Back to the panel with a message (Post/Redirect/Get).
+fn back(prefix: &str, kind: &str, message: &str, anchor: &str) -> Response {
+    let q: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(kind, message)
+        .finish();
+    Redirect::to(&format!("{prefix}/?{q}#{anchor}")).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Flash {
+    ok: Option<String>,
+    error: Option<String>,
+}
+
+async fn index(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(flash): Query<Flash>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    let (csrf, fresh) = csrf_token(&state, &headers);
+    let data = match page::PanelData::gather(&state).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the panel's data");
+            return page_error(
+                &prefix,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "offsite cannot read its database",
+                "See the add-on log for details; reload to try again.",
+            );
+        }
+    };
+    let flash = match (flash.ok, flash.error) {
+        (_, Some(e)) => Some((false, e)),
+        (Some(m), None) => Some((true, m)),
+        _ => None,
+    };
+    let html = page::index(&page::Ctx::new(&state, &prefix, &csrf), &data, flash);
+    let mut resp = Html(html).into_response();
+    if fresh {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(&prefix, CSRF_COOKIE, &csrf, None),
+        );
+    }
+    resp
+}
+
+/// The live parts of the page, rendered, for the refresh script.
+async fn sections(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let prefix = ingress_prefix(&headers);
+    let Some(csrf) = cookie(&headers, CSRF_COOKIE).filter(|c| valid_csrf(&state, c)) else {
+        // Without the cookie the forms would not work: the script reloads the page instead.
+        return (StatusCode::CONFLICT, "reload").into_response();
+    };
+    match page::PanelData::gather(&state).await {
+        Ok(data) => {
+            let parts = page::sections(&page::Ctx::new(&state, &prefix, csrf), &data);
+            let map: serde_json::Map<String, serde_json::Value> = parts
+                .into_iter()
+                .map(|(id, html)| (id.to_string(), html.into()))
+                .collect();
+            Json(map).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the panel's data");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn backup_now(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match crate::api::schedules::enqueue_now(&state, SNAPSHOTS).await {
+        Ok(_) => back(
+            &prefix,
+            "ok",
+            "Looking for new backups now; uploads appear under Activity.",
+            "activity",
+        ),
+        Err(ApiError::NotFound(_)) => back(
+            &prefix,
+            "error",
+            "Backups are not set up: no destination is configured yet.",
+            "top",
+        ),
+        Err(e) => back(&prefix, "error", &user_message(e), "top"),
+    }
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match crate::api::snapshots::begin_authorization(&state, &name) {
+        Ok(_) => Redirect::to(&format!("{prefix}/#destinations")).into_response(),
+        Err(e) => back(&prefix, "error", &user_message(e), "destinations"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+}
+
+async fn authorize_code(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match crate::api::snapshots::finish_authorization(&state, &name, &form.code).await {
+        Ok(()) => back(
+            &prefix,
+            "ok",
+            &format!("Dropbox destination {name} is authorized; waiting uploads continue now."),
+            "destinations",
+        ),
+        Err(e) => back(
+            &prefix,
+            "error",
+            &format!("Dropbox did not accept the code: {}", user_message(e)),
+            "destinations",
+        ),
+    }
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match state.store.retry(id, false).await {
+        Ok(job) => {
+            state.nudge();
+            back(
+                &prefix,
+                "ok",
+                &format!(
+                    "Job {id} ({}) will run again now.",
+                    crate::jobs::describe(&job)
+                ),
+                "activity",
+            )
+        }
+        Err(e) => back(&prefix, "error", &user_message(e.into()), "problems"),
+    }
+}
+
+/// What the user is told about a failed action: the message for things they can act on, a
+/// generic line for internal faults (logged, never shown).
+fn user_message(e: ApiError) -> String {
+    match e {
+        ApiError::Internal(detail) => {
+            tracing::error!(error = %detail, "panel action failed");
+            "something went wrong inside offsite; the log has the details".into()
+        }
+        other => {
+            let p = other.problem();
+            match p.errors.first() {
+                Some(f) => f.message.clone(),
+                None => p.detail,
+            }
+        }
+    }
+}
+
+async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let prefix = ingress_prefix(&headers);
+    let (csrf, fresh) = csrf_token(&state, &headers);
+    let mut resp = Html(page::login(
+        &prefix,
+        &csrf,
+        state.config.api.token.is_some(),
+        None,
+    ))
+    .into_response();
+    if fresh {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(&prefix, CSRF_COOKIE, &csrf, None),
+        );
+    }
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    let ok =
+        state.config.api.token.as_ref().is_some_and(|t| {
+            crate::api::ct_eq(form.token.trim().as_bytes(), t.expose().as_bytes())
+        });
+    if !ok {
+        tracing::warn!("panel sign-in with a wrong token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(page::login(
+                &prefix,
+                &form.csrf,
+                state.config.api.token.is_some(),
+                Some("That is not the API token."),
+            )),
+        )
+            .into_response();
+    }
+    let session = session_value(&state).expect("token is set");
+    let mut resp = Redirect::to(&format!("{prefix}/")).into_response();
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&prefix, SESSION_COOKIE, &session, Some(30 * 24 * 3600)),
+    );
+    resp
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("panel.css"))
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("panel.js"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The panel's routes; `/` and `/panel/*` (the API's token check leaves them to this module).
+pub fn router(state: AppState) -> Router<AppState> {
+    let guarded = Router::new()
+        .route("/", get(index))
+        .route("/panel/sections", get(sections))
+        .route("/panel/backup-now", post(backup_now))
+        .route("/panel/destinations/{name}/authorize", post(authorize))
+        .route(
+            "/panel/destinations/{name}/authorize/code",
+            post(authorize_code),
+        )
+        .route("/panel/jobs/{id}/retry", post(retry))
+        .route_layer(middleware::from_fn_with_state(state, guard));
+    Router::new()
+        .merge(guarded)
+        .route("/panel/login", get(login_page).post(login))
+        .route("/panel/panel.css", get(css))
+        .route("/panel/panel.js", get(js))
+        .layer(middleware::from_fn(hardening))
+}
+
+/// Whether a path belongs to the panel (which guards itself).
+pub fn is_panel_path(path: &str) -> bool {
+    path == "/" || path.starts_with("/panel/")
+}
+
+/// Shared so `AppState` stays cheap to clone.
+pub type SharedPanelKey = Arc<PanelKey>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_prefix_is_a_plain_path_or_nothing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ingress-path",
+            HeaderValue::from_static("/api/hassio_ingress/abc-DEF_123/"),
+        );
+        assert_eq!(ingress_prefix(&h), "/api/hassio_ingress/abc-DEF_123");
+        for bad in [
+            "javascript:alert(1)",
+            "/a\"><script>",
+            "//evil.example",
+            "/a?b",
+        ] {
+            h.insert("x-ingress-path", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(ingress_prefix(&h), "", "{bad}");
+        }
+    }
+
+    #[test]
+    fn csrf_tokens_are_signed() {
+        let key = PanelKey::ephemeral();
+        let a = key.sign("csrf:1");
+        assert_eq!(a, key.sign("csrf:1"));
+        assert_ne!(a, PanelKey::ephemeral().sign("csrf:1"));
+    }
+}

@@ -1,0 +1,45 @@
+// offsite panel: refreshes the live sections without a reload. Everything works without it;
+// it only saves pressing reload. Sections holding something the user is typing are left alone.
+(function () {
+  "use strict";
+  var url = document.body.getAttribute("data-sections");
+  if (!url || !window.fetch) return;
+
+  function busy(el) {
+    var inputs = el.querySelectorAll("input:not([type=hidden])");
+    for (var i = 0; i < inputs.length; i++) {
+      if (inputs[i].value !== "" || inputs[i] === document.activeElement) return true;
+    }
+    return false;
+  }
+
+  function schedule() {
+    setTimeout(tick, document.hidden ? 10000 : 1000);
+  }
+
+  function tick() {
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) {
+        if (r.status === 409 || r.status === 401) { location.reload(); return null; }
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (sections) {
+        if (!sections) return;
+        document.body.classList.remove("stale");
+        Object.keys(sections).forEach(function (id) {
+          var el = document.getElementById(id);
+          if (!el || el.getAttribute("data-html") === sections[id] || busy(el)) return;
+          el.innerHTML = sections[id];
+          el.setAttribute("data-html", sections[id]);
+        });
+        schedule();
+      })
+      .catch(function () {
+        document.body.classList.add("stale");
+        schedule();
+      });
+  }
+
+  schedule();
+})();
