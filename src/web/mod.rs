@@ -230,9 +230,9 @@ fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<
         return Some(page_error(
             &prefix,
             StatusCode::FORBIDDEN,
-            "This form has expired",
-            "The request did not come from this panel, or the page was open too long. \
-             Go back, reload the page and try again.",
+            "This form was refused",
+            "The request did not come from this panel, or this browser does not keep the \
+             panel's cookie. Go back, reload the page and try again.",
         ));
     }
     None

@@ -486,13 +486,13 @@ fn destinations(c: &Ctx, d: &PanelData) -> String {
                          <label for=\"code-{}\">Then paste the code Dropbox shows:</label>\
                          <input id=\"code-{}\" name=code autocomplete=off spellcheck=false required>\
                          <button type=submit class=primary>Finish</button></form></li></ol>\
-                         <p class=muted>Start again: {}</p>",
+                         <div class=\"line muted\">Link expired or lost? {}</div>",
                         esc(url),
                         c.url(&format!("{path}/code")),
                         c.csrf_field(),
                         esc(&v.name),
                         esc(&v.name),
-                        c.button(&path, "New link", "link", ""),
+                        c.button(&path, "Start again", "link", ""),
                     );
                 }
                 None => {

@@ -2,6 +2,10 @@
 // it only saves pressing reload. Sections holding something the user is typing are left alone.
 (function () {
   "use strict";
+  // The message after an action is in the query; a reload should not show it again.
+  if (/[?&](ok|error)=/.test(location.search) && window.history.replaceState) {
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
   var url = document.body.getAttribute("data-sections");
   if (!url || !window.fetch) return;
 

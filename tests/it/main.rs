@@ -2,10 +2,12 @@
 
 mod addon;
 mod api;
+mod browser;
 mod cli;
 mod common;
 mod crash;
 mod dropbox;
+mod panel;
 mod queue;
 mod scheduler;
 mod snapshots;

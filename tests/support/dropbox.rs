@@ -743,6 +743,10 @@ fn router(shared: AppState) -> Router {
         ));
     Router::new()
         .route("/oauth2/token", post(oauth_token))
+        .route(
+            "/oauth2/authorize",
+            axum::routing::get(authorize_page).post(authorize_decision),
+        )
         .merge(api)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -897,6 +901,141 @@ async fn oauth_token(
     match result {
         Ok(body) => Json(body).into_response(),
         Err(resp) => resp,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The browser side of OAuth: www.dropbox.com/oauth2/authorize
+// ---------------------------------------------------------------------------
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Dropbox's error page for a bad authorize request (HTTP 400).
+fn authorize_error(reason: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::response::Html(format!(
+            "<!doctype html><title>Dropbox - 400</title><h1>Error (400)</h1>\
+             <p>It seems the app you were using submitted a bad request. If you would like to \
+             report this error to the app's developer, include the information below.</p>\
+             <p id=reason>More details for developers: {}</p>",
+            html_escape(reason)
+        )),
+    )
+        .into_response()
+}
+
+/// Checks the query the way Dropbox does before showing "Allow".
+fn check_authorize(oauth: &OAuthState, q: &HashMap<String, String>) -> Result<(), Response> {
+    let get = |k: &str| q.get(k).map(String::as_str);
+    match get("client_id") {
+        None => return Err(authorize_error("Missing client_id.")),
+        Some(id) if id != oauth.client_id => return Err(authorize_error("Invalid client_id.")),
+        _ => {}
+    }
+    if get("response_type") != Some("code") {
+        return Err(authorize_error(
+            "Invalid response_type: must be \"code\" or \"token\".",
+        ));
+    }
+    if let Some(t) = get("token_access_type")
+        && !matches!(t, "offline" | "online" | "legacy")
+    {
+        return Err(authorize_error("Invalid token_access_type."));
+    }
+    match (get("code_challenge"), get("code_challenge_method")) {
+        (Some(c), Some("S256")) if (43..=128).contains(&c.len()) => Ok(()),
+        (Some(_), Some("S256")) => Err(authorize_error(
+            "code_challenge must be between 43 and 128 characters.",
+        )),
+        (Some(_), _) => Err(authorize_error(
+            "code_challenge_method must be S256 or plain.",
+        )),
+        // Without PKCE the app must authenticate with its secret at the token endpoint.
+        (None, _) => Ok(()),
+    }
+}
+
+/// The consent page: "<app> would like access to …" with Allow / Cancel.
+async fn authorize_page(
+    State(shared): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(resp) = check_authorize(&shared.lock().oauth, &q) {
+        return resp;
+    }
+    let hidden: String = q
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=hidden name=\"{}\" value=\"{}\">",
+                html_escape(k),
+                html_escape(v)
+            )
+        })
+        .collect();
+    axum::response::Html(format!(
+        "<!doctype html><title>API Request Authorization - Dropbox</title>\
+         <h1>API Request Authorization</h1>\
+         <p>This app would like to access the files and folders in your Dropbox.</p>\
+         <form method=post>{hidden}\
+         <button type=submit name=decision value=deny id=deny>Cancel</button> \
+         <button type=submit name=decision value=allow id=allow>Allow</button></form>"
+    ))
+    .into_response()
+}
+
+/// After Allow: the code, shown to paste (no redirect_uri) or sent to the redirect URI.
+async fn authorize_decision(
+    State(shared): State<AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut st = shared.lock();
+    if let Err(resp) = check_authorize(&st.oauth, &form) {
+        return resp;
+    }
+    let redirect = form.get("redirect_uri").cloned();
+    let state = form.get("state").cloned();
+    let with_query = |pairs: &[(&str, &str)]| {
+        let uri = redirect.clone().unwrap_or_default();
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            q.append_pair(k, v);
+        }
+        if let Some(s) = &state {
+            q.append_pair("state", s);
+        }
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        axum::response::Redirect::to(&format!("{uri}{sep}{}", q.finish())).into_response()
+    };
+    if form.get("decision").map(String::as_str) != Some("allow") {
+        return match redirect {
+            Some(_) => with_query(&[
+                ("error", "access_denied"),
+                (
+                    "error_description",
+                    "The user chose not to give your app access to their Dropbox account.",
+                ),
+            ]),
+            None => axum::response::Html("<!doctype html><h1>Access denied</h1>").into_response(),
+        };
+    }
+    let code = random_token(43);
+    let challenge = form.get("code_challenge").cloned().unwrap_or_default();
+    st.oauth.codes.insert(code.clone(), challenge);
+    match redirect {
+        Some(_) => with_query(&[("code", &code)]),
+        None => axum::response::Html(format!(
+            "<!doctype html><title>Dropbox</title><h1>Access Code Generated</h1>\
+             <p>Enter this code into the app to finish the process.</p>\
+             <input id=code readonly value=\"{code}\" size=50>"
+        ))
+        .into_response(),
     }
 }
 

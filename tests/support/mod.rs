@@ -17,4 +17,5 @@
 
 pub mod dropbox;
 pub mod fault;
+pub mod ingress;
 pub mod supervisor;

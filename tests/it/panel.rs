@@ -1,0 +1,714 @@
+//! The panel over HTTP (ingress prefix, who gets in, CSRF, messages instead of internals) and
+//! the Home Assistant integration (notifications and sensors through the fake Supervisor's
+//! Core API proxy). The browser test in `browser.rs` drives the same world in Chromium.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use offsite::{
+    config::{
+        DestinationConfig, DestinationKind, HomeAssistantConfig, KindConfig, Secret,
+        SnapshotsConfig, SourceConfig,
+    },
+    queue::{JobState, store::UploadRecord},
+};
+use regex::Regex;
+use reqwest::{Client, StatusCode, header};
+
+use crate::{
+    common::Harness,
+    support::{
+        dropbox::{DEFAULT_CLIENT_ID, FakeDropbox},
+        ingress::IngressProxy,
+        supervisor::{FakeSupervisor, NotificationCall},
+    },
+};
+
+pub const MIB: usize = 1024 * 1024;
+pub const SUPERVISOR_TOKEN: &str = "supervisor-token-for-the-panel-tests";
+/// The ingress proxy's address; the worker answers only it (as the add-on answers only
+/// 172.30.32.2).
+pub const INGRESS_FROM: &str = "127.0.0.2";
+pub const APP_SECRET: &str = "app-secret-that-must-never-show";
+
+/// Deterministic incompressible bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The add-on as Home Assistant runs it: Supervisor source, a Dropbox destination, Home
+/// Assistant integration on, and the panel behind the ingress proxy.
+pub struct World {
+    pub h: Harness,
+    pub dropbox: FakeDropbox,
+    pub sup: FakeSupervisor,
+    pub ingress: IngressProxy,
+}
+
+#[derive(Default)]
+pub struct WorldOptions {
+    pub throttle_bytes_per_sec: u64,
+    pub max_attempts: Option<i64>,
+}
+
+impl World {
+    pub async fn start(opts: WorldOptions) -> World {
+        let dropbox = FakeDropbox::start().await;
+        dropbox.set_client_secret(Some(APP_SECRET));
+        let sup = FakeSupervisor::start(SUPERVISOR_TOKEN).await;
+        let base = dropbox.base_url();
+        let mut dest: DestinationConfig = toml::from_str(&format!(
+            "type = \"dropbox\"\npath = \"/HomeAssistant/Backups\"\nchunk_mib = 4\n\
+             app_key = \"{DEFAULT_CLIENT_ID}\"\napp_secret = \"{APP_SECRET}\"\n\
+             api_url = \"{base}\"\ncontent_url = \"{base}\"\n\
+             authorize_url = \"{base}/oauth2/authorize\"\nthrottle_bytes_per_sec = {}\n",
+            opts.throttle_bytes_per_sec
+        ))
+        .unwrap();
+        dest.kind = DestinationKind::Dropbox;
+        let sup_url = sup.base_url();
+        let h = Harness::start_with(move |c| {
+            c.sources.insert(
+                "ha".into(),
+                SourceConfig::Supervisor {
+                    url: sup_url.clone(),
+                    token: Some(Secret::new(SUPERVISOR_TOKEN)),
+                },
+            );
+            c.destinations.insert("dropbox".into(), dest);
+            c.snapshots = Some(SnapshotsConfig {
+                enabled: true,
+                source: "ha".into(),
+                destinations: vec!["dropbox".into()],
+                scan_on_start: false,
+                schedule: toml::from_str("every = \"24h\"").unwrap(),
+            });
+            c.queues.insert(
+                "uploads".into(),
+                offsite::config::QueueConfig { concurrency: 1 },
+            );
+            c.homeassistant = Some(HomeAssistantConfig {
+                enabled: true,
+                url: format!("{sup_url}/core/api"),
+                token: Some(Secret::new(SUPERVISOR_TOKEN)),
+                sensor_prefix: "offsite".into(),
+                interval: Duration::from_millis(100),
+                refresh: Duration::from_secs(3600),
+            });
+            c.api.allow_from = vec![INGRESS_FROM.parse().unwrap()];
+            if let Some(m) = opts.max_attempts {
+                c.kinds.insert(
+                    "snapshot_upload".into(),
+                    KindConfig {
+                        max_attempts: Some(m),
+                        ..Default::default()
+                    },
+                );
+            }
+        })
+        .await;
+        let ingress = IngressProxy::start(
+            h.running().addr.unwrap(),
+            INGRESS_FROM.parse::<IpAddr>().unwrap(),
+        )
+        .await;
+        World {
+            h,
+            dropbox,
+            sup,
+            ingress,
+        }
+    }
+
+    pub fn add_backup(&self, slug: &str, name: &str, date: &str, len: usize) -> Vec<u8> {
+        let bytes = data(len, slug.len() as u64 + len as u64);
+        self.sup.add_backup(slug, name, date, bytes.clone());
+        bytes
+    }
+
+    pub async fn uploads(&self) -> Vec<UploadRecord> {
+        self.h.store().uploads(None, false).await.unwrap()
+    }
+}
+
+/// Waits (up to 30 s) until `check` returns `Some`, polling the real state every 20 ms.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A browser-like client for the ingress URL: keeps cookies by hand, never follows redirects.
+struct Browser {
+    http: Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser {
+            http: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all(header::SET_COOKIE) {
+            let first = v.to_str().unwrap().split(';').next().unwrap();
+            let (k, val) = first.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            self.cookies.push((k.to_string(), val.to_string()));
+        }
+    }
+
+    async fn get(&mut self, url: &str, extra: &[(&str, &str)]) -> (StatusCode, String) {
+        let mut req = self
+            .http
+            .get(url)
+            .header(header::COOKIE, self.cookie_header());
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        self.keep_cookies(&r);
+        let status = r.status();
+        let location = r
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_string());
+        let body = r.text().await.unwrap();
+        (status, location.unwrap_or(body))
+    }
+
+    /// Posts a form; answers the status and the Location (redirects) or the body.
+    async fn post(
+        &mut self,
+        url: &str,
+        form: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let mut req = self
+            .http
+            .post(url)
+            .header(header::COOKIE, self.cookie_header())
+            .form(form);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        self.keep_cookies(&r);
+        let status = r.status();
+        let location = r
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_string());
+        let body = r.text().await.unwrap();
+        (status, location.unwrap_or(body))
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    Regex::new(r#"name=csrf value="([^"]+)""#)
+        .unwrap()
+        .captures(page)
+        .expect("a form with a CSRF field")[1]
+        .to_string()
+}
+
+#[tokio::test]
+async fn panel_behind_ingress_prefixes_every_link_and_only_the_proxy_gets_in() {
+    let w = World::start(WorldOptions::default()).await;
+    w.add_backup("aaaa1111", "Nightly", "2026-11-20T02:00:00+00:00", MIB);
+    let mut b = Browser::new();
+    let (status, page) = b.get(&w.ingress.url(), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // Every link, form, script and stylesheet carries the ingress prefix.
+    let attr = Regex::new(r#"(?:href|src|action|data-sections)="([^"]*)""#).unwrap();
+    let urls: Vec<String> = attr
+        .captures_iter(&page)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert!(urls.len() >= 4, "{urls:?}");
+    for u in &urls {
+        assert!(
+            u.starts_with(&format!("{}/", w.ingress.prefix())),
+            "{u} does not start with the ingress prefix"
+        );
+    }
+    // The CSS and script load through the proxy.
+    for asset in ["panel/panel.css", "panel/panel.js"] {
+        let (status, _) = b.get(&format!("{}{asset}", w.ingress.url()), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+    }
+    assert!(page.contains("Needs authorization"), "{page}");
+
+    // Straight to the worker's port from another address: refused, page and API alike.
+    for path in ["/", "/panel/sections", "/api/v1/jobs"] {
+        let r = Client::new()
+            .get(format!("{}{path}", w.h.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
+    let w = World::start(WorldOptions::default()).await;
+    let jobs_before = w.h.store().counts().await.unwrap();
+    let url = format!("{}panel/backup-now", w.ingress.url());
+
+    // No cookie, no field.
+    let mut stranger = Browser::new();
+    let (status, body) = stranger.post(&url, &[("csrf", "")], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("did not come from this panel"), "{body}");
+
+    let mut b = Browser::new();
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let csrf = csrf_of(&page);
+    // A forged field with the real cookie.
+    let (status, _) = b.post(&url, &[("csrf", "00.11")], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The right token, but the browser says the request comes from another site.
+    let (status, _) = b
+        .post(
+            &url,
+            &[("csrf", &csrf)],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.h.store().counts().await.unwrap(),
+        jobs_before,
+        "no refused form enqueued anything"
+    );
+
+    // The real thing: back to the panel (under the prefix) with a message.
+    let (status, location) = b
+        .post(
+            &url,
+            &[("csrf", &csrf)],
+            &[("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with(&format!("{}/?ok=", w.ingress.prefix())),
+        "{location}"
+    );
+    let scans =
+        w.h.store()
+            .list_jobs(
+                &offsite::queue::store::JobFilter {
+                    kind: Some("snapshot_scan".into()),
+                    ..Default::default()
+                },
+                10,
+                None,
+            )
+            .await
+            .unwrap();
+    assert_eq!(scans.len(), 1);
+    let (_, page) = b
+        .get(&format!("{}{location}", w.ingress.origin()), &[])
+        .await;
+    assert!(page.contains("Looking for new backups now"), "{page}");
+}
+
+#[tokio::test]
+async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
+    let w = World::start(WorldOptions::default()).await;
+    let mut b = Browser::new();
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let csrf = csrf_of(&page);
+    let (status, _) = b
+        .post(
+            &format!("{}panel/destinations/dropbox/authorize", w.ingress.url()),
+            &[("csrf", &csrf)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    assert!(page.contains("Open Dropbox"), "{page}");
+    let (status, location) = b
+        .post(
+            &format!(
+                "{}panel/destinations/dropbox/authorize/code",
+                w.ingress.url()
+            ),
+            &[("csrf", &csrf), ("code", "not-a-real-code")],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, page) = b
+        .get(&format!("{}{location}", w.ingress.origin()), &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Dropbox did not accept the code")
+            && page.contains("doesn&#39;t exist or has expired"),
+        "{page}"
+    );
+    assert!(page.contains("Needs authorization"));
+    for secret in [APP_SECRET, SUPERVISOR_TOKEN] {
+        assert!(!page.contains(secret), "the page shows a secret");
+    }
+    // A job that does not exist: a message, not an error page.
+    let (status, location) = b
+        .post(
+            &format!("{}panel/jobs/999/retry", w.ingress.url()),
+            &[("csrf", &csrf)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = b
+        .get(&format!("{}{location}", w.ingress.origin()), &[])
+        .await;
+    assert!(page.contains("job 999 does not exist"), "{page}");
+}
+
+#[tokio::test]
+async fn standalone_the_panel_needs_loopback_or_the_api_token() {
+    const TOKEN: &str = "panel-test-token-0123456789";
+    let h = Harness::start_with(|c| {
+        c.api.token = Some(Secret::new(TOKEN));
+    })
+    .await;
+    let base = h.base_url();
+    let mut b = Browser::new();
+    // A browser on this machine.
+    let (status, page) = b.get(&format!("{base}/"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // The same request relayed by a reverse proxy on this machine is not "local".
+    let proxied = [("x-forwarded-for", "203.0.113.9")];
+    let mut remote = Browser::new();
+    let (status, location) = remote.get(&format!("{base}/"), &proxied).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location, "/panel/login");
+    let (status, _) = remote
+        .get(&format!("{base}/panel/sections"), &proxied)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, login) = remote.get(&format!("{base}/panel/login"), &proxied).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(&login);
+    let (status, body) = remote
+        .post(
+            &format!("{base}/panel/login"),
+            &[("csrf", &csrf), ("token", "wrong-token-wrong-token")],
+            &proxied,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("not the API token") && !body.contains(TOKEN));
+    let (status, _) = remote
+        .post(
+            &format!("{base}/panel/login"),
+            &[("csrf", &csrf), ("token", TOKEN)],
+            &proxied,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, page) = remote.get(&format!("{base}/"), &proxied).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<h1>offsite</h1>") && !page.contains(TOKEN));
+    // The session cookie is for the panel only: the API still wants the bearer token.
+    let r = Client::new()
+        .get(format!("{base}/api/v1/jobs"))
+        .header(header::COOKIE, remote.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The paste-code flow the way a user does it, over HTTP: start, fetch the code from the fake
+/// Dropbox consent page, paste it.
+async fn authorize_via_panel(w: &World, b: &mut Browser) {
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let csrf = csrf_of(&page);
+    b.post(
+        &format!("{}panel/destinations/dropbox/authorize", w.ingress.url()),
+        &[("csrf", &csrf)],
+        &[],
+    )
+    .await;
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let link = Regex::new(r#"id="open-dropbox" href="([^"]+)""#)
+        .unwrap()
+        .captures(&page)
+        .expect("the Open Dropbox link")[1]
+        .replace("&amp;", "&");
+    let consent = url::Url::parse(&link).unwrap();
+    let fields: Vec<(String, String)> = consent.query_pairs().into_owned().collect();
+    let mut form: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    form.push(("decision", "allow"));
+    let shown = Client::new()
+        .post(link.split('?').next().unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let code = Regex::new(r#"id=code readonly value="([^"]+)""#)
+        .unwrap()
+        .captures(&shown)
+        .expect("the code Dropbox shows")[1]
+        .to_string();
+    let (status, location) = b
+        .post(
+            &format!(
+                "{}panel/destinations/dropbox/authorize/code",
+                w.ingress.url()
+            ),
+            &[("csrf", &csrf), ("code", &code)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(location.contains("?ok="), "{location}");
+}
+
+#[tokio::test]
+async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_sensors() {
+    let w = World::start(WorldOptions::default()).await;
+    let bytes = w.add_backup("bbbb2222", "Weekly", "2026-11-21T03:00:00+00:00", 3 * MIB);
+
+    // Not authorized yet: a notification says so, and the sensors exist from the start.
+    let n = eventually("the re-authorization notification", || {
+        w.sup
+            .notifications()
+            .get("offsite_reauthorize_dropbox")
+            .cloned()
+    })
+    .await;
+    assert!(n.message.contains("Authorize"), "{n:?}");
+    let states = eventually("sensors", || {
+        let s = w.sup.states();
+        s.contains_key("sensor.offsite_next_backup").then_some(s)
+    })
+    .await;
+    assert_eq!(states["sensor.offsite_backups_dropbox"].state, "0");
+    assert_eq!(states["sensor.offsite_last_backup"].state, "unknown");
+    let next = &states["sensor.offsite_next_backup"];
+    assert_eq!(next.attributes["device_class"], "timestamp");
+    chrono::DateTime::parse_from_rfc3339(&next.state).expect("next run is a timestamp");
+
+    let mut b = Browser::new();
+    authorize_via_panel(&w, &mut b).await;
+    eventually("the notification is dismissed after authorizing", || {
+        (!w.sup
+            .notifications()
+            .contains_key("offsite_reauthorize_dropbox"))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        w.sup
+            .notification_calls()
+            .contains(&NotificationCall::Dismiss(
+                "offsite_reauthorize_dropbox".into()
+            ))
+    );
+
+    // A backup goes up: the sensors say when, and how many are stored.
+    let r = Client::new()
+        .post(format!("{}/api/v1/snapshots/run", w.h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "the API is ingress-only too"
+    );
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    b.post(
+        &format!("{}panel/backup-now", w.ingress.url()),
+        &[("csrf", &csrf_of(&page))],
+        &[],
+    )
+    .await;
+    let uploads = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let u = w.uploads().await;
+            if !u.is_empty() {
+                break u;
+            }
+            assert!(Instant::now() < deadline, "the backup was never uploaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(
+        w.dropbox.file(&uploads[0].remote_path).unwrap().bytes(),
+        bytes
+    );
+    let states = eventually("sensors after the upload", || {
+        let s = w.sup.states();
+        (s["sensor.offsite_backups_dropbox"].state == "1"
+            && s["sensor.offsite_last_result"].state == "success")
+            .then_some(s)
+    })
+    .await;
+    let last = &states["sensor.offsite_last_backup"];
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&last.state)
+            .unwrap()
+            .timestamp(),
+        uploads[0].uploaded_at.timestamp()
+    );
+    assert_eq!(last.attributes["backup_name"], "Weekly");
+
+    // A job fails for good: one notification naming it; the result sensor says failed.
+    w.add_backup("cccc3333", "Daily", "2026-11-22T03:00:00+00:00", MIB);
+    w.dropbox.fail_request(1, 400);
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    b.post(
+        &format!("{}panel/backup-now", w.ingress.url()),
+        &[("csrf", &csrf_of(&page))],
+        &[],
+    )
+    .await;
+    let n = eventually("the failed-jobs notification", || {
+        w.sup.notifications().get("offsite_failed_jobs").cloned()
+    })
+    .await;
+    assert!(n.message.contains("\"Daily\""), "{n:?}");
+    assert!(n.message.contains("HTTP 400"), "{n:?}");
+    eventually("last result: failed", || {
+        (w.sup.states()["sensor.offsite_last_result"].state == "failed").then_some(())
+    })
+    .await;
+    let failed =
+        w.h.store()
+            .list_jobs(
+                &offsite::queue::store::JobFilter {
+                    states: vec![JobState::Discarded],
+                    ..Default::default()
+                },
+                10,
+                None,
+            )
+            .await
+            .unwrap();
+    assert_eq!(failed.len(), 1);
+
+    // Retried from the panel, it succeeds: the notification goes away, the sensors recover.
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let (status, _) = b
+        .post(
+            &format!("{}panel/jobs/{}/retry", w.ingress.url(), failed[0].id),
+            &[("csrf", &csrf_of(&page))],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    eventually("recovery dismisses the failed-jobs notification", || {
+        let s = w.sup.states();
+        (!w.sup.notifications().contains_key("offsite_failed_jobs")
+            && s["sensor.offsite_backups_dropbox"].state == "2"
+            && s["sensor.offsite_last_result"].state == "success")
+            .then_some(())
+    })
+    .await;
+    let creates = w
+        .sup
+        .notification_calls()
+        .iter()
+        .filter(|c| matches!(c, NotificationCall::Create(n) if n.notification_id == "offsite_failed_jobs"))
+        .count();
+    assert_eq!(creates, 1, "raised once, not on every sync");
+    for (_, _, body) in w.sup.state_writes() {
+        let text = body.to_string();
+        assert!(!text.contains(APP_SECRET) && !text.contains(SUPERVISOR_TOKEN));
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_home_assistant_is_caught_up_later_and_a_restart_repeats_nothing() {
+    let w = World::start(WorldOptions::default()).await;
+    w.sup.set_core_available(false);
+    // Core is down (the Supervisor answers 502): nothing can be delivered yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w
+        .sup
+        .requests()
+        .iter()
+        .any(|(_, p)| p.starts_with("/core/api/services/persistent_notification"))
+    {
+        assert!(Instant::now() < deadline, "offsite never tried to notify");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(w.sup.notifications().is_empty());
+    w.sup.set_core_available(true);
+    eventually("the notification once Home Assistant is back", || {
+        w.sup
+            .notifications()
+            .get("offsite_reauthorize_dropbox")
+            .cloned()
+    })
+    .await;
+    let calls = w.sup.notification_calls().len();
+
+    // The user dismisses it by hand, and offsite restarts: it is not raised again, because
+    // nothing changed since it was raised.
+    let World {
+        mut h,
+        sup,
+        dropbox,
+        ingress,
+    } = w;
+    let _ = (&dropbox, &ingress);
+    let config = (*h.running().state.config).clone();
+    h.stop().await;
+    let dir = h.dir;
+    let h2 = Harness::start_in(dir, config).await;
+    eventually("sensors written by the restarted worker", || {
+        (sup.state_writes().len() >= 8).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sup.notification_calls().len(),
+        calls,
+        "no notification repeated after the restart"
+    );
+    drop(h2);
+}
