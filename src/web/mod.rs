@@ -239,17 +239,24 @@ fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<
 }
 
 /// Back to the panel with a message (Post/Redirect/Get).
-fn back(prefix: &str, kind: &str, message: &str, anchor: &str) -> Response {
+/// The message is signed so that a link from elsewhere cannot put words on the page.
+fn back(state: &AppState, prefix: &str, kind: &str, message: &str, anchor: &str) -> Response {
     let q: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair(kind, message)
+        .append_pair("sig", &flash_sig(state, kind, message))
         .finish();
     Redirect::to(&format!("{prefix}/?{q}#{anchor}")).into_response()
+}
+
+fn flash_sig(state: &AppState, kind: &str, message: &str) -> String {
+    state.panel_key.sign(&format!("flash:{kind}:{message}"))[..32].to_string()
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Flash {
     ok: Option<String>,
     error: Option<String>,
+    sig: Option<String>,
 }
 
 async fn index(
@@ -275,7 +282,14 @@ async fn index(
         (_, Some(e)) => Some((false, e)),
         (Some(m), None) => Some((true, m)),
         _ => None,
-    };
+    }
+    .filter(|(ok, text)| {
+        let expected = flash_sig(&state, if *ok { "ok" } else { "error" }, text);
+        flash
+            .sig
+            .as_deref()
+            .is_some_and(|s| crate::api::ct_eq(s.as_bytes(), expected.as_bytes()))
+    });
     let html = page::index(&page::Ctx::new(&state, &prefix, &csrf), &data, flash);
     let mut resp = Html(html).into_response();
     if fresh {
@@ -327,18 +341,20 @@ async fn backup_now(
     }
     match crate::api::schedules::enqueue_now(&state, SNAPSHOTS).await {
         Ok(_) => back(
+            &state,
             &prefix,
             "ok",
             "Looking for new backups now; uploads appear under Activity.",
             "activity",
         ),
         Err(ApiError::NotFound(_)) => back(
+            &state,
             &prefix,
             "error",
             "Backups are not set up: no destination is configured yet.",
             "top",
         ),
-        Err(e) => back(&prefix, "error", &user_message(e), "top"),
+        Err(e) => back(&state, &prefix, "error", &user_message(e), "top"),
     }
 }
 
@@ -354,7 +370,7 @@ async fn authorize(
     }
     match crate::api::snapshots::begin_authorization(&state, &name) {
         Ok(_) => Redirect::to(&format!("{prefix}/#destinations")).into_response(),
-        Err(e) => back(&prefix, "error", &user_message(e), "destinations"),
+        Err(e) => back(&state, &prefix, "error", &user_message(e), "destinations"),
     }
 }
 
@@ -378,12 +394,14 @@ async fn authorize_code(
     }
     match crate::api::snapshots::finish_authorization(&state, &name, &form.code).await {
         Ok(()) => back(
+            &state,
             &prefix,
             "ok",
             &format!("Dropbox destination {name} is authorized; waiting uploads continue now."),
             "destinations",
         ),
         Err(e) => back(
+            &state,
             &prefix,
             "error",
             &format!("Dropbox did not accept the code: {}", user_message(e)),
@@ -406,6 +424,7 @@ async fn retry(
         Ok(job) => {
             state.nudge();
             back(
+                &state,
                 &prefix,
                 "ok",
                 &format!(
@@ -415,7 +434,13 @@ async fn retry(
                 "activity",
             )
         }
-        Err(e) => back(&prefix, "error", &user_message(e.into()), "problems"),
+        Err(e) => back(
+            &state,
+            &prefix,
+            "error",
+            &user_message(e.into()),
+            "problems",
+        ),
     }
 }
 

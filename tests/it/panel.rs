@@ -381,6 +381,13 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
         "{page}"
     );
     assert!(page.contains("Needs authorization"));
+    // Only messages offsite signed are shown: a link from elsewhere cannot put words here.
+    let forged = location.replace("Dropbox+did+not", "Visit+evil.example%2C+Dropbox+did+not");
+    let (_, page) = b.get(&format!("{}{forged}", w.ingress.origin()), &[]).await;
+    assert!(
+        !page.contains("evil.example") && !page.contains("did not accept"),
+        "{page}"
+    );
     for secret in [APP_SECRET, SUPERVISOR_TOKEN] {
         assert!(!page.contains(secret), "the page shows a secret");
     }
