@@ -177,6 +177,9 @@ mod tests {
             c.sources["ha"],
             crate::config::SourceConfig::Supervisor { .. }
         ));
+        let ha = c.homeassistant.as_ref().expect("Home Assistant integration");
+        assert!(ha.enabled);
+        assert_eq!(ha.url, "http://supervisor/core/api");
     }
 
     #[test]
