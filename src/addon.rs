@@ -177,7 +177,10 @@ mod tests {
             c.sources["ha"],
             crate::config::SourceConfig::Supervisor { .. }
         ));
-        let ha = c.homeassistant.as_ref().expect("Home Assistant integration");
+        let ha = c
+            .homeassistant
+            .as_ref()
+            .expect("Home Assistant integration");
         assert!(ha.enabled);
         assert_eq!(ha.url, "http://supervisor/core/api");
     }

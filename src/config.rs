@@ -535,15 +535,18 @@ impl Config {
             if url::Url::parse(&ha.url).is_err() {
                 return Err(self.err("homeassistant.url", format!("{:?} is not a URL", ha.url)));
             }
-            if ha.sensor_prefix.is_empty()
-                || !ha
-                    .sensor_prefix
+            let p = &ha.sensor_prefix;
+            if p.is_empty()
+                || p.starts_with('_')
+                || p.ends_with('_')
+                || p.contains("__")
+                || !p
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             {
                 return Err(self.err(
                     "homeassistant.sensor_prefix",
-                    "use lower-case letters, digits and '_' (it becomes part of entity ids)",
+                    "use lower-case letters, digits and single '_' inside (it becomes part of entity ids)",
                 ));
             }
             if ha.interval < Duration::from_millis(100) || ha.refresh < ha.interval {

@@ -159,17 +159,27 @@ impl HomeAssistant {
         let wanted = wanted_notifications(&self.store, &self.services).await?;
         let raised = self.store.ha_notifications().await?;
         for n in &wanted {
-            if raised.get(&n.id) != Some(&n.fingerprint) {
-                self.call(
-                    "services/persistent_notification/create",
-                    &json!({"notification_id": n.id, "title": n.title, "message": n.message}),
-                )
-                .await?;
-                self.store
-                    .set_ha_notification(&n.id, Some(&n.fingerprint))
-                    .await?;
-                info!(notification = %n.id, "raised a notification in Home Assistant");
+            match raised.get(&n.id) {
+                Some(fp) if fp == &n.fingerprint => continue,
+                // Only something new is worth showing again (the user may have dismissed it);
+                // fewer failures than before is not news.
+                Some(fp) if !news(fp, &n.fingerprint) => {
+                    self.store
+                        .set_ha_notification(&n.id, Some(&n.fingerprint))
+                        .await?;
+                    continue;
+                }
+                _ => {}
             }
+            self.call(
+                "services/persistent_notification/create",
+                &json!({"notification_id": n.id, "title": n.title, "message": n.message}),
+            )
+            .await?;
+            self.store
+                .set_ha_notification(&n.id, Some(&n.fingerprint))
+                .await?;
+            info!(notification = %n.id, "raised a notification in Home Assistant");
         }
         for id in raised.keys() {
             if !wanted.iter().any(|n| &n.id == id) {
@@ -185,28 +195,41 @@ impl HomeAssistant {
         Ok(())
     }
 
+    /// Writes the sensors that changed; one refused sensor does not hold up the others.
     async fn sync_sensors(&mut self) -> Result<(), CoreError> {
         let sensors =
             wanted_sensors(&self.store, &self.services, &self.config, &self.prefix).await?;
         let refresh = self
             .last_refresh
             .is_none_or(|t| t.elapsed() >= self.refresh);
+        let mut first_error = None;
         for s in sensors {
             let current = (s.state.clone(), s.attributes.clone());
             if !refresh && self.written.get(&s.entity_id) == Some(&current) {
                 continue;
             }
-            self.call(
-                &format!("states/{}", s.entity_id),
-                &json!({"state": s.state, "attributes": s.attributes}),
-            )
-            .await?;
-            self.written.insert(s.entity_id, current);
+            match self
+                .call(
+                    &format!("states/{}", s.entity_id),
+                    &json!({"state": s.state, "attributes": s.attributes}),
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.written.insert(s.entity_id, current);
+                }
+                Err(e @ CoreError::Status(..)) => {
+                    warn!(entity = %s.entity_id, error = %e, "Home Assistant refused a sensor");
+                    first_error.get_or_insert(e);
+                }
+                // Unreachable or refused token: the rest would fail the same way.
+                Err(e) => return Err(e),
+            }
         }
-        if refresh {
+        if refresh && first_error.is_none() {
             self.last_refresh = Some(Instant::now());
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn call(&self, path: &str, body: &Value) -> Result<(), CoreError> {
@@ -239,6 +262,13 @@ fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Whether a notification's new fingerprint (comma-separated ids) names anything the old one
+/// did not.
+fn news(old: &str, new: &str) -> bool {
+    let old: std::collections::BTreeSet<&str> = old.split(',').collect();
+    new.split(',').any(|id| !old.contains(id))
+}
+
 /// The notifications Home Assistant should show now.
 pub async fn wanted_notifications(
     store: &Store,
@@ -262,6 +292,13 @@ pub async fn wanted_notifications(
             });
         }
     }
+    let discarded: i64 = store
+        .counts()
+        .await?
+        .iter()
+        .filter(|(_, st, _)| *st == JobState::Discarded)
+        .map(|(_, _, n)| n)
+        .sum();
     let failed = store
         .list_jobs(
             &JobFilter {
@@ -282,16 +319,17 @@ pub async fn wanted_notifications(
                 format!("- job {}: {} — {error}", j.id, crate::jobs::describe(j))
             })
             .collect();
-        if failed.len() > LISTED_FAILURES {
-            lines.push(format!("- and {} more", failed.len() - LISTED_FAILURES));
+        let total = (discarded as usize).max(failed.len());
+        if total > LISTED_FAILURES {
+            lines.push(format!("- and {} more", total - LISTED_FAILURES));
         }
         let ids: Vec<String> = failed.iter().map(|j| j.id.to_string()).collect();
         out.push(Notification {
             id: format!("{NOTIFICATION_PREFIX}failed_jobs"),
-            title: if failed.len() == 1 {
-                "offsite: a backup job failed".into()
+            title: if total == 1 {
+                "offsite: a job failed".into()
             } else {
-                format!("offsite: {} backup jobs failed", failed.len())
+                format!("offsite: {total} jobs failed")
             },
             message: format!(
                 "These jobs gave up and will not run again by themselves:\n\n{}\n\n\
@@ -400,17 +438,23 @@ pub async fn wanted_sensors(
     Ok(out)
 }
 
-/// A destination name as it may appear in an entity id.
-fn entity_part(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// A destination name as it may appear in an entity id: lower-case letters, digits and single
+/// underscores inside (Home Assistant refuses `__` and a leading or trailing `_`).
+pub fn entity_part(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out.trim_end_matches('_');
+    if out.is_empty() {
+        "destination".into()
+    } else {
+        out.into()
+    }
 }
 
 #[cfg(test)]
@@ -418,7 +462,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_new_failures_are_news() {
+        assert!(news("1,2", "1,2,3"));
+        assert!(!news("1,2,3", "1,3"));
+        assert!(news("1,2", "3"));
+    }
+
+    #[test]
     fn entity_ids_stay_valid() {
         assert_eq!(entity_part("My Dropbox-2"), "my_dropbox_2");
+        assert_eq!(entity_part("-my--box-"), "my_box");
+        assert_eq!(entity_part("ä"), "destination");
     }
 }

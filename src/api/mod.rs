@@ -142,7 +142,8 @@ async fn restrict_clients(
     next: Next,
 ) -> Result<Response, ApiError> {
     let allowed = &state.config.api.allow_from;
-    if allowed.is_empty() || allowed.contains(&peer.ip()) {
+    let ip = peer.ip().to_canonical();
+    if allowed.is_empty() || allowed.iter().any(|a| a.to_canonical() == ip) {
         Ok(next.run(req).await)
     } else {
         Err(ApiError::Forbidden)

@@ -208,7 +208,10 @@ impl JobFilter {
     fn sql(&self) -> (String, Vec<String>) {
         let mut cond = vec!["1 = 1".to_string()];
         let mut binds = Vec::new();
-        if !self.states.is_empty() {
+        if let [state] = self.states.as_slice() {
+            cond.push("state = ?".into());
+            binds.push(state.as_str().to_string());
+        } else if !self.states.is_empty() {
             let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
             cond.push("state in (select value from json_each(?))".into());
             binds.push(serde_json::to_string(&states).unwrap_or_default());
@@ -561,6 +564,22 @@ impl Store {
         limit: i64,
         before_id: Option<i64>,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        if filter.states.len() > 1 {
+            // One walk of the (state, id) index per state, each stopping at the limit, then
+            // merged: SQLite would otherwise sort every job in those states (a deep queue of
+            // available jobs made the panel's refresh take ~70 ms).
+            let mut out = Vec::new();
+            for state in &filter.states {
+                let one = JobFilter {
+                    states: vec![*state],
+                    ..filter.clone()
+                };
+                out.extend(Box::pin(self.list_jobs(&one, limit, before_id)).await?);
+            }
+            out.sort_by_key(|j| std::cmp::Reverse(j.id));
+            out.truncate(limit.max(0) as usize);
+            return Ok(out);
+        }
         let (cond, binds) = filter.sql();
         let sql = format!(
             "select {JOB_COLUMNS} from jobs where {cond} and id < ? order by id desc limit ?"

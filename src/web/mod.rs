@@ -23,7 +23,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS};
+use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS, queue::JobState};
 
 const CSRF_COOKIE: &str = "offsite_csrf";
 const SESSION_COOKIE: &str = "offsite_session";
@@ -117,12 +117,22 @@ fn session_value(state: &AppState) -> Option<String> {
 }
 
 /// Whether this request may use the panel without signing in.
+///
+/// - Home Assistant's ingress proxy (an `api.allow_from` address, request carrying
+///   `X-Ingress-Path`): HA has authenticated the user. A standalone reverse proxy listed in
+///   `allow_from` does not make its users trusted.
+/// - A browser on this machine: a loopback peer, not relayed by a proxy (`Forwarded`,
+///   `X-Forwarded-For`), asking for a loopback host name — a page elsewhere that rebinds its
+///   own DNS name to 127.0.0.1 still sends its own name in `Host`.
+/// - Otherwise the API token: the session cookie from signing in, or a bearer header.
 fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
-    if !state.config.api.allow_from.is_empty() && state.config.api.allow_from.contains(&peer.ip()) {
+    let ip = peer.ip().to_canonical();
+    let allow_from = &state.config.api.allow_from;
+    if allow_from.iter().any(|a| a.to_canonical() == ip) && !ingress_prefix(headers).is_empty() {
         return true;
     }
     let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
-    if peer.ip().is_loopback() && !proxied {
+    if ip.is_loopback() && !proxied && loopback_host(headers) {
         return true;
     }
     if let Some(expected) = session_value(state) {
@@ -144,6 +154,21 @@ fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
         }
     }
     false
+}
+
+/// Whether `Host` names this machine: `localhost`, a loopback address, with any port.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 async fn guard(
@@ -419,6 +444,41 @@ async fn retry(
     let prefix = ingress_prefix(&headers);
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
+    }
+    // Only what the page offers: a stale page or a second click must not re-run a job that
+    // has since succeeded.
+    match state.store.job(id).await {
+        Ok(Some(job)) if matches!(job.state, JobState::Discarded | JobState::Retryable) => {}
+        Ok(Some(job)) => {
+            return back(
+                &state,
+                &prefix,
+                "error",
+                &format!(
+                    "Job {id} is {} now, not failed; nothing was changed.",
+                    job.state.as_str()
+                ),
+                "problems",
+            );
+        }
+        Ok(None) => {
+            return back(
+                &state,
+                &prefix,
+                "error",
+                &format!("job {id} does not exist"),
+                "problems",
+            );
+        }
+        Err(e) => {
+            return back(
+                &state,
+                &prefix,
+                "error",
+                &user_message(e.into()),
+                "problems",
+            );
+        }
     }
     match state.store.retry(id, false).await {
         Ok(job) => {

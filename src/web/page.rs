@@ -90,11 +90,18 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// In whole minutes, so a section does not change (and get re-rendered under the user's
+/// pointer) every second.
 fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (t - now).num_seconds();
-    let span = duration(secs.unsigned_abs());
-    if secs.abs() < 5 {
-        "now".into()
+    let span = duration(secs.unsigned_abs() / 60 * 60);
+    if secs.abs() < 60 {
+        if secs > 0 {
+            "within a minute"
+        } else {
+            "just now"
+        }
+        .into()
     } else if secs > 0 {
         format!("in {span}")
     } else {

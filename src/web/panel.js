@@ -9,10 +9,17 @@
   var url = document.body.getAttribute("data-sections");
   if (!url || !window.fetch) return;
 
+  // A button being pressed must not be replaced under the pointer.
+  var pressing = false;
+  document.addEventListener("pointerdown", function () { pressing = true; }, true);
+  document.addEventListener("pointerup", function () { pressing = false; }, true);
+  document.addEventListener("pointercancel", function () { pressing = false; }, true);
+
   function busy(el) {
+    if (pressing || el.contains(document.activeElement)) return true;
     var inputs = el.querySelectorAll("input:not([type=hidden])");
     for (var i = 0; i < inputs.length; i++) {
-      if (inputs[i].value !== "" || inputs[i] === document.activeElement) return true;
+      if (inputs[i].value !== "") return true;
     }
     return false;
   }

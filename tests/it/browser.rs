@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::json;
 
 use crate::panel::{MIB, World, WorldOptions};
@@ -115,7 +115,7 @@ impl Shots {
     }
 }
 
-async fn wait_css(c: &Client, css: &str) -> fantoccini::elements::Element {
+async fn wait_css(c: &Client, css: &str) -> Element {
     c.wait()
         .at_most(Duration::from_secs(60))
         .for_element(Locator::Css(css))
@@ -123,8 +123,33 @@ async fn wait_css(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
 }
 
+/// Runs `f` on the element `css`. The live refresh may replace it between finding and using
+/// it; a stale reference means: find it again.
+async fn on<T, Fut>(c: &Client, css: &str, f: impl Fn(Element) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let el = wait_css(c, css).await;
+        match f(el).await {
+            Ok(v) => return v,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => continue,
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+}
+
 async fn text_of(c: &Client, css: &str) -> String {
-    wait_css(c, css).await.text().await.unwrap()
+    on(c, css, |el| async move { el.text().await }).await
+}
+
+async fn click(c: &Client, css: &str) {
+    on(c, css, |el| async move { el.click().await }).await
+}
+
+async fn attr_of(c: &Client, css: &str, name: &'static str) -> Option<String> {
+    on(c, css, |el| async move { el.attr(name).await }).await
 }
 
 /// The value of the first upload progress bar, if one is on the page.
@@ -165,20 +190,17 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     shots.take(&c, "not-authorized").await;
 
     // 2. Authorize: the page offers the Dropbox link and a box for the code.
-    wait_css(&c, "li[data-destination=dropbox] button[type=submit]")
+    click(&c, "li[data-destination=dropbox] button[type=submit]").await;
+    let href = attr_of(&c, "#open-dropbox", "href")
         .await
-        .click()
-        .await
-        .unwrap();
-    let link = wait_css(&c, "#open-dropbox").await;
-    let href = link.attr("href").await.unwrap().expect("a link to Dropbox");
+        .expect("a link to Dropbox");
     assert!(href.starts_with(&w.dropbox.base_url()), "{href}");
     shots.take(&c, "authorize-steps").await;
 
     // 3. At (the fake) Dropbox: Allow, and read the code it shows.
     c.goto(&href).await.unwrap();
     shots.take(&c, "dropbox-consent").await;
-    wait_css(&c, "#allow").await.click().await.unwrap();
+    click(&c, "#allow").await;
     let code = wait_css(&c, "#code")
         .await
         .prop("value")
@@ -190,13 +212,13 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
 
     // 4. Back in the panel: paste it, Finish.
     c.goto(&w.ingress.url()).await.unwrap();
-    let input = wait_css(&c, "input[name=code]").await;
-    input.send_keys(&code).await.unwrap();
-    wait_css(&c, "form.row button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    let typed = code.clone();
+    on(&c, "input[name=code]", move |el| {
+        let typed = typed.clone();
+        async move { el.send_keys(&typed).await }
+    })
+    .await;
+    click(&c, "form.row button[type=submit]").await;
     let flash = text_of(&c, "#flash").await;
     assert!(flash.contains("is authorized"), "{flash}");
     assert_eq!(
@@ -206,7 +228,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     shots.take(&c, "authorized").await;
 
     // 5. Back up now; the progress bar appears and moves without a reload.
-    wait_css(&c, "#backup-now").await.click().await.unwrap();
+    click(&c, "#backup-now").await;
     let started = Instant::now();
     let v1 = loop {
         if let Some(v) = progress_value(&c).await.filter(|v| *v > 0) {
@@ -243,8 +265,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     shots.take(&c, "progress-moved").await;
 
     // 6. The backup appears in the list, still on the same page (live refresh).
-    let row = wait_css(&c, "#uploads tr[data-backup=e2e00001]").await;
-    let row_text = row.text().await.unwrap();
+    let row_text = text_of(&c, "#uploads tr[data-backup=e2e00001]").await;
     assert!(
         row_text.contains("Full backup 2026.11.21") && row_text.contains("40.0 MiB"),
         "{row_text}"
@@ -271,7 +292,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     );
     w.dropbox.fail_request(1, 400);
     c.goto(&w.ingress.url()).await.unwrap();
-    wait_css(&c, "#backup-now").await.click().await.unwrap();
+    click(&c, "#backup-now").await;
     let problem = text_of(&c, "#problems li[data-state=discarded]").await;
     assert!(
         problem.contains("Partial backup 2026.11.22") && problem.contains("HTTP 400"),
@@ -282,11 +303,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     shots.take(&c, "failed").await;
 
     // 8. Retry from the page: it uploads, and the problem is gone.
-    wait_css(&c, "#problems button[data-retry]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#problems button[data-retry]").await;
     let flash = text_of(&c, "#flash").await;
     assert!(flash.contains("will run again"), "{flash}");
     wait_css(&c, "#uploads tr[data-backup=e2e00002]").await;

@@ -268,6 +268,22 @@ async fn panel_behind_ingress_prefixes_every_link_and_only_the_proxy_gets_in() {
     }
     assert!(page.contains("Needs authorization"), "{page}");
 
+    // From the proxy's address but without the ingress header (a standalone reverse proxy
+    // listed in allow_from, relaying someone): not trusted with the panel.
+    let from_proxy = Client::builder()
+        .local_address(INGRESS_FROM.parse::<IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = from_proxy
+        .get(format!("{}/", w.h.base_url()))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], "/panel/login");
+
     // Straight to the worker's port from another address: refused, page and API alike.
     for path in ["/", "/panel/sections", "/api/v1/jobs"] {
         let r = Client::new()
@@ -294,8 +310,13 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
     let mut b = Browser::new();
     let (_, page) = b.get(&w.ingress.url(), &[]).await;
     let csrf = csrf_of(&page);
-    // A forged field with the real cookie.
+    // A forged field with the real cookie; and a genuine token of another browser.
     let (status, _) = b.post(&url, &[("csrf", "00.11")], &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, other_page) = Browser::new().get(&w.ingress.url(), &[]).await;
+    let other = csrf_of(&other_page);
+    assert_ne!(other, csrf);
+    let (status, _) = b.post(&url, &[("csrf", &other)], &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // The right token, but the browser says the request comes from another site.
     let (status, _) = b
@@ -381,6 +402,12 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
         "{page}"
     );
     assert!(page.contains("Needs authorization"));
+    for secret in [APP_SECRET, SUPERVISOR_TOKEN] {
+        assert!(
+            !page.contains(secret),
+            "the page with Dropbox's error shows a secret"
+        );
+    }
     // Only messages offsite signed are shown: a link from elsewhere cannot put words here.
     let forged = location.replace("Dropbox+did+not", "Visit+evil.example%2C+Dropbox+did+not");
     let (_, page) = b.get(&format!("{}{forged}", w.ingress.origin()), &[]).await;
@@ -418,6 +445,11 @@ async fn standalone_the_panel_needs_loopback_or_the_api_token() {
     // A browser on this machine.
     let (status, page) = b.get(&format!("{base}/"), &[]).await;
     assert_eq!(status, StatusCode::OK, "{page}");
+    // A page elsewhere that rebinds its DNS name to 127.0.0.1 still names itself in Host.
+    let (status, location) = b
+        .get(&format!("{base}/"), &[("host", "evil.example:8099")])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{location}");
     // The same request relayed by a reverse proxy on this machine is not "local".
     let proxied = [("x-forwarded-for", "203.0.113.9")];
     let mut remote = Browser::new();
@@ -656,6 +688,22 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
             .then_some(())
     })
     .await;
+    // The page offers Retry only for failures; a stale form for a job that has since
+    // succeeded changes nothing.
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let (_, location) = b
+        .post(
+            &format!("{}panel/jobs/{}/retry", w.ingress.url(), failed[0].id),
+            &[("csrf", &csrf_of(&page))],
+            &[],
+        )
+        .await;
+    let (_, page) = b
+        .get(&format!("{}{location}", w.ingress.origin()), &[])
+        .await;
+    assert!(page.contains("is completed now, not failed"), "{page}");
+    let job = w.h.store().job(failed[0].id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
     let creates = w
         .sup
         .notification_calls()
