@@ -245,10 +245,23 @@ fn valid_csrf(state: &AppState, value: &str) -> bool {
 /// browser that says the request is cross-site is refused outright.
 fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<Response> {
     let prefix = ingress_prefix(headers);
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "cross-site" || v == "same-site");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let cross_site = match header("sec-fetch-site") {
+        Some(site) => site == "cross-site" || site == "same-site",
+        // Older browsers: fall back to comparing Origin with the host asked for (behind a
+        // proxy, the host the proxy was asked for).
+        None => header("origin").is_some_and(|origin| {
+            let host = header("x-forwarded-host").or(header("host")).unwrap_or("");
+            url::Url::parse(origin).ok().is_none_or(|o| {
+                let authority = match (o.host_str(), o.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_string(),
+                    _ => String::new(),
+                };
+                !authority.eq_ignore_ascii_case(host)
+            })
+        }),
+    };
     let cookie_ok = cookie(headers, CSRF_COOKIE)
         .is_some_and(|c| valid_csrf(state, c) && crate::api::ct_eq(c.as_bytes(), field.as_bytes()));
     if cross_site || !cookie_ok {

@@ -327,6 +327,15 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A browser that sends no Sec-Fetch-Site: Origin must match the host.
+    let (status, _) = b
+        .post(
+            &url,
+            &[("csrf", &csrf)],
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         w.h.store().counts().await.unwrap(),
         jobs_before,
