@@ -241,7 +241,7 @@ impl HomeAssistant {
             .send()
             .await
             // Without the URL: reqwest's message would repeat it, and that is all it adds.
-            .map_err(|e| CoreError::Unreachable(e.without_url().to_string()))?;
+            .map_err(|e| CoreError::Unreachable(chain(&e.without_url())))?;
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(()),
@@ -256,6 +256,18 @@ impl HomeAssistant {
             }
         }
     }
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") says little.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn iso(t: DateTime<Utc>) -> String {
