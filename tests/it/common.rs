@@ -320,3 +320,16 @@ pub async fn wait_for(store: &Store, id: i64, pred: impl Fn(&JobRecord) -> bool)
     }
     panic!("job {id} never reached the expected condition; last seen: {last:#?}");
 }
+
+/// Deterministic, incompressible-looking bytes (xorshift), the same for the same seed.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -12,13 +12,16 @@ use offsite::{
         DestinationConfig, DestinationKind, HomeAssistantConfig, KindConfig, Secret,
         SnapshotsConfig, SourceConfig,
     },
-    queue::{JobState, store::UploadRecord},
+    queue::{
+        JobState,
+        store::{JobFilter, JobRecord, UploadRecord},
+    },
 };
 use regex::Regex;
 use reqwest::{Client, StatusCode, header};
 
 use crate::{
-    common::Harness,
+    common::{Harness, data},
     support::{
         dropbox::{DEFAULT_CLIENT_ID, FakeDropbox},
         ingress::IngressProxy,
@@ -32,19 +35,6 @@ pub const SUPERVISOR_TOKEN: &str = "supervisor-token-for-the-panel-tests";
 /// 172.30.32.2).
 pub const INGRESS_FROM: &str = "127.0.0.2";
 pub const APP_SECRET: &str = "app-secret-that-must-never-show";
-
-/// Deterministic incompressible bytes.
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// The add-on as Home Assistant runs it: Supervisor source, a Dropbox destination, Home
 /// Assistant integration on, and the panel behind the ingress proxy.
@@ -136,6 +126,10 @@ impl World {
         bytes
     }
 
+    pub async fn jobs(&self, filter: JobFilter) -> Vec<JobRecord> {
+        self.h.store().list_jobs(&filter, 100, None).await.unwrap()
+    }
+
     pub async fn uploads(&self) -> Vec<UploadRecord> {
         self.h.store().uploads(None, false).await.unwrap()
     }
@@ -188,22 +182,8 @@ impl Browser {
     }
 
     async fn get(&mut self, url: &str, extra: &[(&str, &str)]) -> (StatusCode, String) {
-        let mut req = self
-            .http
-            .get(url)
-            .header(header::COOKIE, self.cookie_header());
-        for (k, v) in extra {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.unwrap();
-        self.keep_cookies(&r);
-        let status = r.status();
-        let location = r
-            .headers()
-            .get(header::LOCATION)
-            .map(|l| l.to_str().unwrap().to_string());
-        let body = r.text().await.unwrap();
-        (status, location.unwrap_or(body))
+        let req = self.http.get(url);
+        self.send(req, extra).await
     }
 
     /// Posts a form; answers the status and the Location (redirects) or the body.
@@ -213,11 +193,16 @@ impl Browser {
         form: &[(&str, &str)],
         extra: &[(&str, &str)],
     ) -> (StatusCode, String) {
-        let mut req = self
-            .http
-            .post(url)
-            .header(header::COOKIE, self.cookie_header())
-            .form(form);
+        let req = self.http.post(url).form(form);
+        self.send(req, extra).await
+    }
+
+    async fn send(
+        &mut self,
+        mut req: reqwest::RequestBuilder,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        req = req.header(header::COOKIE, self.cookie_header());
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
@@ -310,32 +295,27 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
     let mut b = Browser::new();
     let (_, page) = b.get(&w.ingress.url(), &[]).await;
     let csrf = csrf_of(&page);
-    // A forged field with the real cookie; and a genuine token of another browser.
-    let (status, _) = b.post(&url, &[("csrf", "00.11")], &[]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, other_page) = Browser::new().get(&w.ingress.url(), &[]).await;
     let other = csrf_of(&other_page);
     assert_ne!(other, csrf);
-    let (status, _) = b.post(&url, &[("csrf", &other)], &[]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    // The right token, but the browser says the request comes from another site.
-    let (status, _) = b
-        .post(
-            &url,
-            &[("csrf", &csrf)],
+    let refused: [(&str, &str, &[(&str, &str)]); 4] = [
+        ("a forged field with the real cookie", "00.11", &[]),
+        ("another browser's genuine token", &other, &[]),
+        (
+            "the right token from another site",
+            &csrf,
             &[("sec-fetch-site", "cross-site")],
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    // A browser that sends no Sec-Fetch-Site: Origin must match the host.
-    let (status, _) = b
-        .post(
-            &url,
-            &[("csrf", &csrf)],
+        ),
+        (
+            "no Sec-Fetch-Site and a foreign Origin",
+            &csrf,
             &[("origin", "http://evil.example")],
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+        ),
+    ];
+    for (what, field, extra) in refused {
+        let (status, _) = b.post(&url, &[("csrf", field)], extra).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    }
     assert_eq!(
         w.h.store().counts().await.unwrap(),
         jobs_before,
@@ -343,30 +323,21 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
     );
 
     // The real thing: back to the panel (under the prefix) with a message.
+    let own_origin = w.ingress.origin();
     let (status, location) = b
-        .post(
-            &url,
-            &[("csrf", &csrf)],
-            &[("sec-fetch-site", "same-origin")],
-        )
+        .post(&url, &[("csrf", &csrf)], &[("origin", own_origin.as_str())])
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(
         location.starts_with(&format!("{}/?ok=", w.ingress.prefix())),
         "{location}"
     );
-    let scans =
-        w.h.store()
-            .list_jobs(
-                &offsite::queue::store::JobFilter {
-                    kind: Some("snapshot_scan".into()),
-                    ..Default::default()
-                },
-                10,
-                None,
-            )
-            .await
-            .unwrap();
+    let scans = w
+        .jobs(JobFilter {
+            kind: Some("snapshot_scan".into()),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(scans.len(), 1);
     let (_, page) = b
         .get(&format!("{}{location}", w.ingress.origin()), &[])
@@ -665,18 +636,12 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
         (w.sup.states()["sensor.offsite_last_result"].state == "failed").then_some(())
     })
     .await;
-    let failed =
-        w.h.store()
-            .list_jobs(
-                &offsite::queue::store::JobFilter {
-                    states: vec![JobState::Discarded],
-                    ..Default::default()
-                },
-                10,
-                None,
-            )
-            .await
-            .unwrap();
+    let failed = w
+        .jobs(JobFilter {
+            states: vec![JobState::Discarded],
+            ..Default::default()
+        })
+        .await;
     assert_eq!(failed.len(), 1);
 
     // Retried from the panel, it succeeds: the notification goes away, the sensors recover.

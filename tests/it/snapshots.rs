@@ -16,7 +16,7 @@ use reqwest::Client;
 use serde_json::{Value, json};
 
 use crate::{
-    common::Harness,
+    common::{Harness, data},
     support::{
         dropbox::{DEFAULT_CLIENT_ID, FakeDropbox, content_hash},
         supervisor::FakeSupervisor,
@@ -24,19 +24,6 @@ use crate::{
 };
 
 const MIB: usize = 1024 * 1024;
-
-/// Deterministic incompressible bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn folder_dest(path: &Path, max_backups: u32) -> DestinationConfig {
     toml::from_str(&format!(

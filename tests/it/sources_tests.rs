@@ -10,22 +10,10 @@ use offsite::sources::*;
 use offsite::transfer::TransferError;
 use tokio::io::AsyncReadExt;
 
+use crate::common::data;
 use crate::support::supervisor::{BackupContent, BackupSpec, FakeSupervisor};
 
 const TOKEN: &str = "s3cr3t-supervisor-token-0123456789";
-
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 async fn read_all(mut stream: BackupStream) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -73,11 +61,11 @@ async fn supervisor_lists_backups_oldest_first_with_sizes() {
         "bbbb2222",
         "Automatic backup 2026.4.1",
         "2026-04-02T03:00:00.123456+00:00",
-        pattern(3000, 1),
+        data(3000, 1),
     );
     sup.add_backup_with(
         BackupSpec::partial("aaaa1111", "Before upgrade", "2026-04-02T04:30:00+02:00"),
-        BackupContent::Bytes(pattern(1234, 2)),
+        BackupContent::Bytes(data(1234, 2)),
     );
     let source = supervisor_source(&sup, TOKEN);
 
@@ -109,7 +97,7 @@ async fn supervisor_lists_backups_oldest_first_with_sizes() {
 #[tokio::test]
 async fn supervisor_downloads_a_whole_backup() {
     let sup = FakeSupervisor::start(TOKEN).await;
-    let bytes = pattern(300_000, 3);
+    let bytes = data(300_000, 3);
     sup.add_backup(
         "c0ffee00",
         "Full",
@@ -128,7 +116,7 @@ async fn supervisor_downloads_a_whole_backup() {
 #[tokio::test]
 async fn supervisor_resumes_with_a_range_request() {
     let sup = FakeSupervisor::start(TOKEN).await;
-    let bytes = pattern(300_000, 4);
+    let bytes = data(300_000, 4);
     sup.add_backup(
         "c0ffee01",
         "Full",
@@ -150,7 +138,7 @@ async fn supervisor_ignoring_range_is_handled_by_skipping() {
     let sup = FakeSupervisor::start(TOKEN).await;
     // Several MiB so the skipped part spans many body chunks, and an offset
     // that is not chunk-aligned.
-    let bytes = pattern(5 * 1024 * 1024 + 17, 5);
+    let bytes = data(5 * 1024 * 1024 + 17, 5);
     sup.add_backup(
         "c0ffee02",
         "Full",
@@ -177,7 +165,7 @@ async fn supervisor_resume_at_the_very_end_and_beyond() {
         "c0ffee03",
         "Full",
         "2026-04-02T03:00:00+00:00",
-        pattern(1000, 6),
+        data(1000, 6),
     );
     let source = supervisor_source(&sup, TOKEN);
 
@@ -236,7 +224,7 @@ async fn supervisor_missing_backups_are_not_found() {
         "c0ffee04",
         "Full",
         "2026-04-02T03:00:00+00:00",
-        pattern(1000, 7),
+        data(1000, 7),
     );
     let source = supervisor_source(&sup, TOKEN);
 
@@ -269,12 +257,7 @@ async fn supervisor_slugs_are_path_segments_not_paths() {
 #[tokio::test]
 async fn supervisor_rejected_tokens_are_permanent_and_never_echoed() {
     let sup = FakeSupervisor::start(TOKEN).await;
-    sup.add_backup(
-        "c0ffee05",
-        "Full",
-        "2026-04-02T03:00:00+00:00",
-        pattern(10, 8),
-    );
+    sup.add_backup("c0ffee05", "Full", "2026-04-02T03:00:00+00:00", data(10, 8));
 
     // Wrong token: 403.
     let wrong = "wrong-token-abcdefghijklmnop";
@@ -306,7 +289,7 @@ async fn supervisor_rejected_tokens_are_permanent_and_never_echoed() {
 #[tokio::test]
 async fn supervisor_server_errors_are_temporary() {
     let sup = FakeSupervisor::start(TOKEN).await;
-    let bytes = pattern(5000, 9);
+    let bytes = data(5000, 9);
     sup.add_backup(
         "c0ffee06",
         "Full",
@@ -358,7 +341,7 @@ async fn supervisor_unreachable_is_temporary() {
 #[tokio::test]
 async fn supervisor_dropped_connection_fails_the_reader_and_resume_completes() {
     let sup = FakeSupervisor::start(TOKEN).await;
-    let bytes = pattern(1024 * 1024, 10);
+    let bytes = data(1024 * 1024, 10);
     sup.add_backup(
         "c0ffee08",
         "Full",
@@ -501,8 +484,8 @@ fn backup_json(slug: &str, name: &str, date: &str) -> Vec<u8> {
 /// backup.json last.
 fn ha_backup(slug: &str, name: &str, date: &str) -> Vec<u8> {
     Tar::default()
-        .file("./homeassistant.tar.gz", &pattern(70_000, 11))
-        .file("./share.tar.gz", &pattern(3_000, 12))
+        .file("./homeassistant.tar.gz", &data(70_000, 11))
+        .file("./share.tar.gz", &data(3_000, 12))
         .file("./backup.json", &backup_json(slug, name, date))
         .finish()
 }
@@ -538,7 +521,7 @@ async fn folder_lists_ha_backups_by_backup_json_and_plain_tars_by_file() {
             "./backup.json",
             &backup_json("0a1b2c3d", "Old style", "2025-01-01T00:00:00+00:00"),
         )
-        .long_file(&format!("./{}.tar.gz", "x".repeat(150)), &pattern(2000, 13))
+        .long_file(&format!("./{}.tar.gz", "x".repeat(150)), &data(2000, 13))
         .finish();
     write(dir.path(), "0a1b2c3d.tar", &pax);
 
@@ -578,9 +561,9 @@ async fn folder_lists_ha_backups_by_backup_json_and_plain_tars_by_file() {
 #[tokio::test]
 async fn folder_reads_archives_made_by_gnu_tar() {
     let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("homeassistant.tar.gz"), pattern(40_000, 14)).unwrap();
+    std::fs::write(src.path().join("homeassistant.tar.gz"), data(40_000, 14)).unwrap();
     let long = format!("{}.tar.gz", "addon_".repeat(25));
-    std::fs::write(src.path().join(&long), pattern(1_000, 15)).unwrap();
+    std::fs::write(src.path().join(&long), data(1_000, 15)).unwrap();
     std::fs::write(
         src.path().join("backup.json"),
         backup_json("feedf00d", "From GNU tar", "2026-03-01T12:00:00+00:00"),
