@@ -298,7 +298,8 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
     let (_, other_page) = Browser::new().get(&w.ingress.url(), &[]).await;
     let other = csrf_of(&other_page);
     assert_ne!(other, csrf);
-    let refused: [(&str, &str, &[(&str, &str)]); 4] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let refused: [(&str, &str, Headers); 4] = [
         ("a forged field with the real cookie", "00.11", &[]),
         ("another browser's genuine token", &other, &[]),
         (
