@@ -31,12 +31,24 @@
   function tick() {
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) {
-        if (r.status === 409 || r.status === 401) { location.reload(); return null; }
+        if (r.status === 409 || r.status === 401) {
+          // The session or CSRF cookie is gone: reload once to get new ones. If cookies do
+          // not stick, stop rather than reload forever.
+          var again = false;
+          try {
+            again = sessionStorage.getItem("offsite-reloaded") === "1";
+            sessionStorage.setItem("offsite-reloaded", "1");
+          } catch (e) { again = true; }
+          if (!again) location.reload();
+          document.body.classList.add("stale");
+          return null;
+        }
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       })
       .then(function (sections) {
         if (!sections) return;
+        try { sessionStorage.removeItem("offsite-reloaded"); } catch (e) { /* private mode */ }
         document.body.classList.remove("stale");
         Object.keys(sections).forEach(function (id) {
           var el = document.getElementById(id);

@@ -742,3 +742,78 @@ async fn an_unreachable_home_assistant_is_caught_up_later_and_a_restart_repeats_
     );
     drop(h2);
 }
+
+#[tokio::test]
+async fn a_revoked_dropbox_raises_the_reauthorization_notice_and_the_panel_says_why_it_waits() {
+    let w = World::start(WorldOptions::default()).await;
+    let mut b = Browser::new();
+    authorize_via_panel(&w, &mut b).await;
+    eventually("no authorization notice once authorized", || {
+        (w.sup.notification_calls().iter().any(
+            |c| matches!(c, NotificationCall::Dismiss(id) if id == "offsite_reauthorize_dropbox"),
+        ) && w.sup.notifications().is_empty())
+        .then_some(())
+    })
+    .await;
+
+    // The user revokes the app in Dropbox: the next upload finds out and waits, unburnt.
+    w.dropbox.revoke_refresh_tokens();
+    w.dropbox.expire_access_tokens();
+    w.add_backup(
+        "dddd4444",
+        "After revocation",
+        "2026-11-22T04:00:00+00:00",
+        MIB,
+    );
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    b.post(
+        &format!("{}panel/backup-now", w.ingress.url()),
+        &[("csrf", &csrf_of(&page))],
+        &[],
+    )
+    .await;
+    let n = eventually("the re-authorization notice", || {
+        w.sup
+            .notifications()
+            .get("offsite_reauthorize_dropbox")
+            .cloned()
+    })
+    .await;
+    assert!(n.title.unwrap().contains("needs authorization"));
+    let waiting = w
+        .jobs(JobFilter {
+            kind: Some("snapshot_upload".into()),
+            states: vec![JobState::Scheduled],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].attempt, 0, "waiting does not use an attempt");
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    assert!(page.contains("Needs authorization"), "{page}");
+    let activity = &page[page.find("id=activity").unwrap()..page.find("id=problems").unwrap()];
+    assert!(
+        activity.contains("After revocation")
+            && activity.contains("Waiting until")
+            && activity.contains("authorize again"),
+        "the page shows the upload waiting, and why: {activity}"
+    );
+
+    // Authorized again: the upload goes on and the notice is dismissed.
+    authorize_via_panel(&w, &mut b).await;
+    eventually("the notice is dismissed", || {
+        (!w.sup
+            .notifications()
+            .contains_key("offsite_reauthorize_dropbox"))
+        .then_some(())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.uploads().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting upload never went on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
