@@ -9,14 +9,14 @@
   var url = document.body.getAttribute("data-sections");
   if (!url || !window.fetch) return;
 
-  // A button being pressed must not be replaced under the pointer.
-  var pressing = false;
-  document.addEventListener("pointerdown", function () { pressing = true; }, true);
-  document.addEventListener("pointerup", function () { pressing = false; }, true);
-  document.addEventListener("pointercancel", function () { pressing = false; }, true);
+  // A button being pressed must not be replaced under the pointer. A release outside the
+  // page is never seen, so a press counts for two seconds at most.
+  var pressedAt = 0;
+  document.addEventListener("pointerdown", function () { pressedAt = Date.now(); }, true);
+  document.addEventListener("pointerup", function () { pressedAt = 0; }, true);
 
   function busy(el) {
-    if (pressing || el.contains(document.activeElement)) return true;
+    if (Date.now() - pressedAt < 2000 || el.contains(document.activeElement)) return true;
     var inputs = el.querySelectorAll("input:not([type=hidden])");
     for (var i = 0; i < inputs.length; i++) {
       if (inputs[i].value !== "") return true;
