@@ -142,12 +142,16 @@ impl ScheduleSpec {
     pub fn describe(&self) -> String {
         match self {
             ScheduleSpec::Cron { expr, timezone } => format!("cron {expr} ({timezone})"),
-            ScheduleSpec::Every { secs } => {
-                format!(
+            ScheduleSpec::Every { secs } => match *secs {
+                86400 => "every day".into(),
+                s if s % 86400 == 0 => format!("every {} days", s / 86400),
+                s if s % 3600 == 0 => format!("every {}h", s / 3600),
+                s if s % 60 == 0 => format!("every {}m", s / 60),
+                s => format!(
                     "every {}",
-                    humantime::format_duration(Duration::from_secs(*secs))
-                )
-            }
+                    humantime::format_duration(Duration::from_secs(s))
+                ),
+            },
             ScheduleSpec::Weekly { days, at, timezone } => {
                 let days: Vec<String> = days.iter().map(|d| d.to_string()).collect();
                 format!("{} at {at} ({timezone})", days.join(", "))
