@@ -549,6 +549,19 @@ impl Config {
                     "use lower-case letters, digits and single '_' inside (it becomes part of entity ids)",
                 ));
             }
+            let mut seen: BTreeMap<String, &String> = BTreeMap::new();
+            for name in self.destinations.keys() {
+                let part = crate::homeassistant::entity_part(name);
+                if let Some(other) = seen.insert(part.clone(), name) {
+                    return Err(self.err(
+                        &format!("destinations.{name}"),
+                        format!(
+                            "its Home Assistant sensor would be sensor.{}_backups_{part}, the same as destination {other:?}'s; rename one",
+                            p
+                        ),
+                    ));
+                }
+            }
             if ha.interval < Duration::from_millis(100) || ha.refresh < ha.interval {
                 return Err(self.err(
                     "homeassistant.interval",
@@ -635,6 +648,18 @@ mod tests {
         std::fs::write(&file, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
         let e = Config::load_with(Some(&file), no_env()).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn destinations_whose_sensors_would_collide_are_refused() {
+        let e = Config::from_overlay(
+            "[homeassistant]\nenabled = true\ntoken = \"t\"\n\
+             [destinations.\"my-box\"]\ntype = \"folder\"\npath = \"/tmp/a\"\n\
+             [destinations.my_box]\ntype = \"folder\"\npath = \"/tmp/b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("destinations.my_box"), "{e}");
+        assert!(e.message.contains("sensor.offsite_backups_my_box"), "{e}");
     }
 
     #[test]

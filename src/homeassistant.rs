@@ -70,6 +70,8 @@ pub struct HomeAssistant {
     /// What each sensor was last set to, and when everything was last written.
     written: BTreeMap<String, (String, Value)>,
     last_refresh: Option<Instant>,
+    /// Sensors Home Assistant refused, so each is warned about once.
+    refused: std::collections::BTreeSet<String>,
     healthy: bool,
 }
 
@@ -115,6 +117,7 @@ impl HomeAssistant {
             config,
             written: BTreeMap::new(),
             last_refresh: None,
+            refused: Default::default(),
             healthy: true,
         }))
     }
@@ -150,9 +153,12 @@ impl HomeAssistant {
     }
 
     /// Brings Home Assistant up to date once.
+    /// Notifications and sensors are brought up to date independently: a problem with one
+    /// does not hold back the other. The first error is returned.
     pub async fn sync(&mut self) -> Result<(), CoreError> {
-        self.sync_notifications().await?;
-        self.sync_sensors().await
+        let notifications = self.sync_notifications().await;
+        let sensors = self.sync_sensors().await;
+        notifications.and(sensors)
     }
 
     async fn sync_notifications(&mut self) -> Result<(), CoreError> {
@@ -216,17 +222,23 @@ impl HomeAssistant {
                 .await
             {
                 Ok(()) => {
+                    self.refused.remove(&s.entity_id);
                     self.written.insert(s.entity_id, current);
                 }
                 Err(e @ CoreError::Status(..)) => {
-                    warn!(entity = %s.entity_id, error = %e, "Home Assistant refused a sensor");
+                    // Logged once per sensor; it is tried again every interval.
+                    if self.refused.insert(s.entity_id.clone()) {
+                        warn!(entity = %s.entity_id, error = %e, "Home Assistant refused a sensor");
+                    }
                     first_error.get_or_insert(e);
                 }
                 // Unreachable or refused token: the rest would fail the same way.
                 Err(e) => return Err(e),
             }
         }
-        if refresh && first_error.is_none() {
+        // A refused sensor is not in `written`, so it is retried anyway; the others need not
+        // be rewritten every interval because of it.
+        if refresh {
             self.last_refresh = Some(Instant::now());
         }
         first_error.map_or(Ok(()), Err)
@@ -304,13 +316,7 @@ pub async fn wanted_notifications(
             });
         }
     }
-    let discarded: i64 = store
-        .counts()
-        .await?
-        .iter()
-        .filter(|(_, st, _)| *st == JobState::Discarded)
-        .map(|(_, _, n)| n)
-        .sum();
+    let discarded = store.count_in_state(JobState::Discarded).await?;
     let failed = store
         .list_jobs(
             &JobFilter {

@@ -564,12 +564,15 @@ impl Store {
         limit: i64,
         before_id: Option<i64>,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        if filter.states.len() > 1 {
+        let mut states = filter.states.clone();
+        states.sort();
+        states.dedup();
+        if states.len() > 1 {
             // One walk of the (state, id) index per state, each stopping at the limit, then
             // merged: SQLite would otherwise sort every job in those states (a deep queue of
             // available jobs made the panel's refresh take ~70 ms).
             let mut out = Vec::new();
-            for state in &filter.states {
+            for state in &states {
                 let one = JobFilter {
                     states: vec![*state],
                     ..filter.clone()
@@ -597,6 +600,16 @@ impl Store {
             .map(JobRecord::from_row)
             .collect::<Result<_, _>>()
             .map_err(StoreError::from)
+    }
+
+    /// How many jobs are in `state`.
+    pub async fn count_in_state(&self, state: JobState) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("select count(*) from jobs where state = ?")
+                .bind(state.as_str())
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 
     /// (queue, state, count) for every queue that has jobs.
@@ -978,8 +991,33 @@ impl Store {
     /// Runs a job again now: a finished one is brought back (with one more attempt if they were
     /// used up), a waiting one is moved forward. The checkpoint is kept unless `reset_checkpoint`.
     pub async fn retry(&self, id: i64, reset_checkpoint: bool) -> Result<JobRecord, OpError> {
+        self.retry_in_states(id, reset_checkpoint, None).await
+    }
+
+    /// Retries the job only while it is failed (discarded or waiting to retry), checked in the
+    /// same transaction: a stale page or a second click cannot re-run a job that has since
+    /// succeeded.
+    pub async fn retry_failed(&self, id: i64) -> Result<JobRecord, OpError> {
+        self.retry_in_states(id, false, Some(&[JobState::Discarded, JobState::Retryable]))
+            .await
+    }
+
+    async fn retry_in_states(
+        &self,
+        id: i64,
+        reset_checkpoint: bool,
+        only: Option<&[JobState]>,
+    ) -> Result<JobRecord, OpError> {
         let mut tx = self.writer.begin_with("begin immediate").await?;
         let job = Self::job_in(&mut tx, id).await?;
+        if let Some(only) = only
+            && !only.contains(&job.state)
+        {
+            return Err(OpError::Conflict(format!(
+                "job {id} is {} now, not failed; nothing was changed",
+                job.state.as_str()
+            )));
+        }
         if job.state == JobState::Running {
             return Err(OpError::Conflict(format!(
                 "job {id} is running; cancel it first or wait for it to finish"

@@ -23,7 +23,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS, queue::JobState};
+use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS};
 
 const CSRF_COOKIE: &str = "offsite_csrf";
 const SESSION_COOKIE: &str = "offsite_session";
@@ -161,10 +161,26 @@ fn loopback_host(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    // `name`, `name:port`, `[v6]` or `[v6]:port`, with a numeric port; anything else is not
+    // a Host a browser sends.
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, rest)) => (
+                name,
+                rest.strip_prefix(':')
+                    .or(Some(rest).filter(|r| r.is_empty())),
+            ),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, Some("")),
+        },
     };
+    let port_ok = port.is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok());
+    if !port_ok {
+        return false;
+    }
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
@@ -251,7 +267,8 @@ fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<
         // Older browsers: fall back to comparing Origin with the host asked for (behind a
         // proxy, the host the proxy was asked for).
         None => header("origin").is_some_and(|origin| {
-            let host = header("x-forwarded-host").or(header("host")).unwrap_or("");
+            let forwarded = header("x-forwarded-host").and_then(|h| h.split(',').next());
+            let host = forwarded.or(header("host")).unwrap_or("").trim();
             url::Url::parse(origin).ok().is_none_or(|o| {
                 let authority = match (o.host_str(), o.port()) {
                     (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -458,42 +475,8 @@ async fn retry(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    // Only what the page offers: a stale page or a second click must not re-run a job that
-    // has since succeeded.
-    match state.store.job(id).await {
-        Ok(Some(job)) if matches!(job.state, JobState::Discarded | JobState::Retryable) => {}
-        Ok(Some(job)) => {
-            return back(
-                &state,
-                &prefix,
-                "error",
-                &format!(
-                    "Job {id} is {} now, not failed; nothing was changed.",
-                    job.state.as_str()
-                ),
-                "problems",
-            );
-        }
-        Ok(None) => {
-            return back(
-                &state,
-                &prefix,
-                "error",
-                &format!("job {id} does not exist"),
-                "problems",
-            );
-        }
-        Err(e) => {
-            return back(
-                &state,
-                &prefix,
-                "error",
-                &user_message(e.into()),
-                "problems",
-            );
-        }
-    }
-    match state.store.retry(id, false).await {
+    // Only what the page offers: failed jobs (checked in the store's transaction).
+    match state.store.retry_failed(id).await {
         Ok(job) => {
             state.nudge();
             back(
@@ -666,6 +649,38 @@ mod tests {
             h.insert("x-ingress-path", HeaderValue::from_str(bad).unwrap());
             assert_eq!(ingress_prefix(&h), "", "{bad}");
         }
+    }
+
+    #[test]
+    fn only_loopback_host_names_count_as_this_machine() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            loopback_host(&m)
+        };
+        for ok in [
+            "localhost",
+            "LOCALHOST:8099",
+            "127.0.0.1:8099",
+            "127.9.9.9",
+            "[::1]",
+            "[::1]:8099",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8099",
+            "127.0.0.1:8099@evil",
+            "[::1]evil.example",
+            "[::1",
+            "localhost:port",
+            "10.0.0.1:8099",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()), "no Host at all");
     }
 
     #[test]

@@ -108,9 +108,19 @@ impl Shots {
         Shots { dir, n: 0 }
     }
 
+    /// A screenshot can be cut short by the page's own refresh on a loaded machine; it is
+    /// taken again then (three tries).
     async fn take(&mut self, c: &Client, name: &str) {
         self.n += 1;
-        let png = c.screenshot().await.expect("screenshot");
+        let mut tries = 0;
+        let png = loop {
+            tries += 1;
+            match c.screenshot().await {
+                Ok(png) => break png,
+                Err(e) if tries < 3 => eprintln!("screenshot {name}: {e}; again"),
+                Err(e) => panic!("screenshot {name}: {e}"),
+            }
+        };
         std::fs::write(self.dir.join(format!("{:02}-{name}.png", self.n)), png).unwrap();
     }
 }

@@ -780,13 +780,22 @@ async fn a_revoked_dropbox_raises_the_reauthorization_notice_and_the_panel_says_
     })
     .await;
     assert!(n.title.unwrap().contains("needs authorization"));
-    let waiting = w
-        .jobs(JobFilter {
-            kind: Some("snapshot_upload".into()),
-            states: vec![JobState::Scheduled],
-            ..Default::default()
-        })
-        .await;
+    // The notice can come before the job has been parked: wait for that too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let waiting = w
+            .jobs(JobFilter {
+                kind: Some("snapshot_upload".into()),
+                states: vec![JobState::Scheduled],
+                ..Default::default()
+            })
+            .await;
+        if !waiting.is_empty() {
+            break waiting;
+        }
+        assert!(Instant::now() < deadline, "the upload was never parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].attempt, 0, "waiting does not use an attempt");
     let (_, page) = b.get(&w.ingress.url(), &[]).await;
