@@ -186,6 +186,20 @@ impl Browser {
         self.send(req, extra).await
     }
 
+    /// Opens the panel (for a current CSRF token) and presses the button posting to `path`.
+    async fn press(&mut self, w: &World, path: &str) -> (StatusCode, String) {
+        let (_, page) = self.get(&w.ingress.url(), &[]).await;
+        let csrf = csrf_of(&page);
+        let url = format!("{}{path}", w.ingress.url());
+        self.post(&url, &[("csrf", &csrf)], &[]).await
+    }
+
+    /// Follows a redirect the panel answered (a path under the ingress prefix).
+    async fn follow(&mut self, w: &World, location: &str) -> (StatusCode, String) {
+        let url = format!("{}{location}", w.ingress.origin());
+        self.get(&url, &[]).await
+    }
+
     /// Posts a form; answers the status and the Location (redirects) or the body.
     async fn post(
         &mut self,
@@ -340,9 +354,7 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
         })
         .await;
     assert_eq!(scans.len(), 1);
-    let (_, page) = b
-        .get(&format!("{}{location}", w.ingress.origin()), &[])
-        .await;
+    let (_, page) = b.follow(&w, &location).await;
     assert!(page.contains("Looking for new backups now"), "{page}");
 }
 
@@ -373,9 +385,7 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, page) = b
-        .get(&format!("{}{location}", w.ingress.origin()), &[])
-        .await;
+    let (status, page) = b.follow(&w, &location).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         page.contains("Dropbox did not accept the code")
@@ -391,7 +401,7 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
     }
     // Only messages offsite signed are shown: a link from elsewhere cannot put words here.
     let forged = location.replace("Dropbox+did+not", "Visit+evil.example%2C+Dropbox+did+not");
-    let (_, page) = b.get(&format!("{}{forged}", w.ingress.origin()), &[]).await;
+    let (_, page) = b.follow(&w, &forged).await;
     assert!(
         !page.contains("evil.example") && !page.contains("did not accept"),
         "{page}"
@@ -408,9 +418,7 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (_, page) = b
-        .get(&format!("{}{location}", w.ingress.origin()), &[])
-        .await;
+    let (_, page) = b.follow(&w, &location).await;
     assert!(page.contains("job 999 does not exist"), "{page}");
 }
 
@@ -579,13 +587,7 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
         StatusCode::FORBIDDEN,
         "the API is ingress-only too"
     );
-    let (_, page) = b.get(&w.ingress.url(), &[]).await;
-    b.post(
-        &format!("{}panel/backup-now", w.ingress.url()),
-        &[("csrf", &csrf_of(&page))],
-        &[],
-    )
-    .await;
+    b.press(&w, "panel/backup-now").await;
     let uploads = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -620,13 +622,7 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
     // A job fails for good: one notification naming it; the result sensor says failed.
     w.add_backup("cccc3333", "Daily", "2026-11-22T03:00:00+00:00", MIB);
     w.dropbox.fail_request(1, 400);
-    let (_, page) = b.get(&w.ingress.url(), &[]).await;
-    b.post(
-        &format!("{}panel/backup-now", w.ingress.url()),
-        &[("csrf", &csrf_of(&page))],
-        &[],
-    )
-    .await;
+    b.press(&w, "panel/backup-now").await;
     let n = eventually("the failed-jobs notification", || {
         w.sup.notifications().get("offsite_failed_jobs").cloned()
     })
@@ -646,13 +642,8 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
     assert_eq!(failed.len(), 1);
 
     // Retried from the panel, it succeeds: the notification goes away, the sensors recover.
-    let (_, page) = b.get(&w.ingress.url(), &[]).await;
     let (status, _) = b
-        .post(
-            &format!("{}panel/jobs/{}/retry", w.ingress.url(), failed[0].id),
-            &[("csrf", &csrf_of(&page))],
-            &[],
-        )
+        .press(&w, &format!("panel/jobs/{}/retry", failed[0].id))
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     eventually("recovery dismisses the failed-jobs notification", || {
@@ -665,17 +656,10 @@ async fn home_assistant_hears_about_authorization_failures_and_recoveries_with_s
     .await;
     // The page offers Retry only for failures; a stale form for a job that has since
     // succeeded changes nothing.
-    let (_, page) = b.get(&w.ingress.url(), &[]).await;
     let (_, location) = b
-        .post(
-            &format!("{}panel/jobs/{}/retry", w.ingress.url(), failed[0].id),
-            &[("csrf", &csrf_of(&page))],
-            &[],
-        )
+        .press(&w, &format!("panel/jobs/{}/retry", failed[0].id))
         .await;
-    let (_, page) = b
-        .get(&format!("{}{location}", w.ingress.origin()), &[])
-        .await;
+    let (_, page) = b.follow(&w, &location).await;
     assert!(page.contains("is completed now, not failed"), "{page}");
     let job = w.h.store().job(failed[0].id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Completed);
@@ -765,13 +749,7 @@ async fn a_revoked_dropbox_raises_the_reauthorization_notice_and_the_panel_says_
         "2026-11-22T04:00:00+00:00",
         MIB,
     );
-    let (_, page) = b.get(&w.ingress.url(), &[]).await;
-    b.post(
-        &format!("{}panel/backup-now", w.ingress.url()),
-        &[("csrf", &csrf_of(&page))],
-        &[],
-    )
-    .await;
+    b.press(&w, "panel/backup-now").await;
     let n = eventually("the re-authorization notice", || {
         w.sup
             .notifications()
