@@ -103,6 +103,16 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+pub(crate) fn bearer_matches(headers: &header::HeaderMap, token: &crate::config::Secret) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    ct_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
 /// With a token configured, every route but health and the API description needs it.
 async fn require_token(
     State(state): State<AppState>,
@@ -120,16 +130,8 @@ async fn require_token(
         || path == "/callback"
         // The panel checks access itself (ingress, loopback, or a signed-in session).
         || crate::web::is_panel_path(path);
-    if !open {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !ct_eq(given.as_bytes(), token.expose().as_bytes()) {
-            return Err(ApiError::Unauthorized);
-        }
+    if !open && !bearer_matches(req.headers(), token) {
+        return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)
 }

@@ -96,11 +96,26 @@ pub struct DestinationView {
 }
 
 pub(crate) async fn view(state: &AppState, name: &str) -> Result<DestinationView, ApiError> {
+    let uploads = state.store.uploads(Some(name), false).await?;
+    view_from(state, name, &uploads)
+}
+
+/// The view of destination `name` given uploads already read (only its own, not deleted,
+/// are counted).
+pub(crate) fn view_from(
+    state: &AppState,
+    name: &str,
+    uploads: &[UploadRecord],
+) -> Result<DestinationView, ApiError> {
     let dest = state
         .services
         .destination(name)
         .map_err(|_| ApiError::NotFound(format!("destination {name:?} is not configured")))?;
-    let uploads = state.store.uploads(Some(name), false).await?;
+    let stored = || {
+        uploads
+            .iter()
+            .filter(|u| u.destination == name && u.deleted_at.is_none())
+    };
     Ok(DestinationView {
         name: name.into(),
         kind: if dest.dropbox().is_some() {
@@ -116,8 +131,8 @@ pub(crate) async fn view(state: &AppState, name: &str) -> Result<DestinationView
             _ => dest.folder().to_string(),
         },
         authorized: dest.is_authorized(),
-        backups: uploads.len(),
-        last_upload_at: uploads.iter().map(|u| u.uploaded_at).max(),
+        backups: stored().count(),
+        last_upload_at: stored().map(|u| u.uploaded_at).max(),
     })
 }
 
@@ -246,22 +261,22 @@ pub(crate) async fn finish_authorization(
             }
             other => ApiError::Internal(other.to_string()),
         })?;
-    if let Ok(mut pending) = state.auth.lock() {
-        pending.remove(name);
-    }
-    after_authorized(&state.store, name).await?;
-    state.nudge();
+    authorized(state, name).await?;
     Ok(())
 }
 
-/// Jobs that waited for the destination run now.
-pub async fn after_authorized(
-    store: &crate::queue::Store,
-    destination: &str,
-) -> Result<u64, ApiError> {
-    Ok(store
-        .wake_waiting(&["snapshot_upload", "retention_prune"], destination)
-        .await?)
+/// After a successful code exchange (either flow): the pending authorization is done and the
+/// jobs that waited for the destination run now.
+async fn authorized(state: &AppState, destination: &str) -> Result<u64, ApiError> {
+    if let Ok(mut pending) = state.auth.lock() {
+        pending.remove(destination);
+    }
+    let woken = state
+        .store
+        .wake_waiting(crate::jobs::WAIT_FOR_AUTHORIZATION, destination)
+        .await?;
+    state.nudge();
+    Ok(woken)
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,13 +352,9 @@ pub async fn callback(
             &e.to_string(),
         );
     }
-    if let Ok(mut p) = state.auth.lock() {
-        p.remove(&name);
-    }
-    if let Err(e) = after_authorized(&state.store, &name).await {
+    if let Err(e) = authorized(&state, &name).await {
         tracing::error!(error = ?e, "could not wake waiting jobs");
     }
-    state.nudge();
     page(
         StatusCode::OK,
         "Dropbox is authorized",

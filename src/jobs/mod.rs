@@ -118,6 +118,10 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     Ok(registry)
 }
 
+/// The kinds that wait (snoozed, no attempt used) while their destination needs authorization,
+/// and are woken when it is authorized.
+pub const WAIT_FOR_AUTHORIZATION: &[&str] = &["snapshot_upload", "retention_prune"];
+
 /// What a job was about, in words: `backup "Weekly" → dropbox`.
 pub fn describe(job: &crate::queue::store::JobRecord) -> String {
     let arg = |k: &str| job.args.get(k).and_then(serde_json::Value::as_str);

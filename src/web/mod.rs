@@ -56,8 +56,8 @@ impl PanelKey {
         Ok(PanelKey(key))
     }
 
-    /// For tests and tools that do not keep one.
-    pub fn ephemeral() -> PanelKey {
+    #[cfg(test)]
+    fn ephemeral() -> PanelKey {
         PanelKey(rand::random())
     }
 
@@ -111,9 +111,9 @@ fn set_cookie(prefix: &str, name: &str, value: &str, max_age: Option<u64>) -> He
     .expect("cookie is ASCII")
 }
 
-fn session_value(state: &AppState) -> Option<String> {
-    let token = state.config.api.token.as_ref()?;
-    Some(state.panel_key.sign(&format!("session:{}", token.expose())))
+/// The session cookie's value: an HMAC of the token, so changing the token signs everyone out.
+fn session_value(state: &AppState, token: &crate::config::Secret) -> String {
+    state.panel_key.sign(&format!("session:{}", token.expose()))
 }
 
 /// Whether this request may use the panel without signing in.
@@ -135,25 +135,13 @@ fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
     if ip.is_loopback() && !proxied && loopback_host(headers) {
         return true;
     }
-    if let Some(expected) = session_value(state) {
-        if let Some(given) = cookie(headers, SESSION_COOKIE)
-            && crate::api::ct_eq(given.as_bytes(), expected.as_bytes())
-        {
-            return true;
-        }
-        let token = state.config.api.token.as_ref().map(|t| t.expose());
-        if let (Some(token), Some(bearer)) = (
-            token,
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ")),
-        ) && crate::api::ct_eq(bearer.as_bytes(), token.as_bytes())
-        {
-            return true;
-        }
-    }
-    false
+    let Some(token) = &state.config.api.token else {
+        return false;
+    };
+    let session = session_value(state, token);
+    cookie(headers, SESSION_COOKIE)
+        .is_some_and(|given| crate::api::ct_eq(given.as_bytes(), session.as_bytes()))
+        || crate::api::bearer_matches(headers, token)
 }
 
 /// Whether `Host` names this machine: `localhost`, a loopback address, with any port.
@@ -235,6 +223,17 @@ async fn hardening(req: Request, next: Next) -> Response {
 /// A whole page that only says what went wrong (never internals).
 fn page_error(prefix: &str, status: StatusCode, title: &str, text: &str) -> Response {
     (status, Html(page::message_page(prefix, title, text))).into_response()
+}
+
+/// Sets the CSRF cookie on a page when `csrf_token` made a new one.
+fn with_csrf_cookie(mut resp: Response, prefix: &str, csrf: &str, fresh: bool) -> Response {
+    if fresh {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(prefix, CSRF_COOKIE, csrf, None),
+        );
+    }
+    resp
 }
 
 /// The CSRF token for this browser: the signed cookie it has, or a new one to set.
@@ -346,14 +345,8 @@ async fn index(
             .is_some_and(|s| crate::api::ct_eq(s.as_bytes(), expected.as_bytes()))
     });
     let html = page::index(&page::Ctx::new(&state, &prefix, &csrf), &data, flash);
-    let mut resp = Html(html).into_response();
-    if fresh {
-        resp.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(&prefix, CSRF_COOKIE, &csrf, None),
-        );
-    }
-    resp
+    let resp = Html(html).into_response();
+    with_csrf_cookie(resp, &prefix, &csrf, fresh)
 }
 
 /// The live parts of the page, rendered, for the refresh script.
@@ -521,20 +514,14 @@ fn user_message(e: ApiError) -> String {
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let prefix = ingress_prefix(&headers);
     let (csrf, fresh) = csrf_token(&state, &headers);
-    let mut resp = Html(page::login(
+    let resp = Html(page::login(
         &prefix,
         &csrf,
         state.config.api.token.is_some(),
         None,
     ))
     .into_response();
-    if fresh {
-        resp.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(&prefix, CSRF_COOKIE, &csrf, None),
-        );
-    }
-    resp
+    with_csrf_cookie(resp, &prefix, &csrf, fresh)
 }
 
 #[derive(Debug, Deserialize)]
@@ -554,11 +541,13 @@ async fn login(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    let ok =
-        state.config.api.token.as_ref().is_some_and(|t| {
-            crate::api::ct_eq(form.token.trim().as_bytes(), t.expose().as_bytes())
-        });
-    if !ok {
+    let token = state
+        .config
+        .api
+        .token
+        .as_ref()
+        .filter(|t| crate::api::ct_eq(form.token.trim().as_bytes(), t.expose().as_bytes()));
+    let Some(token) = token else {
         tracing::warn!("panel sign-in with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -570,8 +559,8 @@ async fn login(
             )),
         )
             .into_response();
-    }
-    let session = session_value(&state).expect("token is set");
+    };
+    let session = session_value(&state, token);
     let mut resp = Redirect::to(&format!("{prefix}/")).into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,

@@ -176,11 +176,14 @@ pub struct PanelData {
 impl PanelData {
     pub async fn gather(state: &AppState) -> Result<PanelData, StoreError> {
         let store = &state.store;
+        // Read once: the destinations, the last backup and the list all come from it.
+        let all_uploads = store.uploads(None, true).await?;
         let mut destinations = Vec::new();
         for name in state.services.destination_names() {
-            let view = crate::api::snapshots::view(state, name)
-                .await
-                .map_err(|e| StoreError::Db(sqlx::Error::Protocol(format!("{e:?}"))))?;
+            // Every name comes from the configured destinations, so the lookup cannot fail.
+            let Ok(view) = crate::api::snapshots::view_from(state, name, &all_uploads) else {
+                continue;
+            };
             let authorizable = view.kind == "dropbox";
             destinations.push(DestinationRow {
                 pending_url: crate::api::snapshots::pending_authorization(state, name)
@@ -208,7 +211,6 @@ impl PanelData {
             };
             async move { store.list_jobs(&filter, limit, None).await }
         };
-        let all_uploads = store.uploads(None, true).await?;
         let last_upload = all_uploads.iter().max_by_key(|u| u.uploaded_at).cloned();
         let mut running = jobs(vec![JobState::Running], 50).await?;
         running.reverse();
