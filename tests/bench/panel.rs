@@ -50,13 +50,14 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-async fn time_requests(url: &str, n: usize) -> (Vec<f64>, usize) {
+/// Times `n` GETs of `url` sending `cookie`; sorted milliseconds and the last answer's size.
+async fn time_requests(url: &str, cookie: &str, n: usize) -> (Vec<f64>, usize) {
     let http = reqwest::Client::new();
     let mut ms = Vec::with_capacity(n);
     let mut size = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let r = http.get(url).send().await.unwrap();
+        let r = http.get(url).header("cookie", cookie).send().await.unwrap();
         assert!(r.status().is_success(), "{url}: {}", r.status());
         size = r.bytes().await.unwrap().len();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -169,27 +170,9 @@ async fn main() {
         .next()
         .unwrap()
         .to_string();
-    let sections_url = format!("{base}/panel/sections");
-    let (sections, sections_size) = {
-        let http = reqwest::Client::new();
-        let mut ms = Vec::with_capacity(requests);
-        let mut size = 0;
-        for _ in 0..requests {
-            let t = Instant::now();
-            let r = http
-                .get(&sections_url)
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "sections: {}", r.status());
-            size = r.bytes().await.unwrap().len();
-            ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        ms.sort_by(f64::total_cmp);
-        (ms, size)
-    };
-    let (full, full_size) = time_requests(&format!("{base}/"), requests / 4).await;
+    let (sections, sections_size) =
+        time_requests(&format!("{base}/panel/sections"), &cookie, requests).await;
+    let (full, full_size) = time_requests(&format!("{base}/"), &cookie, requests / 4).await;
     println!(
         "GET /panel/sections: p50 {:.1} ms, p99 {:.1} ms ({} KiB)",
         pct(&sections, 0.5),
