@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 
 use crate::common::Harness;
 
+/// Sends the request; answers status, content type and the body as JSON (Null if not JSON).
+async fn call(req: reqwest::RequestBuilder) -> (StatusCode, String, Value) {
+    body(req.send().await.unwrap()).await
+}
+
 async fn body(r: reqwest::Response) -> (StatusCode, String, Value) {
     let status = r.status();
     let ct = r
@@ -35,13 +40,7 @@ fn assert_problem(ct: &str, v: &Value, status: u16, slug: &str) {
 async fn wait_api_state(c: &Client, base: &str, id: i64, state: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, _, v) = body(
-            c.get(format!("{base}/api/v1/jobs/{id}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, _, v) = call(c.get(format!("{base}/api/v1/jobs/{id}"))).await;
         if v["state"] == state {
             return v;
         }
@@ -60,28 +59,14 @@ async fn submit_show_list_and_dedupe() {
     let c = Client::new();
     let submit =
         json!({"kind": "noop", "args": {"steps": 1}, "idempotency_key": "api-1", "priority": 1});
-    let (status, _, v) = body(
-        c.post(format!("{base}/api/v1/jobs"))
-            .json(&submit)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, v) = call(c.post(format!("{base}/api/v1/jobs")).json(&submit)).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(v["deduplicated"], false);
     let id = v["job"]["id"].as_i64().unwrap();
     assert_eq!(v["job"]["priority"], 1);
     assert_eq!(v["job"]["args"], json!({"steps": 1, "step_ms": 0}));
 
-    let (status, _, v) = body(
-        c.post(format!("{base}/api/v1/jobs"))
-            .json(&submit)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, v) = call(c.post(format!("{base}/api/v1/jobs")).json(&submit)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["deduplicated"], true);
     assert_eq!(v["job"]["id"], id);
@@ -97,23 +82,11 @@ async fn submit_show_list_and_dedupe() {
             .await
             .unwrap();
     }
-    let (status, _, page1) = body(
-        c.get(format!("{base}/api/v1/jobs?limit=3"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, page1) = call(c.get(format!("{base}/api/v1/jobs?limit=3"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page1["jobs"].as_array().unwrap().len(), 3);
     let cursor = page1["next_cursor"].as_str().unwrap().to_string();
-    let (_, _, page2) = body(
-        c.get(format!("{base}/api/v1/jobs?limit=3&cursor={cursor}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, _, page2) = call(c.get(format!("{base}/api/v1/jobs?limit=3&cursor={cursor}"))).await;
     let ids: Vec<i64> = page1["jobs"]
         .as_array()
         .unwrap()
@@ -128,21 +101,9 @@ async fn submit_show_list_and_dedupe() {
     );
     assert!(page2["next_cursor"].is_null());
 
-    let (_, _, noops) = body(
-        c.get(format!("{base}/api/v1/jobs?kind=noop&state=completed"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, _, noops) = call(c.get(format!("{base}/api/v1/jobs?kind=noop&state=completed"))).await;
     assert_eq!(noops["jobs"].as_array().unwrap().len(), 1);
-    let (_, _, q) = body(
-        c.get(format!("{base}/api/v1/jobs?queue=other"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, _, q) = call(c.get(format!("{base}/api/v1/jobs?queue=other"))).await;
     assert!(q["jobs"].as_array().unwrap().is_empty());
 }
 
@@ -197,13 +158,10 @@ async fn bad_input_gets_problem_answers_and_stores_nothing() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(v["errors"][0]["field"], "run_at");
 
-    let (s, _, _) = body(
+    let (s, _, _) = call(
         c.post(format!("{base}/api/v1/jobs"))
             .header("content-type", "text/plain")
-            .body("{\"kind\":\"noop\"}")
-            .send()
-            .await
-            .unwrap(),
+            .body("{\"kind\":\"noop\"}"),
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -212,67 +170,34 @@ async fn bad_input_gets_problem_answers_and_stores_nothing() {
         "{{\"kind\": \"noop\", \"args\": {{\"pad\": \"{}\"}}}}",
         "x".repeat(2 << 20)
     );
-    let (s, ct, v) = body(
+    let (s, ct, v) = call(
         c.post(format!("{base}/api/v1/jobs"))
             .header("content-type", "application/json")
-            .body(big)
-            .send()
-            .await
-            .unwrap(),
+            .body(big),
     )
     .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert_problem(&ct, &v, 413, "payload-too-large");
 
-    let (s, _, v) = body(
-        c.get(format!("{base}/api/v1/jobs?state=bogus"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.get(format!("{base}/api/v1/jobs?state=bogus"))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(v["errors"][0]["field"], "state");
-    let (s, _, v) = body(
-        c.get(format!("{base}/api/v1/jobs?limit=0"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.get(format!("{base}/api/v1/jobs?limit=0"))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(v["errors"][0]["field"], "limit");
 
-    let (_, _, list) = body(c.get(format!("{base}/api/v1/jobs")).send().await.unwrap()).await;
+    let (_, _, list) = call(c.get(format!("{base}/api/v1/jobs"))).await;
     assert!(
         list["jobs"].as_array().unwrap().is_empty(),
         "nothing was stored: {list}"
     );
 
-    let (s, ct, v) = body(
-        c.get(format!("{base}/api/v1/jobs/999"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, ct, v) = call(c.get(format!("{base}/api/v1/jobs/999"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_problem(&ct, &v, 404, "not-found");
-    let (s, _, _) = body(
-        c.get(format!("{base}/api/v1/jobs/abc"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.get(format!("{base}/api/v1/jobs/abc"))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, ct, v) = body(
-        c.get(format!("{base}/api/v1/nothing-here"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, ct, v) = call(c.get(format!("{base}/api/v1/nothing-here"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_problem(&ct, &v, 404, "not-found");
 }
@@ -285,109 +210,49 @@ async fn retry_cancel_delete_and_their_conflicts() {
 
     let failed = h.probe("permanent", 0).await;
     h.wait_state(failed.id, JobState::Discarded).await;
-    let (s, _, v) = body(
-        c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["state"], "available");
     assert_eq!(v["max_attempts"], 3);
     let again = wait_api_state(&c, &base, failed.id, "discarded").await;
     assert_eq!(again["attempts"].as_array().unwrap().len(), 2);
-    let (s, _, _) = body(
+    let (s, _, _) = call(
         c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
-            .json(&json!({"reset_checkpoint": true}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"reset_checkpoint": true})),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, v) = body(
+    let (s, _, v) = call(
         c.post(format!("{base}/api/v1/jobs/{}/retry", failed.id))
-            .json(&json!({"reset": 1}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"reset": 1})),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 
     let running = h.probe("block", 0).await;
     h.event(running.id, "started").await;
-    let (s, ct, v) = body(
-        c.post(format!("{base}/api/v1/jobs/{}/retry", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, ct, v) = call(c.post(format!("{base}/api/v1/jobs/{}/retry", running.id))).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_problem(&ct, &v, 409, "conflict");
-    let (s, _, _) = body(
-        c.delete(format!("{base}/api/v1/jobs/{}", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.delete(format!("{base}/api/v1/jobs/{}", running.id))).await;
     assert_eq!(s, StatusCode::CONFLICT);
 
-    let (s, _, v) = body(
-        c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["cancel_requested"], true);
     wait_api_state(&c, &base, running.id, "cancelled").await;
-    let (s, _, _) = body(
-        c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.post(format!("{base}/api/v1/jobs/{}/cancel", running.id))).await;
     assert_eq!(s, StatusCode::CONFLICT);
 
-    let (s, _, _) = body(
-        c.delete(format!("{base}/api/v1/jobs/{}", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.delete(format!("{base}/api/v1/jobs/{}", running.id))).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, _) = body(
-        c.get(format!("{base}/api/v1/jobs/{}", running.id))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.get(format!("{base}/api/v1/jobs/{}", running.id))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     for path in ["retry", "cancel"] {
-        let (s, _, _) = body(
-            c.post(format!("{base}/api/v1/jobs/777/{path}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (s, _, _) = call(c.post(format!("{base}/api/v1/jobs/777/{path}"))).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
     }
-    let (s, _, _) = body(
-        c.delete(format!("{base}/api/v1/jobs/777"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.delete(format!("{base}/api/v1/jobs/777"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     h.stop().await;
 }
@@ -401,22 +266,16 @@ async fn bulk_retry_returns_the_count() {
     let b = h.probe("permanent", 0).await;
     h.wait_state(a.id, JobState::Discarded).await;
     h.wait_state(b.id, JobState::Discarded).await;
-    let (s, _, v) = body(
+    let (s, _, v) = call(
         c.post(format!("{base}/api/v1/jobs/retry"))
-            .json(&json!({"kind": "probe"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"kind": "probe"})),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["count"], 2);
-    let (s, _, v) = body(
+    let (s, _, v) = call(
         c.post(format!("{base}/api/v1/jobs/retry"))
-            .json(&json!({"states": ["running"]}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"states": ["running"]})),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
@@ -428,25 +287,16 @@ async fn queues_pause_and_resume() {
     let h = Harness::start().await;
     let base = h.base_url();
     let c = Client::new();
-    let (s, _, v) = body(
-        c.post(format!("{base}/api/v1/queues/other/pause"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/queues/other/pause"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["paused"], true);
-    let (_, _, v) = body(
+    let (_, _, v) = call(
         c.post(format!("{base}/api/v1/jobs"))
-            .json(&json!({"kind": "noop", "queue": "other"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"kind": "noop", "queue": "other"})),
     )
     .await;
     let id = v["job"]["id"].as_i64().unwrap();
-    let (_, _, queues) = body(c.get(format!("{base}/api/v1/queues")).send().await.unwrap()).await;
+    let (_, _, queues) = call(c.get(format!("{base}/api/v1/queues"))).await;
     let other = queues
         .as_array()
         .unwrap()
@@ -458,23 +308,11 @@ async fn queues_pause_and_resume() {
     assert_eq!(other["concurrency"], 2);
     assert_eq!(other["counts"]["available"], 1);
     assert_eq!(other["counts"]["discarded"], 0);
-    let (s, _, v) = body(
-        c.post(format!("{base}/api/v1/queues/other/resume"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/queues/other/resume"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["paused"], false);
     wait_api_state(&c, &base, id, "completed").await;
-    let (s, _, _) = body(
-        c.post(format!("{base}/api/v1/queues/nope/pause"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.post(format!("{base}/api/v1/queues/nope/pause"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -494,13 +332,7 @@ async fn schedules_list_and_run_now() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let list = loop {
-        let (s, _, v) = body(
-            c.get(format!("{base}/api/v1/schedules"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (s, _, v) = call(c.get(format!("{base}/api/v1/schedules"))).await;
         assert_eq!(s, StatusCode::OK);
         if !v[0]["next_run_at"].is_null() || std::time::Instant::now() > deadline {
             break v;
@@ -517,31 +349,13 @@ async fn schedules_list_and_run_now() {
         "{list}"
     );
 
-    let (s, _, v) = body(
-        c.post(format!("{base}/api/v1/schedules/tick/run"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/schedules/tick/run"))).await;
     assert_eq!(s, StatusCode::CREATED);
     let id = v["job"]["id"].as_i64().unwrap();
     wait_api_state(&c, &base, id, "completed").await;
-    let (_, _, list) = body(
-        c.get(format!("{base}/api/v1/schedules"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, _, list) = call(c.get(format!("{base}/api/v1/schedules"))).await;
     assert_eq!(list[0]["last_job_id"], id);
-    let (s, _, _) = body(
-        c.post(format!("{base}/api/v1/schedules/none/run"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.post(format!("{base}/api/v1/schedules/none/run"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     running.shutdown().await;
 }
@@ -551,7 +365,7 @@ async fn health_metrics_openapi_and_explorer() {
     let h = Harness::start().await;
     let base = h.base_url();
     let c = Client::new();
-    let (s, _, v) = body(c.get(format!("{base}/api/v1/health")).send().await.unwrap()).await;
+    let (s, _, v) = call(c.get(format!("{base}/api/v1/health"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["status"], "ok");
     assert_eq!(v["instance_id"], "test-worker");
@@ -620,27 +434,17 @@ async fn token_is_required_when_configured() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_problem(&ct, &v, 401, "unauthorized");
     assert!(!v.to_string().contains(token));
-    let (s, _, _) = body(
+    let (s, _, _) = call(
         c.get(format!("{base}/api/v1/jobs"))
-            .bearer_auth("wrong-token-wrong-token")
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth("wrong-token-wrong-token"),
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _, _) = body(c.get(format!("{base}/metrics")).send().await.unwrap()).await;
+    let (s, _, _) = call(c.get(format!("{base}/metrics"))).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _, _) = body(
-        c.get(format!("{base}/api/v1/jobs"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _, _) = call(c.get(format!("{base}/api/v1/jobs")).bearer_auth(token)).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, _) = body(c.get(format!("{base}/api/v1/health")).send().await.unwrap()).await;
+    let (s, _, _) = call(c.get(format!("{base}/api/v1/health"))).await;
     assert_eq!(s, StatusCode::OK, "health stays open for watchdogs");
 }
 
