@@ -7,7 +7,7 @@ use offsite::queue::JobState;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::Harness;
+use crate::common::{Harness, json_of};
 
 /// Sends the request; answers status, content type and the body as JSON (Null if not JSON).
 async fn call(req: reqwest::RequestBuilder) -> (StatusCode, String, Value) {
@@ -393,14 +393,7 @@ async fn health_metrics_openapi_and_explorer() {
         "{metrics}"
     );
 
-    let spec: Value = c
-        .get(format!("{base}/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = json_of(c.get(format!("{base}/api/v1/openapi.json"))).await;
     assert!(spec["paths"]["/api/v1/jobs/{id}/retry"]["post"].is_object());
     let page = c.get(format!("{base}/api/docs/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);

@@ -16,7 +16,7 @@ use reqwest::Client;
 use serde_json::{Value, json};
 
 use crate::{
-    common::{Harness, data},
+    common::{Harness, data, json_of},
     support::{
         dropbox::{DEFAULT_CLIENT_ID, FakeDropbox, content_hash},
         supervisor::FakeSupervisor,
@@ -78,14 +78,7 @@ async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, PathBuf) {
 
 async fn authorize(base: &str, fake: &FakeDropbox, dest: &str) {
     let c = Client::new();
-    let r: Value = c
-        .post(format!("{base}/api/v1/destinations/{dest}/authorize"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(c.post(format!("{base}/api/v1/destinations/{dest}/authorize"))).await;
     let url = url::Url::parse(r["authorize_url"].as_str().unwrap()).unwrap();
     let challenge = url
         .query_pairs()
@@ -147,14 +140,7 @@ async fn dropbox_upload_in_chunks_is_byte_identical_with_matching_hash_and_happe
 
     // Not authorized yet: the upload waits without using attempts.
     let base = h.base_url();
-    let dests: Value = Client::new()
-        .get(format!("{base}/api/v1/destinations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dests: Value = json_of(Client::new().get(format!("{base}/api/v1/destinations"))).await;
     assert_eq!(dests[0]["authorized"], false);
     back_up_now(&base).await;
     let upload = crate::common::wait_for(h.store(), 2, |j| j.state == JobState::Scheduled).await;
@@ -186,14 +172,7 @@ async fn dropbox_upload_in_chunks_is_byte_identical_with_matching_hash_and_happe
     let scan = back_up_now(&base).await;
     h.wait_state(scan, JobState::Completed).await;
     assert_eq!(fake.upload_calls(), calls);
-    let api: Value = Client::new()
-        .get(format!("{base}/api/v1/uploads"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: Value = json_of(Client::new().get(format!("{base}/api/v1/uploads"))).await;
     assert_eq!(api.as_array().unwrap().len(), 1);
     assert!(!api.to_string().contains("access_token"));
     h.stop().await;
@@ -259,14 +238,7 @@ async fn expired_token_is_refreshed_and_a_revoked_one_waits_for_authorization() 
     let parked =
         crate::common::wait_for(h.store(), upload, |j| j.state == JobState::Scheduled).await;
     assert_eq!(parked.attempt, 0);
-    let dests: Value = Client::new()
-        .get(format!("{base}/api/v1/destinations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dests: Value = json_of(Client::new().get(format!("{base}/api/v1/destinations"))).await;
     assert_eq!(dests[0]["authorized"], false);
 
     authorize(&base, &fake, "dropbox").await;
@@ -611,14 +583,7 @@ async fn redirect_flow_authorizes_through_callback_and_rejects_a_forged_state() 
     let (mut h, _) = harness(vec![("dropbox", dest)]).await;
     let base = h.base_url();
     let c = Client::new();
-    let r: Value = c
-        .post(format!("{base}/api/v1/destinations/dropbox/authorize"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(c.post(format!("{base}/api/v1/destinations/dropbox/authorize"))).await;
     let url = url::Url::parse(r["authorize_url"].as_str().unwrap()).unwrap();
     let q = |k: &str| {
         url.query_pairs()
@@ -654,14 +619,7 @@ async fn redirect_flow_authorizes_through_callback_and_rejects_a_forged_state() 
         .unwrap();
     assert_eq!(ok.status(), 200);
     assert!(ok.text().await.unwrap().contains("authorized"));
-    let dests: Value = c
-        .get(format!("{base}/api/v1/destinations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dests: Value = json_of(c.get(format!("{base}/api/v1/destinations"))).await;
     assert_eq!(dests[0]["authorized"], true);
     h.stop().await;
 }
