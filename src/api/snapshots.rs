@@ -287,20 +287,11 @@ pub struct CallbackParams {
     error_description: Option<String>,
 }
 
+/// The panel's message page (the callback is opened outside ingress, so no prefix).
 fn page(status: StatusCode, title: &str, text: &str) -> (StatusCode, Html<String>) {
-    let esc = |t: &str| {
-        t.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
     (
         status,
-        Html(format!(
-            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-             <title>offsite</title><h1>{}</h1><p>{}</p>",
-            esc(title),
-            esc(text)
-        )),
+        Html(crate::web::page::message_page("", title, text)),
     )
 }
 

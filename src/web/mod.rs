@@ -7,7 +7,7 @@
 //! (a loopback peer that no proxy forwarded) gets in; anyone else signs in with the API token,
 //! which sets a session cookie. Forms carry a CSRF token bound to a signed cookie.
 
-mod page;
+pub(crate) mod page;
 
 use std::{net::SocketAddr, path::Path as FsPath, sync::Arc};
 
