@@ -704,13 +704,13 @@ async fn an_unreachable_home_assistant_is_caught_up_later_and_a_restart_repeats_
 
     // The user dismisses it by hand, and offsite restarts: it is not raised again, because
     // nothing changed since it was raised.
+    // The fakes stay up (bound, not dropped) while the worker restarts.
     let World {
         mut h,
         sup,
-        dropbox,
-        ingress,
+        dropbox: _dropbox,
+        ingress: _ingress,
     } = w;
-    let _ = (&dropbox, &ingress);
     let config = (*h.running().state.config).clone();
     h.stop().await;
     let dir = h.dir;
