@@ -76,14 +76,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A value that must never be printed: `Debug` shows `***`.
+/// A value that must never be printed: `Debug` shows `***`, and every secret made is
+/// registered with [`crate::redact`], which masks it in logs, stored errors and API answers.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[serde(from = "String")]
 pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret::new(s)
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+        let s = s.into();
+        crate::redact::register(&s);
+        Secret(s)
     }
     pub fn expose(&self) -> &str {
         &self.0

@@ -14,7 +14,7 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::redact::Stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.format {
         LogFormat::Human => builder.with_target(false).try_init(),
