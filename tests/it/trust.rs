@@ -925,3 +925,52 @@ async fn a_token_echoed_in_an_error_is_masked_in_the_log_the_database_and_the_ap
     let problem = offsite::api::error::ApiError::BadRequest(format!("refused: {token}")).problem();
     assert_eq!(problem.detail, "refused: ***");
 }
+
+#[tokio::test]
+async fn home_assistant_is_told_when_a_backup_keeps_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+    let services = services(&test_config(dir.path()));
+    let job = store
+        .enqueue(&NewJob {
+            max_attempts: 20,
+            ..plain_job(&[])
+        })
+        .await
+        .unwrap()
+        .job;
+    let error = "no space left on the device: cannot write /backups/.x.tar.offsite-partial";
+    for attempt in 1..=2 {
+        let claimed = claim(&store, "w", 1).await;
+        start(&store, "w", &[&claimed[0]]).await;
+        let retry = Finish {
+            job_id: job.id,
+            lease_token: claimed[0].lease_token,
+            at: now_ms(),
+            how: FinishKind::Retry {
+                at: now_ms(),
+                error: error.into(),
+            },
+        };
+        store
+            .finish_and_claim(&[], &[retry], &[], "w", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let wanted = offsite::homeassistant::wanted_notifications(&store, &services)
+            .await
+            .unwrap();
+        let notice = wanted.iter().find(|n| n.id == "offsite_retrying_jobs");
+        match attempt {
+            1 => assert!(notice.is_none(), "one failure is not news yet"),
+            _ => {
+                let notice = notice.expect("the second failure in a row is reported");
+                assert!(notice.message.contains(error), "{}", notice.message);
+                assert!(
+                    notice.message.contains("failed 2 times"),
+                    "{}",
+                    notice.message
+                );
+            }
+        }
+    }
+}
