@@ -33,18 +33,25 @@ use crate::{
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
+/// True as root; otherwise says the test was skipped (and fails under CI, which runs as root).
+fn may_mount() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run these tests as root: they mount file systems"
+        );
+        eprintln!("skipped: mounting a file system needs root");
+    }
+    root
+}
+
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if !root {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run these tests as root: they mount a tmpfs"
-            );
-            eprintln!("skipped: mounting a tmpfs needs root");
+        if !may_mount() {
             return None;
         }
         std::fs::create_dir_all(path).unwrap();
@@ -72,6 +79,41 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An ext4 file system in an image file, loop-mounted for one test (unmounted on drop).
+struct Ext4 {
+    _mount: Tmpfs,
+}
+
+impl Ext4 {
+    fn mount(path: &Path, image: &Path, size_mib: u64) -> Option<Ext4> {
+        if !may_mount() {
+            return None;
+        }
+        let file = std::fs::File::create(image).unwrap();
+        file.set_len(size_mib * 1024 * 1024).unwrap();
+        drop(file);
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfs.ext4");
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "loop-mount {}", image.display());
+        Some(Ext4 {
+            _mount: Tmpfs(path.into()),
+        })
     }
 }
 
@@ -127,11 +169,13 @@ async fn the_upload(store: &Store) -> JobRecord {
     panic!("no upload job was enqueued");
 }
 
-/// Names of the files in `dir` (hidden ones included).
+/// Names of the files in `dir` (hidden ones included; no folders such as `lost+found`).
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            d.map(|e| e.unwrap())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
         .unwrap_or_default();
@@ -155,12 +199,8 @@ fn no_upload_limit(c: &mut offsite::config::Config) {
 /// last one is the one that does not fit, the job is retried with backoff and says why, nothing
 /// is recorded, nothing that looks like a backup is left, and it completes byte-identical once
 /// there is room.
-async fn full_destination_case(fs_size: &str, backup_len: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = dir.path().join("outbox");
-    let Some(disk) = Tmpfs::mount(&outbox, fs_size) else {
-        return;
-    };
+async fn full_destination_case(outbox: &Path, backup_len: usize, make_room: impl FnOnce()) {
+    let outbox = outbox.to_path_buf();
     let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], |_| {}).await;
     let bytes = data(backup_len, backup_len as u64);
     std::fs::write(inbox.join("big.tar"), &bytes).unwrap();
@@ -184,7 +224,7 @@ async fn full_destination_case(fs_size: &str, backup_len: usize) {
         "nothing looks like a backup: {visible:?}"
     );
 
-    disk.resize("64m");
+    make_room();
     h.store().retry(upload.id, false).await.unwrap();
     h.running().state.executor.wake();
     let list = wait_uploads(h.store(), 1).await;
@@ -195,20 +235,57 @@ async fn full_destination_case(fs_size: &str, backup_len: usize) {
         Some(content_hash(&bytes).as_str())
     );
     h.wait_state(upload.id, JobState::Completed).await;
-    assert_eq!(files_in(&outbox).len(), 1, "{:?}", files_in(&outbox));
+    let visible: Vec<String> = files_in(&outbox)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(visible.len(), 1, "{:?}", files_in(&outbox));
+    assert!(
+        !files_in(&outbox)
+            .iter()
+            .any(|n| n.ends_with(".offsite-partial")),
+        "{:?}",
+        files_in(&outbox)
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn a_full_destination_disk_at_a_middle_chunk_is_an_error_with_backoff_not_a_backup() {
     // The case that was found: 20 MiB tmpfs, a 22,026,240-byte backup in 4 MiB chunks.
-    full_destination_case("20m", 22_026_240).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let Some(disk) = Tmpfs::mount(&outbox, "20m") else {
+        return;
+    };
+    full_destination_case(&outbox, 22_026_240, || disk.resize("64m")).await;
 }
 
 #[tokio::test]
 async fn a_full_destination_disk_at_the_last_chunk_is_an_error_not_a_truncated_backup() {
     // Four chunks fit, the last 3 MiB do not.
-    full_destination_case("18m", 16 * MIB + 3 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let Some(disk) = Tmpfs::mount(&outbox, "18m") else {
+        return;
+    };
+    full_destination_case(&outbox, 16 * MIB + 3 * MIB, || disk.resize("64m")).await;
+}
+
+#[tokio::test]
+async fn a_full_ext4_destination_is_an_error_with_backoff_not_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let Some(_disk) = Ext4::mount(&outbox, &dir.path().join("disk.img"), 48) else {
+        return;
+    };
+    // Something else takes most of the disk; the backup does not fit beside it.
+    let filler = outbox.join(".other-program-data");
+    std::fs::write(&filler, vec![1u8; 24 * MIB]).unwrap();
+    full_destination_case(&outbox, 22_026_240, || {
+        std::fs::remove_file(&filler).unwrap()
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------ 2. a full database disk
