@@ -318,23 +318,24 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                     Err(e) => return Err(e.into()),
                 }
             }
-            // The source first: a backup that vanished must not open a destination session.
-            let (mut stream, total) = source.open(&args.backup, cp.offset).await?;
-            let session = match cp.session.clone() {
-                Some(session) => session,
+            let (session, mut stream, total) = match cp.session.clone() {
+                Some(session) => {
+                    let (stream, total) = source.open(&args.backup, cp.offset).await?;
+                    (session, stream, total)
+                }
                 None => {
-                    drop(stream);
                     if let Some(done) = self.take_committed(&ctx, &args, &remote).await? {
                         return done;
                     }
+                    // The source first: a backup that vanished opens no destination session.
+                    let (stream, total) = source.open(&args.backup, 0).await?;
                     let session = dest.begin(&remote).await?;
                     cp = UploadCheckpoint {
                         session: Some(session.clone()),
                         ..fresh()
                     };
                     ctx.save_checkpoint(&cp).await?;
-                    stream = source.open(&args.backup, 0).await?.0;
-                    session
+                    (session, stream, total)
                 }
             };
             let mut hasher = ContentHasher::resume(&cp.hash).unwrap_or_default();
