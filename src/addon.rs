@@ -133,9 +133,6 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         });
         ConfigError { key, ..e }.in_file(options)
     })?;
-    // The standalone inbox → outbox example does not belong in Home Assistant.
-    config.sources.retain(|name, _| name == "ha");
-    config.destinations.retain(|name, _| name == "dropbox");
     config.source = Some(options.to_path_buf());
     Ok(config)
 }
