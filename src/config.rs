@@ -464,6 +464,129 @@ fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
     out
 }
 
+/// Where in a TOML text things are, for messages: the 1-based line of a byte offset, and the
+/// dotted key in effect there. A small scanner (tables, inline tables, quoted strings), enough
+/// to point at the line the user has to change.
+pub(crate) mod toml_pos {
+    /// The 1-based line of byte `offset`.
+    pub fn line_of_offset(text: &str, offset: usize) -> usize {
+        text.as_bytes()[..offset.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn unquote(key: &str) -> String {
+        key.split('.')
+            .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The table header in effect on line `line` (1-based): `schedule` under `[schedule]`.
+    fn table_at(text: &str, line: usize) -> String {
+        text.lines()
+            .take(line)
+            .filter_map(|l| {
+                let l = l.trim();
+                l.starts_with('[')
+                    .then(|| unquote(l.trim_start_matches('[').split(']').next().unwrap_or("")))
+            })
+            .last()
+            .unwrap_or_default()
+    }
+
+    /// The keys open at the end of `prefix` (part of one line): `schedule = { every = ` gives
+    /// `schedule.every`.
+    fn keys_open(prefix: &str) -> Vec<String> {
+        let mut stack: Vec<String> = vec![String::new()];
+        let mut start = 0;
+        let mut quote: Option<char> = None;
+        for (i, c) in prefix.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '=') => {
+                    if let Some(top) = stack.last_mut() {
+                        *top = unquote(&prefix[start..i]);
+                    }
+                }
+                (None, '{') => {
+                    stack.push(String::new());
+                    start = i + 1;
+                }
+                (None, '}') => {
+                    stack.pop();
+                    start = i + 1;
+                }
+                (None, ',') => start = i + 1,
+                _ => {}
+            }
+        }
+        stack.into_iter().filter(|k| !k.is_empty()).collect()
+    }
+
+    fn join(table: &str, keys: &[String]) -> String {
+        std::iter::once(table.to_string())
+            .chain(keys.iter().cloned())
+            .filter(|k| !k.is_empty())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The dotted key and line a TOML deserialization error is about.
+    pub fn of_error(text: &str, e: &toml::de::Error) -> (Option<String>, Option<usize>) {
+        let Some(span) = e.span() else {
+            return (None, None);
+        };
+        let start = span.start.min(text.len());
+        let line = line_of_offset(text, start);
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let table = table_at(text, line);
+        let message = e.message();
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            // The span is the table that lacks it; a line would point nowhere useful.
+            return (Some(join(&table, &[field.to_string()])), None);
+        }
+        let mut keys = keys_open(&text[line_start..start]);
+        if message.starts_with("unknown field") || message.starts_with("duplicate key") {
+            // The span is the key itself.
+            keys.push(unquote(&text[start..span.end.min(text.len())]));
+        }
+        let key = join(&table, &keys);
+        (Some(key).filter(|k| !k.is_empty()), Some(line))
+    }
+
+    /// The line where `key` (dotted) is set, or its table or inline table begins.
+    pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+        let mut table = String::new();
+        for (n, l) in text.lines().enumerate() {
+            let t = l.trim();
+            let full = if t.starts_with('[') {
+                table = unquote(t.trim_start_matches('[').split(']').next().unwrap_or(""));
+                table.clone()
+            } else if let Some((k, _)) = t.split_once('=') {
+                join(&table, &[unquote(k)])
+            } else {
+                continue;
+            };
+            if !full.is_empty() && (full == key || key.starts_with(&format!("{full}."))) {
+                // A table header matches its own key only, not every key inside it.
+                if t.starts_with('[') && full != key {
+                    continue;
+                }
+                return Some(n + 1);
+            }
+        }
+        None
+    }
+}
+
 /// `[api]`'s per-key defaults. (`ApiConfig` carries no serde defaults of its own, so they are
 /// given here, one key each: they fill in keys, never sections.)
 fn api_defaults() -> Figment {
@@ -550,6 +673,7 @@ impl Config {
     pub fn load_with(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
         let above = Figment::from(env.clone());
         let mut figment = api_defaults();
+        let mut text_of_file = None;
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(
@@ -572,6 +696,7 @@ impl Config {
                 .in_file(path));
             }
             figment = figment.merge(GivesWay::under(Toml::file_exact(path), &above));
+            text_of_file = Some(text);
         } else {
             let data_dir = above
                 .extract_inner::<PathBuf>("data_dir")
@@ -581,13 +706,23 @@ impl Config {
                 &above,
             ));
         }
+        // A problem in the file is shown with the line of its key.
+        let on_line = |e: ConfigError| match (&text_of_file, file, &e.key) {
+            (Some(text), Some(path), Some(key))
+                if e.file.as_deref() == Some(path.display().to_string().as_str()) =>
+            {
+                let line = toml_pos::line_of_key(text, key);
+                e.on_line(line)
+            }
+            _ => e,
+        };
         let mut config: Config = figment
             .merge(env)
             .extract()
-            .map_err(|e| figment_error(e, file))?;
+            .map_err(|e| on_line(figment_error(e, file)))?;
         config.source = file.map(Path::to_path_buf);
         config.add_builtin_queues();
-        config.validate()?;
+        config.validate().map_err(on_line)?;
         Ok(config)
     }
 
@@ -845,9 +980,14 @@ mod tests {
     fn unknown_key_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("offsite.toml");
-        std::fs::write(&file, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[log]\nlevel = \"info\"\n[api]\nlisen = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let e = Config::load_with(Some(&file), no_env()).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
+        assert_eq!(e.line, Some(4), "the line of the wrong key: {e}");
     }
 
     #[test]
