@@ -253,6 +253,30 @@ fn a_config_that_puts_the_data_elsewhere_creates_nothing_in_the_working_director
 }
 
 #[test]
+fn debug_logs_carry_no_sql_statements_and_trace_does() {
+    for (level, statements) in [("debug", false), ("trace", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &format!("[log]\nlevel = \"{level}\"\n"));
+        let o = offsite(&cfg, &["enqueue", "noop", "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        let mut worker = Worker::start(&cfg, dir.path());
+        worker.wait_for("}: completed");
+        let log = worker.stop();
+        // sqlx's statement events carry these fields (sqlx-core logger.rs).
+        let sql: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("rows_returned=") || l.contains("db.statement"))
+            .collect();
+        if statements {
+            assert!(!sql.is_empty(), "trace shows SQL statements:\n{log}");
+        } else {
+            assert!(sql.is_empty(), "SQL at {level}: {sql:#?}");
+            assert!(log.contains("DEBUG"), "the log is at debug:\n{log}");
+        }
+    }
+}
+
+#[test]
 fn schedule_file_errors_stop_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
