@@ -457,3 +457,87 @@ fn no_other_file_looks_like_an_addon_manifest() {
         .collect();
     assert_eq!(manifests, vec!["offsite/config.yaml"]);
 }
+
+#[test]
+fn the_version_that_ships_is_the_same_everywhere() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let cargo: toml::Table = read("Cargo.toml").parse().unwrap();
+    let version = cargo["package"]["version"].as_str().unwrap();
+    let manifest = load("offsite/config.yaml");
+    assert_eq!(
+        str_of(&manifest, "version"),
+        Some(version),
+        "config.yaml and Cargo.toml"
+    );
+
+    // The add-on's changelog (shown by the Supervisor) opens with the version it ships; an
+    // "Unreleased" section there would list what the manifest already enables.
+    let addon_log = read("offsite/CHANGELOG.md");
+    let headings: Vec<&str> = addon_log
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .collect();
+    assert_eq!(
+        headings.first().copied(),
+        Some(version),
+        "offsite/CHANGELOG.md: {headings:?}"
+    );
+    assert!(
+        !headings
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("unreleased")),
+        "{headings:?}"
+    );
+    // The project's changelog: either that version's section, or (before the release is cut)
+    // its Unreleased section saying which version it is.
+    let log = read("CHANGELOG.md");
+    let released: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .filter(|h| h.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .collect();
+    match released.first() {
+        Some(newest) => assert_eq!(newest.split_whitespace().next(), Some(version)),
+        None => {
+            let unreleased = log.split("\n## ").nth(1).unwrap_or("");
+            assert!(
+                unreleased.contains(&format!("Version {version}")),
+                "CHANGELOG.md's Unreleased section names the version {version}"
+            );
+        }
+    }
+
+    // The image says the same: labels from build args, which the workflow takes from the
+    // manifest, and pushes to the image the manifest names.
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("io.hass.arch=\"${BUILD_ARCH}\"")
+            && dockerfile.contains("io.hass.version=\"${BUILD_VERSION}\""),
+        "labels come from build args"
+    );
+    assert!(
+        !dockerfile.contains(&format!("\"{version}\"")),
+        "no version written into the Dockerfile"
+    );
+    let workflow = read(".github/workflows/publish.yml");
+    for needed in [
+        "offsite/config.yaml",
+        "BUILD_ARCH=$ARCH",
+        "BUILD_VERSION=$VERSION",
+        "docker push \"$IMAGE:$VERSION\"",
+    ] {
+        assert!(workflow.contains(needed), "publish.yml: {needed}");
+    }
+    let arch: Vec<&str> = manifest["arch"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for a in arch {
+        assert!(
+            workflow.contains(&format!("arch: {a}")),
+            "publish.yml builds {a}"
+        );
+    }
+}
