@@ -412,7 +412,8 @@ async fn folder_to_folder_through_the_binary_is_byte_identical() {
         format!(
             "data_dir = \"data\"\n[api]\nenabled = false\n\
              [sources.inbox]\ntype = \"folder\"\npath = \"{0}\"\n\
-             [destinations.outbox]\ntype = \"folder\"\npath = \"{1}\"\nchunk_mib = 4\n",
+             [destinations.outbox]\ntype = \"folder\"\npath = \"{1}\"\nchunk_mib = 4\n\
+             [snapshots]\nsource = \"inbox\"\ndestinations = [\"outbox\"]\n",
             inbox.display(),
             outbox.display()
         ),
