@@ -12,3 +12,10 @@ create table wakes (
     tag text primary key,
     at  integer not null
 );
+
+-- One row the store rewrites to learn whether the database takes writes again after a
+-- failure (a transaction that writes nothing commits on a full disk too).
+create table store_probe (
+    id integer primary key check (id = 1),
+    at integer not null
+);

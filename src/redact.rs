@@ -18,7 +18,20 @@ const MIN_LEN: usize = 8;
 /// What stands in for a secret.
 pub const MASK: &str = "***";
 
-static SECRETS: LazyLock<RwLock<Vec<String>>> = LazyLock::new(Default::default);
+/// How many secrets are remembered. Access tokens are renewed every few hours for as long as
+/// offsite runs; the oldest (long expired) make room. Configured secrets are made at start-up
+/// and renewed ones replace each other, so the live ones are always among the newest.
+const CAPACITY: usize = 256;
+
+#[derive(Default)]
+struct Registry {
+    /// In the order they were made, oldest first.
+    made: std::collections::VecDeque<String>,
+    /// The same, longest first, so a secret that contains another is masked whole.
+    by_length: Vec<String>,
+}
+
+static SECRETS: LazyLock<RwLock<Registry>> = LazyLock::new(Default::default);
 
 /// Remembers `secret` so that it never appears in what [`redact`] cleans.
 pub fn register(secret: &str) {
@@ -26,11 +39,15 @@ pub fn register(secret: &str) {
         return;
     }
     if let Ok(mut all) = SECRETS.write()
-        && !all.iter().any(|s| s == secret)
+        && !all.made.iter().any(|s| s == secret)
     {
-        all.push(secret.to_string());
-        // Longest first, so a secret that contains another is masked whole.
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.made.push_back(secret.to_string());
+        if all.made.len() > CAPACITY {
+            all.made.pop_front();
+        }
+        let mut by_length: Vec<String> = all.made.iter().cloned().collect();
+        by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.by_length = by_length;
     }
 }
 
@@ -40,7 +57,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     };
     let mut out = Cow::Borrowed(text);
-    for secret in all.iter() {
+    for secret in all.by_length.iter() {
         if out.contains(secret.as_str()) {
             out = Cow::Owned(out.replace(secret.as_str(), MASK));
         }

@@ -230,18 +230,35 @@ impl LocalFolder {
         .await
     }
 
-    /// The file at `remote` with its length and content hash (read back), if there is one.
-    pub async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+    /// The file at `remote`, if there is one, with its length; its content hash too (read
+    /// back, which takes a while) only when its length is `hash_if_size`.
+    pub async fn stat(
+        &self,
+        remote: &str,
+        hash_if_size: Option<u64>,
+    ) -> Result<Option<RemoteFile>, TransferError> {
         let path = self.target(remote);
         let remote = remote.to_string();
-        blocking(move || match hash_file(&path) {
-            Ok((size, hash)) => Ok(Some(RemoteFile {
+        blocking(move || {
+            let size = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m.len(),
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("cannot stat", &path, e)),
+            };
+            let content_hash = match hash_if_size {
+                Some(wanted) if wanted == size => {
+                    let (len, hash) =
+                        hash_file(&path).map_err(|e| io_err("cannot read", &path, e))?;
+                    (len == size).then_some(hash)
+                }
+                _ => None,
+            };
+            Ok(Some(RemoteFile {
                 path: remote,
                 size,
-                content_hash: Some(hash),
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot read", &path, e)),
+                content_hash,
+            }))
         })
         .await
     }
@@ -443,7 +460,12 @@ mod tests {
             .unwrap();
         assert_eq!(stored.size, 8192);
         assert_eq!(stored.content_hash.as_deref(), Some(good.as_str()));
-        assert_eq!(folder.stat("/b/x.tar").await.unwrap(), Some(stored));
-        assert_eq!(folder.stat("/b/y.tar").await.unwrap(), None);
+        assert_eq!(
+            folder.stat("/b/x.tar", Some(8192)).await.unwrap(),
+            Some(stored)
+        );
+        let unhashed = folder.stat("/b/x.tar", Some(1)).await.unwrap().unwrap();
+        assert_eq!((unhashed.size, unhashed.content_hash), (8192, None));
+        assert_eq!(folder.stat("/b/y.tar", None).await.unwrap(), None);
     }
 }

@@ -153,10 +153,16 @@ impl Destination {
         }
     }
 
-    /// The committed file at `remote` with its size and content hash, if it exists.
-    pub async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+    /// The committed file at `remote` with its size, if it exists, and its content hash where
+    /// that is cheap (Dropbox keeps one) or its size is `hash_if_size` (a folder reads the file
+    /// back for it).
+    pub async fn stat(
+        &self,
+        remote: &str,
+        hash_if_size: Option<u64>,
+    ) -> Result<Option<RemoteFile>, TransferError> {
         match self {
-            Destination::Folder { folder, .. } => folder.stat(remote).await,
+            Destination::Folder { folder, .. } => folder.stat(remote, hash_if_size).await,
             Destination::Dropbox { client, .. } => {
                 Ok(client.metadata(remote).await?.map(|m| RemoteFile {
                     path: m.path_display,

@@ -487,10 +487,12 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
 /// scan removes it (a job may be between creating it and checkpointing it).
 const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// At start-up an unfinished upload named by no job goes once it is this old.
+const STARTUP_ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Removes unfinished uploads (a folder's hidden partial files) that no job will resume: those
-/// of uploads that ended cancelled or discarded, and those no job names at all — at start-up,
-/// before any worker runs, every one; later only once it is older than `ORPHAN_AGE`. Returns
-/// how many went.
+/// of uploads that ended cancelled or discarded, and those no job names at all once they are
+/// `STARTUP_ORPHAN_AGE` old at start-up, `ORPHAN_AGE` old later. Returns how many went.
 pub async fn sweep_partials(
     services: &Services,
     store: &crate::queue::Store,
@@ -533,12 +535,19 @@ pub async fn sweep_partials(
             let Session::Folder { temp } = &partial else {
                 continue;
             };
-            let old = std::fs::metadata(temp)
+            let age = std::fs::metadata(temp)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= ORPHAN_AGE);
-            if at_start || old || ended.contains(&partial) {
+                .unwrap_or_default();
+            // At start-up no worker of this process runs yet, but another instance on the
+            // same database may have just created a partial it has not checkpointed yet.
+            let orphan_age = if at_start {
+                STARTUP_ORPHAN_AGE
+            } else {
+                ORPHAN_AGE
+            };
+            if age >= orphan_age || ended.contains(&partial) {
                 match dest.abandon(&partial).await {
                     Ok(()) => {
                         info!(file = %temp.display(), "removed an unfinished upload no job will resume");
@@ -643,7 +652,7 @@ impl SnapshotUploadWorker {
         remote: &str,
     ) -> Result<Option<(crate::destinations::RemoteFile, String)>, JobError> {
         let dest = self.0.destination(&args.destination)?;
-        let Some(found) = dest.stat(remote).await? else {
+        let Some(found) = dest.stat(remote, None).await? else {
             return Ok(None);
         };
         let (mut stream, total) = self.0.source(&args.source)?.open(&args.backup, 0).await?;
@@ -656,7 +665,17 @@ impl SnapshotUploadWorker {
             );
             return Ok(None);
         }
+        // Reading a large file back (a folder on a slow NAS) is progress too.
+        let keepalive = ctx.keep_alive();
+        let found = match found.content_hash {
+            Some(_) => found,
+            None => match dest.stat(remote, Some(total)).await? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+        };
         let (len, ours) = hash_stream(ctx, &mut stream).await?;
+        drop(keepalive);
         if len != total || found.content_hash.as_deref() != Some(ours.as_str()) {
             warn!(
                 remote,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, mpsc},
     task::JoinHandle,
     time::sleep,
 };
@@ -64,14 +64,16 @@ struct Done {
     kind: String,
     /// How long the handler ran; None when it never started.
     elapsed: Option<Duration>,
+    /// The args and last checkpoint of a job this attempt ended (cancelled or discarded):
+    /// its kind cleans up once the end is recorded.
+    abandoned: Option<(String, Option<serde_json::Value>)>,
 }
 
-/// A worker about to run a claimed job asks the dispatcher to record the start first (batched
-/// with the other writes); `ack` says whether it may (false: the lease is gone).
+/// A worker starting a claimed job: the dispatcher records the start (batched with the other
+/// writes), which is when the attempt begins to count.
 struct StartRequest {
     job_id: i64,
     lease_token: i64,
-    ack: oneshot::Sender<bool>,
 }
 
 struct Shared {
@@ -129,6 +131,15 @@ impl Executor {
     /// Something may be runnable: look now instead of at the next poll.
     pub fn wake(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// The jobs this process has claimed and not finished.
+    pub fn running_ids(&self) -> Vec<i64> {
+        self.shared
+            .running
+            .lock()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Signals a job running in this process to stop; false if it does not run here.
@@ -251,6 +262,7 @@ fn released(queue: usize, job: ClaimedJob) -> Done {
         },
         kind: job.kind,
         elapsed: None,
+        abandoned: None,
     }
 }
 
@@ -364,7 +376,7 @@ async fn dispatch(
                 shared.settings.lease,
             )
             .await;
-        let (started, applied, claimed) = match result {
+        let (_started, applied, claimed) = match result {
             Ok(r) => {
                 write_failures = 0;
                 r
@@ -384,13 +396,12 @@ async fn dispatch(
                 tokio::select! {
                     _ = sleep(wait) => {}
                     _ = shared.stopping.cancelled(), if !stopping => {}
+                    _ = shared.hard_stop.cancelled() => {}
                 }
                 continue;
             }
         };
-        for start in starting.drain(..) {
-            let _ = start.ack.send(started.contains(&start.job_id));
-        }
+        starting.clear();
         for done in pending.drain(..) {
             let kept = applied.contains(&done.finish.job_id);
             if !kept {
@@ -398,6 +409,16 @@ async fn dispatch(
                     job = done.finish.job_id,
                     "result not recorded: the lease was lost to another attempt"
                 );
+            }
+            // Only an end that was recorded: a stale attempt must not clean up what the
+            // attempt that owns the job now is using.
+            if kept
+                && let Some((args, checkpoint)) = done.abandoned
+                && let Some(entry) = shared.registry.get(&done.kind)
+            {
+                let cleanup = entry.abandoned(args, checkpoint);
+                let span = info_span!("job", id = done.finish.job_id, kind = %done.kind);
+                tokio::spawn(cleanup.instrument(span));
             }
             shared
                 .metrics
@@ -457,26 +478,23 @@ async fn work_loop(
             .ok()
             .and_then(|r| r.get(&job.id).cloned())
             .unwrap_or_default();
-        // `running` means a worker executes it: the start is on disk before the job runs, so
-        // a crash charges an attempt only to jobs that had begun.
-        let (ack, acked) = oneshot::channel();
-        let asked = start_tx.send(StartRequest {
-            job_id: job.id,
-            lease_token: job.lease_token,
-            ack,
-        });
-        let may_start = asked.is_ok()
-            && tokio::select! {
-                ok = acked => ok.unwrap_or(false),
-                _ = shared.hard_stop.cancelled() => false,
-            };
-        if !may_start {
+        // The attempt counts from here: the start goes into the dispatcher's next
+        // transaction with the other results (no wait for it, so throughput stays that of
+        // batched writes). A crash before that commit — about a millisecond — hands the job
+        // back without charging an attempt; a claimed job that never started is never charged.
+        if start_tx
+            .send(StartRequest {
+                job_id: job.id,
+                lease_token: job.lease_token,
+            })
+            .is_err()
+        {
             forget(&shared, job.id);
             let _ = done_tx.send(released(queue, job));
-            continue;
+            return;
         }
         let started = Instant::now();
-        let finish = run_job(&shared, &job, cancel).await;
+        let (finish, ended) = run_job(&shared, &job, cancel).await;
         forget(&shared, job.id);
         // Only completed attempts tell how long this queue's work takes (a snooze is quick).
         let elapsed = matches!(finish.how, FinishKind::Completed).then(|| started.elapsed());
@@ -485,6 +503,7 @@ async fn work_loop(
             finish,
             kind: job.kind,
             elapsed,
+            abandoned: ended.map(|checkpoint| (job.args, checkpoint)),
         });
     }
 }
@@ -520,7 +539,13 @@ async fn next_due_instant(shared: &Shared, queue: &str) -> Option<Instant> {
     Some(Instant::now() + Duration::from_millis(wait as u64))
 }
 
-async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -> Finish {
+/// Runs one attempt. With the finish comes the job's last checkpoint when the attempt ended it
+/// cancelled or discarded (for [`Worker::abandoned`](super::Worker::abandoned)).
+async fn run_job(
+    shared: &Shared,
+    job: &ClaimedJob,
+    cancel: CancellationToken,
+) -> (Finish, Option<Option<serde_json::Value>>) {
     let span = info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
     let started = Instant::now();
     let entry = shared.registry.get(&job.kind);
@@ -619,20 +644,14 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
         }
     };
     drop(enter);
-    if matches!(how, FinishKind::Discard { .. } | FinishKind::Cancel { .. })
-        && let Some(entry) = entry
-    {
-        entry
-            .abandoned(job.args.clone(), ctx.checkpoint_value())
-            .instrument(span.clone())
-            .await;
-    }
-    Finish {
+    let ended = matches!(how, FinishKind::Discard { .. } | FinishKind::Cancel { .. });
+    let finish = Finish {
         job_id: job.id,
         lease_token: job.lease_token,
         at: now,
         how,
-    }
+    };
+    (finish, ended.then(|| ctx.checkpoint_value()))
 }
 
 fn round_secs(d: Duration) -> Duration {

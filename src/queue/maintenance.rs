@@ -40,7 +40,7 @@ pub fn start(
             let now = tokio::time::Instant::now();
             if now >= next_rescue {
                 next_rescue = now + settings.rescue_every;
-                match store.rescue(None).await {
+                match store.rescue_except(None, &executor.running_ids()).await {
                     Ok(ids) if !ids.is_empty() => {
                         warn!(jobs = ?ids, "rescued jobs whose worker stopped renewing its lease");
                         executor.wake();

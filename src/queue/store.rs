@@ -457,9 +457,14 @@ impl Store {
         // Touch the schema so a file that is not a database fails here, clearly; then the same
         // structural check for every command, before anything writes to it.
         let checked = async {
-            Self::claim_file(path, &writer).await?;
+            // Checked before anything (even the marking) is written to it.
             quick_check(path, &writer).await?;
-            Self::reclaim_space_as_it_frees(path, &writer).await
+            Self::claim_file(path, &writer).await?;
+            if let Err(e) = Self::reclaim_space_as_it_frees(path, &writer).await {
+                // It needs about the database's size in free space; try again next time.
+                tracing::warn!(database = %path.display(), error = %e, "could not convert the database to return freed space; trying again at the next start");
+            }
+            Ok(())
         }
         .await;
         let migrated = match checked {
@@ -498,37 +503,56 @@ impl Store {
         self.write_problem.lock().ok()?.clone()
     }
 
-    fn note_write<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
-        let Ok(mut problem) = self.write_problem.lock() else {
-            return result;
-        };
-        match (&result, problem.is_some()) {
-            (Ok(_), true) => {
-                *problem = None;
-                tracing::info!(database = %self.path.display(), "the database can be written again");
-            }
-            (Err(e), false) => {
-                let text = e.to_string();
-                tracing::error!(
-                    database = %self.path.display(),
-                    error = %text,
-                    "the database cannot be written; jobs wait until it can (is its disk full?)"
-                );
-                *problem = Some(text);
-            }
-            _ => {}
+    /// Records that a write failed; said once until writes work again.
+    fn note_failure<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(e) = &result
+            && let Ok(mut problem) = self.write_problem.lock()
+            && problem.is_none()
+        {
+            let text = e.to_string();
+            tracing::error!(
+                database = %self.path.display(),
+                error = %text,
+                "the database cannot be written; jobs wait until it can (is its disk full?)"
+            );
+            *problem = Some(text);
         }
         result
     }
 
+    /// After a commit, while a write problem is recorded: a transaction that wrote nothing
+    /// commits on a full disk too, so only a real write proves the problem is over.
+    async fn note_success(&self) {
+        if self.write_problem().is_none() {
+            return;
+        }
+        let probe = sqlx::query(
+            "insert into store_probe (id, at) values (1, ?1) \
+             on conflict (id) do update set at = excluded.at",
+        )
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await;
+        if probe.is_ok()
+            && let Ok(mut problem) = self.write_problem.lock()
+            && problem.take().is_some()
+        {
+            tracing::info!(database = %self.path.display(), "the database can be written again");
+        }
+    }
+
     async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
         let tx = self.writer.begin_with("begin immediate").await;
-        self.note_write(tx)
+        self.note_failure(tx)
     }
 
     async fn commit(&self, tx: WriteTx) -> Result<(), sqlx::Error> {
         let done = tx.commit().await;
-        self.note_write(done)
+        let done = self.note_failure(done);
+        if done.is_ok() {
+            self.note_success().await;
+        }
+        done
     }
 
     /// Pruned jobs give their pages back to the file system (`auto_vacuum = incremental`, with
@@ -688,7 +712,8 @@ impl Store {
         let now = now_ms();
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
-            out.push(Self::insert_job(&mut tx, job, now).await?);
+            let inserted = Self::insert_job(&mut tx, job, now).await;
+            out.push(self.note_failure(inserted)?);
         }
         self.commit(tx).await?;
         Ok(out)
@@ -819,18 +844,23 @@ impl Store {
     ) -> Result<(Vec<i64>, Vec<i64>, Vec<ClaimedJob>), StoreError> {
         let mut tx = self.begin().await?;
         let now = now_ms();
-        let started = Self::start_attempts(&mut tx, starts, now).await?;
-        let applied = Self::apply_finishes(&mut tx, finishes).await?;
-        let mut claimed = Vec::new();
-        for (queue, limit) in claims {
-            if *limit > 0 {
-                claimed.extend(
-                    Self::claim(&mut tx, queue, *limit, owner, now, now + ms(lease)).await?,
-                );
+        let written = async {
+            let started = Self::start_attempts(&mut tx, starts, now).await?;
+            let applied = Self::apply_finishes(&mut tx, finishes).await?;
+            let mut claimed = Vec::new();
+            for (queue, limit) in claims {
+                if *limit > 0 {
+                    claimed.extend(
+                        Self::claim(&mut tx, queue, *limit, owner, now, now + ms(lease)).await?,
+                    );
+                }
             }
+            Ok((started, applied, claimed))
         }
+        .await;
+        let written = self.note_failure(written)?;
         self.commit(tx).await?;
-        Ok((started, applied, claimed))
+        Ok(written)
     }
 
     /// A claimed job becomes an attempt only when a worker starts it: until then it holds a
@@ -1099,15 +1129,27 @@ impl Store {
     /// attempt), recording the lost attempt. `owner = Some(me)` reclaims this instance's own
     /// orphans from before a restart regardless of expiry; `None` rescues every expired lease.
     pub async fn rescue(&self, owner: Option<&str>) -> Result<Vec<i64>, StoreError> {
+        self.rescue_except(owner, &[]).await
+    }
+
+    /// Like [`Store::rescue`], leaving alone the jobs `running_here` (this process still runs
+    /// them: its lease lapsed while the database could not be written, say).
+    pub async fn rescue_except(
+        &self,
+        owner: Option<&str>,
+        running_here: &[i64],
+    ) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "select id, lease_token, attempt, max_attempts, attempted_at is not null as started, \
                  cancel_requested from jobs where state = 'running' \
-             and (case when ?1 is null then lease_expires_at < ?2 else lease_owner = ?1 end)",
+             and (case when ?1 is null then lease_expires_at < ?2 else lease_owner = ?1 end) \
+             and id not in (select value from json_each(?3))",
         )
         .bind(owner)
         .bind(now)
+        .bind(serde_json::to_string(running_here).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&mut *tx)
         .await?;
         let mut rescued = Vec::with_capacity(rows.len());

@@ -344,6 +344,15 @@ async fn a_full_database_disk_is_reported_and_the_worker_carries_on_once_there_i
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
     assert!(body["problem"].as_str().unwrap().contains("full"), "{body}");
+    // It stays so while the disk is full, though the dispatcher's empty transactions commit.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        let health = reqwest::get(format!("{}/api/v1/health", h.base_url()))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 503, "health flipped back while still full");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     std::fs::remove_file(&filler).unwrap();
     let after = h.enqueue("noop", json!({})).await;
@@ -452,12 +461,15 @@ async fn every_command_refuses_a_corrupted_database_before_writing() {
             .collect();
         store.enqueue_batch(&jobs).await.unwrap();
         store.close().await;
-        // Everything into the database file itself, none of it left in the WAL.
+        // Everything into the database file itself, none of it left in the WAL; and unmarked,
+        // as a database from before the marking is: nothing may be written before the check.
         let mut conn = raw(&db).await;
-        sqlx::query("pragma wal_checkpoint(truncate)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        for sql in [
+            "pragma application_id = 0",
+            "pragma wal_checkpoint(truncate)",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
     }
     let mut bytes = std::fs::read(&db).unwrap();
     assert!(
@@ -613,6 +625,16 @@ async fn partial_files_go_when_their_upload_is_discarded_and_orphans_go_at_start
     let outbox = tempfile::tempdir().unwrap().keep();
     let orphan = outbox.join(".crashed_2026-11-01T03-00-00Z.tar.offsite-partial");
     std::fs::write(&orphan, b"half a backup").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    // Just made by another instance on the same database: left alone.
+    let fresh = outbox.join(".other-instance_2026-11-01T04-00-00Z.tar.offsite-partial");
+    std::fs::write(&fresh, b"").unwrap();
     let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], |c| {
         no_upload_limit(c);
         c.destinations
@@ -622,6 +644,11 @@ async fn partial_files_go_when_their_upload_is_discarded_and_orphans_go_at_start
     })
     .await;
     assert!(!orphan.exists(), "an orphan is removed at start-up");
+    assert!(
+        fresh.exists(),
+        "a partial only just made is not an orphan yet"
+    );
+    std::fs::remove_file(&fresh).unwrap();
 
     let source = inbox.join("nightly.tar");
     std::fs::write(&source, data(16 * MIB, 24)).unwrap();
@@ -639,6 +666,13 @@ async fn partial_files_go_when_their_upload_is_discarded_and_orphans_go_at_start
     // the job is discarded.
     std::fs::write(&source, data(MIB, 25)).unwrap();
     h.wait_state(upload.id, JobState::Discarded).await;
+    // The clean-up runs once the end is recorded.
+    for _ in 0..2000 {
+        if files_in(&outbox).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         files_in(&outbox),
         Vec::<String>::new(),
@@ -809,6 +843,35 @@ async fn a_snooze_as_its_destination_is_authorized_is_not_parked() {
         "parked for an hour after the wake: {parked:?}"
     );
 
+    // A wake before the attempt began says nothing about what the attempt found: parked.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+    let earlier = store
+        .enqueue(&plain_job(&["destination:d"]))
+        .await
+        .unwrap()
+        .job;
+    store.wake_tag("destination:d").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let claimed = claim(&store, "w", 1).await;
+    assert_eq!(claimed[0].id, earlier.id);
+    start(&store, "w", &[&claimed[0]]).await;
+    let snooze = Finish {
+        job_id: earlier.id,
+        lease_token: claimed[0].lease_token,
+        at: now_ms(),
+        how: FinishKind::Snooze {
+            at: now_ms() + 3_600_000,
+            reason: "destination d is waiting for authorization".into(),
+        },
+    };
+    store
+        .finish_and_claim(&[], &[snooze], &[], "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let parked = store.job(earlier.id).await.unwrap().unwrap();
+    assert!(parked.scheduled_at > now_ms() + 3_000_000, "{parked:?}");
+
     // And a waiting job is woken by either of its destinations.
     let other = store
         .enqueue(&NewJob {
@@ -895,6 +958,20 @@ async fn raw(db: &Path) -> sqlx::SqliteConnection {
 async fn pruned_jobs_give_their_space_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
+    // A database from before incremental auto-vacuum: offsite converts it when it opens it.
+    {
+        let store = Store::open(&db).await.unwrap();
+        store.close().await;
+        let mut conn = raw(&db).await;
+        for sql in ["pragma auto_vacuum = none", "vacuum"] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        let mode: i64 = sqlx::query_scalar("pragma auto_vacuum")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, 0);
+    }
     let store = Store::open(&db).await.unwrap();
     let jobs: Vec<NewJob> = (0..20_000)
         .map(|i| NewJob {
