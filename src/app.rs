@@ -300,12 +300,27 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         tasks.push(ha.start(stop.clone()));
     }
 
+    // The API and panel always have a token: the configured one, else one generated on first
+    // start and kept owner-only in the data directory.
+    let (api_config, token_source) = if config.api.enabled {
+        let (token, source) = api::auth::load_or_create_token(&config).map_err(|e| {
+            StartError::Other(format!(
+                "cannot keep the API token in {}: {e}",
+                config.data_dir.join(api::auth::TOKEN_FILE).display()
+            ))
+        })?;
+        let mut c = (*config).clone();
+        c.api.token = Some(token);
+        (Arc::new(c), Some(source))
+    } else {
+        (config.clone(), None)
+    };
     let state = AppState {
         store: store.clone(),
         registry: setup.registry.clone(),
         executor: executor.clone(),
         metrics,
-        config: config.clone(),
+        config: api_config.clone(),
         instance_id: identity.id.clone(),
         services: setup.services.clone(),
         auth: Default::default(),
@@ -348,6 +363,21 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         schedules = setup.schedules.len(),
         "offsite is running"
     );
+    if let (Some(addr), Some(source), Some(token)) = (addr, token_source, &api_config.api.token) {
+        match source {
+            // Like Jupyter: one line a newcomer can open. The token is kept in the data
+            // directory; the request log never shows URIs, so it appears nowhere else.
+            api::auth::TokenSource::Generated | api::auth::TokenSource::Kept => info!(
+                "sign in to the panel: {} (the API token is in {})",
+                api::auth::sign_in_link(addr, token),
+                config.data_dir.join(api::auth::TOKEN_FILE).display()
+            ),
+            api::auth::TokenSource::Configured => info!(
+                "the panel is at {}; sign in with api.token",
+                api::auth::panel_url(addr)
+            ),
+        }
+    }
     Ok(Running {
         state,
         addr,

@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1` (axum + utoipa), its OpenAPI description and explorer, and
 //! Prometheus metrics at `/metrics`.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod jobs;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{Request, State},
-    http::header,
+    http::{HeaderValue, header},
     middleware::{self, Next},
     response::Response,
 };
@@ -99,38 +100,32 @@ pub fn openapi_json() -> String {
         + "\n"
 }
 
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use auth::{bearer_matches, ct_eq};
 
-/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
-pub(crate) fn bearer_matches(headers: &header::HeaderMap, token: &crate::config::Secret) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    ct_eq(given.as_bytes(), token.expose().as_bytes())
-}
-
-/// With a token configured, every route but health and the API description needs it.
+/// Every route but health, the API description and the panel (which checks access itself)
+/// needs the token, unless [`auth::trusted_without_token`] says the caller may go without.
 async fn require_token(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(token) = &state.config.api.token else {
-        return Ok(next.run(req).await);
-    };
     let path = req.uri().path();
     // /callback is reached by the browser coming back from Dropbox; its `state` guards it.
     let open = path == "/api/v1/health"
         || path == "/api/v1/openapi.json"
         || path.starts_with("/api/docs")
         || path == "/callback"
-        // The panel checks access itself (ingress, loopback, or a signed-in session).
         || crate::web::is_panel_path(path);
-    if !open && !bearer_matches(req.headers(), token) {
+    let allowed = open
+        || auth::trusted_without_token(&state.config, &peer, req.headers())
+        || state
+            .config
+            .api
+            .token
+            .as_ref()
+            .is_some_and(|t| bearer_matches(req.headers(), t));
+    if !allowed {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)
@@ -156,6 +151,80 @@ async fn fallback() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The panel's policy: nothing from elsewhere, no inline script.
+const PANEL_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'self'; \
+    base-uri 'none'";
+/// The API explorer's: the same, but Swagger UI sets inline styles. `connect-src` and
+/// `img-src` keep it offline even if a setting would make it call out.
+const EXPLORER_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' \
+    'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+    frame-ancestors 'self'; base-uri 'none'";
+
+/// One place for the headers every answer carries, and the policy every HTML page carries —
+/// the panel, the explorer, `/callback` and every error page alike.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let explorer = req.uri().path().starts_with("/api/docs");
+    let mut resp = next.run(req).await;
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/html"));
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if html {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(if explorer { EXPLORER_CSP } else { PANEL_CSP }),
+        );
+        h.entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The framework's own refusals (a query, path or form that does not parse, a wrong method, a
+/// wrong content type) come as plain text or with no body; every error leaves as
+/// `application/problem+json`. The panel's own HTML error pages stay pages.
+async fn problems_only(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/problem+json") || ct.starts_with("text/html") {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut out =
+        axum::response::IntoResponse::into_response(ApiError::from_status(parts.status, text));
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(jobs::router())
@@ -168,13 +237,21 @@ pub fn router(state: AppState) -> Router {
         .merge(health::metrics_router())
         .route("/callback", axum::routing::get(snapshots::callback))
         .merge(crate::web::router(state.clone()))
-        .merge(SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
+        .merge(
+            SwaggerUi::new("/api/docs")
+                .url("/api/v1/openapi.json", ApiDoc::openapi())
+                // Offline: no spec validation by validator.swagger.io.
+                .config(utoipa_swagger_ui::Config::default().validator_url("none")),
+        )
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             restrict_clients,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(middleware::from_fn(problems_only))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -259,7 +259,8 @@ pub(crate) async fn finish_authorization(
             TransferError::Permanent(m) | TransferError::Unauthorized(m) => {
                 ApiError::Validation(vec![FieldError::new("code", m)])
             }
-            other => ApiError::Internal(other.to_string()),
+            // Dropbox unreachable or failing: not our fault, and worth trying again.
+            other => ApiError::BadGateway(format!("Dropbox could not be asked: {other}")),
         })?;
     authorized(state, name).await?;
     Ok(())
@@ -284,7 +285,6 @@ pub struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 /// The panel's message page (the callback is opened outside ingress, so no prefix).
@@ -301,12 +301,19 @@ pub async fn callback(
     State(state): State<AppState>,
     Query(p): Query<CallbackParams>,
 ) -> (StatusCode, Html<String>) {
+    // Anyone can make a link to this page with any text in `error_description`, so the page
+    // says only what we know: access was not granted.
     if let Some(error) = p.error {
-        let why = p.error_description.unwrap_or(error);
+        let why = if error == "access_denied" {
+            "Access was denied in Dropbox. Start the authorization again from the panel and \
+             press Allow."
+        } else {
+            "Dropbox did not grant access. Start the authorization again from the panel."
+        };
         return page(
             StatusCode::BAD_REQUEST,
             "Authorization was not granted",
-            &why,
+            why,
         );
     }
     let (Some(code), Some(nonce)) = (p.code, p.state) else {
