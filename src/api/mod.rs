@@ -66,13 +66,106 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What every route can answer besides what its own attribute lists, said once: errors are
+/// `application/problem+json`; every route behind the token can answer 401; a route with
+/// parameters or a body can refuse them (400), one with a path parameter can find nothing
+/// (404), one with a body can get too much (413) or the wrong shape (422). And `POST /jobs`
+/// takes one of the documented kinds with that kind's args.
+struct Contract;
+
+impl Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut doc = serde_json::to_value(&*openapi).expect("OpenAPI serializes");
+        let problem = |description: &str| {
+            serde_json::json!({
+                "description": description,
+                "content": {"application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/Problem"}}}
+            })
+        };
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for (path, item) in paths.iter_mut() {
+                let Some(item) = item.as_object_mut() else {
+                    continue;
+                };
+                for op in item.values_mut() {
+                    let has_params = op["parameters"].as_array().is_some_and(|p| !p.is_empty());
+                    let has_path_param = op["parameters"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p["in"] == "path"));
+                    let has_body = op.get("requestBody").is_some();
+                    let Some(responses) = op["responses"].as_object_mut() else {
+                        continue;
+                    };
+                    for (status, r) in responses.iter_mut() {
+                        if status.as_str() >= "400"
+                            && let Some(content) = r["content"].as_object_mut()
+                            && let Some(json) = content.remove("application/json")
+                        {
+                            content.insert("application/problem+json".into(), json);
+                        }
+                    }
+                    let mut add = |status: &str, description: &str| {
+                        responses
+                            .entry(status.to_string())
+                            .or_insert_with(|| problem(description));
+                    };
+                    if path != "/api/v1/health" {
+                        add("401", "The API token is missing or wrong");
+                    }
+                    if has_params || has_body {
+                        add("400", "A parameter or the body could not be read");
+                    }
+                    if has_path_param {
+                        add("404", "Not found");
+                    }
+                    if has_body {
+                        add("413", "The body is larger than 1 MiB");
+                        add("422", "A field is invalid; `errors` names each");
+                    }
+                }
+            }
+        }
+        // POST /jobs: one object per documented kind, `kind` fixed, `args` that kind's schema.
+        let schemas = &mut doc["components"]["schemas"];
+        let body = schemas["EnqueueBody"].clone();
+        let variants: Vec<serde_json::Value> = jobs::documented_kinds()
+            .into_iter()
+            .map(|(kind, args)| {
+                let mut v = body.clone();
+                v["title"] = kind.into();
+                v["properties"]["kind"] = serde_json::json!({"type": "string", "enum": [kind]});
+                let description = v["properties"]["args"]["description"].clone();
+                v["properties"]["args"] = serde_json::json!({
+                    "allOf": [{"$ref": format!("#/components/schemas/{args}")}],
+                    "description": description,
+                });
+                // `args` may be left out when the kind needs none of its fields.
+                let needs_args = schemas[args]["required"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty());
+                if needs_args && let Some(required) = v["required"].as_array_mut() {
+                    required.push("args".into());
+                }
+                v
+            })
+            .collect();
+        schemas["EnqueueBody"] = serde_json::json!({
+            "description": body["description"],
+            "oneOf": variants,
+        });
+        *openapi = serde_json::from_value(doc).expect("the modified OpenAPI reads back");
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "offsite",
         description = "Durable job queue that gets backups off the premises. Submit jobs, \
-            inspect the queue, retry or cancel jobs, pause queues and run schedules. When the \
-            server is configured with `api.token`, send it as `Authorization: Bearer <token>`."
+            inspect the queue, retry or cancel jobs, pause queues and run schedules. Send the API \
+            token (`api.token`, else the one offsite keeps in `<data_dir>/api-token`) as \
+            `Authorization: Bearer <token>`. Every error is `application/problem+json`."
     ),
     paths(
         jobs::enqueue, jobs::list, jobs::show, jobs::retry, jobs::cancel, jobs::delete,
@@ -80,7 +173,13 @@ impl Modify for BearerAuth {
         schedules::run, health::health, snapshots::uploads, snapshots::run,
         snapshots::destinations, snapshots::authorize, snapshots::authorize_code
     ),
-    modifiers(&BearerAuth),
+    components(schemas(
+        crate::jobs::noop::NoopArgs,
+        crate::jobs::snapshot::SnapshotScanArgs,
+        crate::jobs::snapshot::SnapshotUploadArgs,
+        crate::jobs::retention::RetentionPruneArgs
+    )),
+    modifiers(&BearerAuth, &Contract),
     security(("bearer" = [])),
     tags(
         (name = "jobs", description = "Submit and manage jobs"),

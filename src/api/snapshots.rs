@@ -50,7 +50,7 @@ pub struct UploadParams {
 }
 
 /// What was uploaded where, newest backup first.
-#[utoipa::path(get, path = "/api/v1/uploads", tag = "backups", params(UploadParams),
+#[utoipa::path(get, path = "/api/v1/uploads", tag = "backups", operation_id = "list_uploads", params(UploadParams),
     responses((status = 200, body = [UploadRecord])))]
 pub async fn uploads(
     State(state): State<AppState>,
@@ -65,7 +65,7 @@ pub async fn uploads(
 }
 
 /// Back up now: scan the snapshot source and upload what is new, at once.
-#[utoipa::path(post, path = "/api/v1/snapshots/run", tag = "backups",
+#[utoipa::path(post, path = "/api/v1/snapshots/run", tag = "backups", operation_id = "back_up_now",
     responses((status = 201, body = EnqueueResponse), (status = 404, description = "No [snapshots] configured", body = Problem)))]
 pub async fn run(
     State(state): State<AppState>,
@@ -137,7 +137,7 @@ pub(crate) fn view_from(
 }
 
 /// Destinations with their authorization state.
-#[utoipa::path(get, path = "/api/v1/destinations", tag = "backups", responses((status = 200, body = [DestinationView])))]
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "backups", operation_id = "list_destinations", responses((status = 200, body = [DestinationView])))]
 pub async fn destinations(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<DestinationView>>, ApiError> {
@@ -155,7 +155,7 @@ pub struct AuthorizeStart {
 }
 
 /// Start authorizing a Dropbox destination (PKCE; no redirect needed).
-#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups",
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups", operation_id = "authorize_destination",
     params(("name" = String, Path)),
     responses((status = 200, body = AuthorizeStart), (status = 404, body = Problem),
         (status = 409, description = "Not a destination that needs authorization", body = Problem)))]
@@ -221,11 +221,12 @@ pub struct AuthorizeCode {
 }
 
 /// Finish authorizing with the pasted code; waiting uploads continue at once.
-#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups",
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups", operation_id = "authorize_destination_code",
     params(("name" = String, Path)), request_body = AuthorizeCode,
     responses((status = 200, body = DestinationView), (status = 404, body = Problem),
         (status = 409, description = "No authorization was started", body = Problem),
-        (status = 422, description = "Dropbox did not accept the code", body = Problem)))]
+        (status = 422, description = "Dropbox did not accept the code", body = Problem),
+        (status = 502, description = "Dropbox could not be reached or failed", body = Problem)))]
 pub async fn authorize_code(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -686,3 +686,67 @@ async fn the_callback_page_shows_no_text_from_the_link_and_has_the_page_headers(
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["cache-control"], "no-store");
 }
+
+/// The description says what the server does: errors as problem details, 401 wherever the
+/// token is needed, the refusals a route can give, unique operation ids, and `POST /jobs` as
+/// one schema per kind so a client can be generated.
+#[test]
+fn the_description_declares_problems_401s_and_each_kinds_args() {
+    let doc: Value = serde_json::from_str(&offsite::api::openapi_json()).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_string()), "operationId {id} is not unique");
+            let responses = op["responses"].as_object().unwrap();
+            for (status, r) in responses {
+                if status.as_str() >= "400" {
+                    let content = r["content"].as_object().unwrap();
+                    assert_eq!(
+                        content.keys().collect::<Vec<_>>(),
+                        ["application/problem+json"],
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            if path != "/api/v1/health" {
+                assert!(
+                    responses.contains_key("401"),
+                    "{method} {path} declares 401"
+                );
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "422"] {
+                    assert!(responses.contains_key(status), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    let body = &doc["components"]["schemas"]["EnqueueBody"];
+    let kinds: Vec<&str> = body["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["properties"]["kind"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "noop",
+            "snapshot_scan",
+            "snapshot_upload",
+            "retention_prune"
+        ]
+    );
+    let scan = &body["oneOf"][1];
+    assert_eq!(
+        scan["properties"]["args"]["allOf"][0]["$ref"],
+        "#/components/schemas/SnapshotScanArgs"
+    );
+    assert!(
+        doc["components"]["schemas"]["SnapshotScanArgs"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("destinations"))
+    );
+}
