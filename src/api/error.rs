@@ -235,6 +235,13 @@ fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, ApiError>
     // JSON of the wrong shape, however it is wrong, is a 422 naming the field.
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    // Every body is an object (serde would also read a struct from an array).
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
     serde_path_to_error::deserialize(value)
         .map(ApiJson)
         .map_err(|e| {

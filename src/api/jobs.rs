@@ -208,14 +208,39 @@ pub async fn enqueue(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Comma-separated states, e.g. `discarded,cancelled`.
+    /// Comma-separated states, e.g. `discarded,cancelled` (the pattern is set from the states
+    /// by `Contract`).
     pub state: Option<String>,
     pub kind: Option<String>,
     pub queue: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub cursor: Option<String>,
+}
+
+/// The `state` filter of the list: states separated by commas, nothing else (the CLI's
+/// `--state` is more forgiving about spaces).
+pub(crate) fn state_list_pattern() -> String {
+    let one = JobState::ALL.map(JobState::as_str).join("|");
+    format!("^(({one})(,({one}))*)?$")
+}
+
+fn parse_state_list(text: &str) -> Result<Vec<JobState>, ApiError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|s| s.parse::<JobState>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::Validation(vec![FieldError::new(
+                "state",
+                format!("{e}; separate states with commas, without spaces"),
+            )])
+        })
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -244,7 +269,7 @@ pub async fn list(
         states: p
             .state
             .as_deref()
-            .map(|s| parse_states(s, "state"))
+            .map(parse_state_list)
             .transpose()?
             .unwrap_or_default(),
         kind: p.kind,
@@ -264,8 +289,8 @@ pub async fn list(
             })?,
     };
     let before = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c >= 1).ok_or_else(|| {
             ApiError::Validation(vec![FieldError::new(
                 "cursor",
                 "not a cursor returned by this API",

@@ -126,6 +126,48 @@ impl Modify for Contract {
                 }
             }
         }
+        // A body whose every field is optional may be left out (an empty body reads as `{}`).
+        let optional_body = |doc: &serde_json::Value, op: &serde_json::Value| {
+            let Some(name) = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .and_then(|r| r.rsplit('/').next())
+            else {
+                return false;
+            };
+            doc["components"]["schemas"][name]["required"]
+                .as_array()
+                .is_none_or(|r| r.is_empty())
+        };
+        let paths: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| {
+                p.iter().flat_map(|(path, item)| {
+                    item.as_object()
+                        .into_iter()
+                        .flat_map(|ops| ops.keys().map(|m| (path.clone(), m.clone())))
+                })
+            })
+            .collect();
+        for (path, method) in paths {
+            if optional_body(&doc, &doc["paths"][&path][&method]) {
+                doc["paths"][&path][&method]["requestBody"]["required"] = false.into();
+            }
+        }
+        // The list's `state` filter: states separated by commas.
+        if let Some(params) = doc["paths"]["/api/v1/jobs"]["get"]["parameters"].as_array_mut() {
+            for p in params.iter_mut().filter(|p| p["name"] == "state") {
+                p["schema"]["pattern"] = jobs::state_list_pattern().into();
+            }
+        }
+        // Bulk retry never takes running jobs (they are cancelled first).
+        let retryable: Vec<&str> = crate::queue::JobState::ALL
+            .into_iter()
+            .filter(|s| *s != crate::queue::JobState::Running)
+            .map(crate::queue::JobState::as_str)
+            .collect();
+        doc["components"]["schemas"]["BulkRetryBody"]["properties"]["states"]["items"] =
+            serde_json::json!({"type": "string", "enum": retryable});
         // POST /jobs: one object per documented kind, `kind` fixed, `args` that kind's schema.
         let schemas = &mut doc["components"]["schemas"];
         let body = schemas["EnqueueBody"].clone();

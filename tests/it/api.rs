@@ -607,6 +607,28 @@ async fn every_refusal_is_a_problem_naming_what_is_wrong() {
         "{v}"
     );
 
+    // Found by the contract check: what the description rules out is refused.
+    let (s, _, v) = call(
+        c.post(format!("{base}/api/v1/jobs/1/retry"))
+            .header("content-type", "application/json")
+            .body("[]"),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an array is not the body: {v}"
+    );
+    for query in [
+        "cursor=0",
+        "cursor=",
+        "state=available,%20running",
+        "state=available,",
+    ] {
+        let (s, _, v) = call(c.get(format!("{base}/api/v1/jobs?{query}"))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {v}");
+    }
+
     // 255 characters, 510 bytes: allowed; 256 characters: refused.
     let key = |n: usize| "é".repeat(n);
     let (s, _, v) = call(post(
