@@ -364,13 +364,21 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         "offsite is running"
     );
     if let (Some(addr), Some(source), Some(token)) = (addr, token_source, &api_config.api.token) {
+        let token_file = config.data_dir.join(api::auth::TOKEN_FILE);
         match source {
+            // Only api.allow_from may connect (the add-on: Home Assistant's ingress, which
+            // signs users in itself): a link to this machine would open nothing.
+            _ if !config.api.allow_from.is_empty() => info!(
+                "the API answers only {:?}; its token is in {}",
+                config.api.allow_from,
+                token_file.display()
+            ),
             // Like Jupyter: one line a newcomer can open. The token is kept in the data
             // directory; the request log never shows URIs, so it appears nowhere else.
             api::auth::TokenSource::Generated | api::auth::TokenSource::Kept => info!(
                 "sign in to the panel: {} (the API token is in {})",
                 api::auth::sign_in_link(addr, token),
-                config.data_dir.join(api::auth::TOKEN_FILE).display()
+                token_file.display()
             ),
             api::auth::TokenSource::Configured => info!(
                 "the panel is at {}; sign in with api.token",
