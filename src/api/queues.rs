@@ -79,7 +79,7 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<QueueV
 
 /// Pause a queue: its waiting jobs stay put until resumed (persisted; running jobs finish).
 #[utoipa::path(post, path = "/api/v1/queues/{name}/pause", tag = "queues", operation_id = "pause_queue",
-    params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
+    params(("name" = String, Path, example = "default")), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -89,7 +89,7 @@ pub async fn pause(
 
 /// Resume a paused queue.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/resume", tag = "queues", operation_id = "resume_queue",
-    params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
+    params(("name" = String, Path, example = "default")), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
 pub async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,

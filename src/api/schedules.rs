@@ -65,7 +65,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ScheduleInfo
 
 /// Enqueue a schedule's job now, outside its slots.
 #[utoipa::path(post, path = "/api/v1/schedules/{name}/run", tag = "schedules", operation_id = "run_schedule",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, example = "snapshots")),
     responses((status = 201, body = EnqueueResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn run(
     State(state): State<AppState>,

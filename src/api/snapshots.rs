@@ -156,7 +156,7 @@ pub struct AuthorizeStart {
 
 /// Start authorizing a Dropbox destination (PKCE; no redirect needed).
 #[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups", operation_id = "authorize_destination",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, example = "dropbox")),
     responses((status = 200, body = AuthorizeStart), (status = 404, body = Problem),
         (status = 409, description = "Not a destination that needs authorization", body = Problem)))]
 pub async fn authorize(
@@ -216,13 +216,14 @@ fn dropbox_of<'a>(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeCode {
-    /// The code Dropbox showed after "Allow".
+    /// The code Dropbox showed after "Allow" (spaces around it are ignored).
+    #[schema(pattern = "\\S")]
     pub code: String,
 }
 
 /// Finish authorizing with the pasted code; waiting uploads continue at once.
 #[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups", operation_id = "authorize_destination_code",
-    params(("name" = String, Path)), request_body = AuthorizeCode,
+    params(("name" = String, Path, example = "dropbox")), request_body = AuthorizeCode,
     responses((status = 200, body = DestinationView), (status = 404, body = Problem),
         (status = 409, description = "No authorization was started", body = Problem),
         (status = 422, description = "Dropbox did not accept the code", body = Problem),
