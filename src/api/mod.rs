@@ -1,7 +1,7 @@
 //! The HTTP API under `/api/v1` (axum + utoipa), its OpenAPI description and explorer, and
 //! Prometheus metrics at `/metrics`.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod error;
 pub mod health;
 pub mod jobs;
