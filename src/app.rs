@@ -332,6 +332,11 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
                 ))
             })?,
         ),
+        sign_in: Arc::new(if config.api.enabled && config.api.allow_from.is_empty() {
+            api::auth::SignInCode::generate()
+        } else {
+            api::auth::SignInCode::none()
+        }),
     };
 
     let (server, addr) = if config.api.enabled {
@@ -363,26 +368,26 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         schedules = setup.schedules.len(),
         "offsite is running"
     );
-    if let (Some(addr), Some(source), Some(token)) = (addr, token_source, &api_config.api.token) {
-        let token_file = config.data_dir.join(api::auth::TOKEN_FILE);
-        match source {
+    if let (Some(addr), Some(source)) = (addr, token_source) {
+        let token_is = match source {
+            api::auth::TokenSource::Configured => "api.token".to_string(),
+            _ => format!(
+                "in {}",
+                config.data_dir.join(api::auth::TOKEN_FILE).display()
+            ),
+        };
+        match state.sign_in.peek() {
+            // Like Jupyter: one line a newcomer can open. It carries a one-time code, not the
+            // token: the log never holds a credential that still works.
+            Some(code) => info!(
+                "sign in to the panel: {} (works once; then sign in with the API token, {token_is})",
+                api::auth::sign_in_link(addr, &code),
+            ),
             // Only api.allow_from may connect (the add-on: Home Assistant's ingress, which
             // signs users in itself): a link to this machine would open nothing.
-            _ if !config.api.allow_from.is_empty() => info!(
-                "the API answers only {:?}; its token is in {}",
-                config.api.allow_from,
-                token_file.display()
-            ),
-            // Like Jupyter: one line a newcomer can open. The token is kept in the data
-            // directory; the request log never shows URIs, so it appears nowhere else.
-            api::auth::TokenSource::Generated | api::auth::TokenSource::Kept => info!(
-                "sign in to the panel: {} (the API token is in {})",
-                api::auth::sign_in_link(addr, token),
-                token_file.display()
-            ),
-            api::auth::TokenSource::Configured => info!(
-                "the panel is at {}; sign in with api.token",
-                api::auth::panel_url(addr)
+            None => info!(
+                "the API answers only {:?}; its token is {token_is}",
+                config.api.allow_from
             ),
         }
     }

@@ -70,10 +70,50 @@ fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The link that signs a browser in to the panel: the panel's address with the token as
+/// The code in the sign-in link the start-up log prints: good for one sign-in, in this
+/// process. The log then never holds a credential that still works (nor the API token itself,
+/// which the log masks like every secret); `?token=` also takes the API token.
+#[derive(Debug)]
+pub struct SignInCode(std::sync::Mutex<Option<String>>);
+
+impl SignInCode {
+    pub fn generate() -> SignInCode {
+        let bytes: [u8; 16] = rand::random();
+        SignInCode(std::sync::Mutex::new(Some(
+            bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        )))
+    }
+
+    /// No link (the add-on, where only ingress may connect).
+    pub fn none() -> SignInCode {
+        SignInCode(std::sync::Mutex::new(None))
+    }
+
+    /// The code, for the log line.
+    pub fn peek(&self) -> Option<String> {
+        self.0.lock().ok()?.clone()
+    }
+
+    /// Whether `given` is the code; if so it is used up.
+    pub fn redeem(&self, given: &str) -> bool {
+        let Ok(mut code) = self.0.lock() else {
+            return false;
+        };
+        if code
+            .as_deref()
+            .is_some_and(|c| ct_eq(c.as_bytes(), given.as_bytes()))
+        {
+            *code = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// The link that signs a browser in to the panel: the panel's address with the code as
 /// `?token=`, which sets the session cookie and redirects to the plain address.
-pub fn sign_in_link(listen: SocketAddr, token: &Secret) -> String {
-    format!("{}?token={}", panel_url(listen), token.expose())
+pub fn sign_in_link(listen: SocketAddr, code: &str) -> String {
+    format!("{}?token={code}", panel_url(listen))
 }
 
 /// The panel's address for a browser on this machine.
@@ -207,15 +247,24 @@ mod tests {
 
     #[test]
     fn the_sign_in_link_names_a_reachable_host() {
-        let t = Secret::new("abc");
         assert_eq!(
-            sign_in_link("0.0.0.0:8099".parse().unwrap(), &t),
+            sign_in_link("0.0.0.0:8099".parse().unwrap(), "abc"),
             "http://127.0.0.1:8099/?token=abc"
         );
         assert_eq!(
-            sign_in_link("[::1]:1".parse().unwrap(), &t),
+            sign_in_link("[::1]:1".parse().unwrap(), "abc"),
             "http://[::1]:1/?token=abc"
         );
+    }
+
+    #[test]
+    fn the_sign_in_code_works_once() {
+        let code = SignInCode::generate();
+        let c = code.peek().unwrap();
+        assert!(!code.redeem("wrong"));
+        assert!(code.redeem(&c));
+        assert!(!code.redeem(&c), "used up");
+        assert!(!SignInCode::none().redeem(""));
     }
 
     #[test]

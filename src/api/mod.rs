@@ -45,6 +45,8 @@ pub struct AppState {
     pub auth: snapshots::PendingAuth,
     /// Signs the panel's session and CSRF cookies.
     pub panel_key: crate::web::SharedPanelKey,
+    /// The one-time code of the sign-in link in the start-up log.
+    pub sign_in: Arc<auth::SignInCode>,
 }
 
 impl AppState {

@@ -134,7 +134,8 @@ fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
         || crate::api::bearer_matches(headers, token)
 }
 
-/// `?token=` on a panel page (the sign-in link from the start-up log): the API token.
+/// `?token=` on a panel page: the one-time code of the sign-in link from the start-up log, or
+/// the API token.
 #[derive(Debug, Deserialize)]
 struct LinkToken {
     token: Option<String>,
@@ -153,13 +154,10 @@ async fn guard(
         && let Ok(Query(LinkToken { token: Some(given) })) =
             Query::<LinkToken>::try_from_uri(req.uri())
     {
-        let Some(token) = state
-            .config
-            .api
-            .token
-            .as_ref()
-            .filter(|t| crate::api::ct_eq(given.as_bytes(), t.expose().as_bytes()))
-        else {
+        let Some(token) = state.config.api.token.as_ref().filter(|t| {
+            state.sign_in.redeem(&given)
+                || crate::api::ct_eq(given.as_bytes(), t.expose().as_bytes())
+        }) else {
             tracing::warn!("panel sign-in link with a wrong token");
             return Redirect::to(&format!("{prefix}/panel/login")).into_response();
         };

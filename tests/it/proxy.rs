@@ -230,11 +230,12 @@ async fn trusting_loopback_still_refuses_what_a_proxy_says_it_relayed() {
 }
 
 /// README's first command: `offsite run` with the built-in defaults, in an empty directory.
-/// The log prints a sign-in link that opens the panel; the token appears in the log on that
-/// line only (not in any request's log line, even at `trace`), and the file keeping it is
-/// owner-only.
+/// The log prints a sign-in link that opens the panel; the link carries a one-time code, so the
+/// log never holds a credential that still works: the code signs in once, and the API token
+/// appears nowhere in the log (not in any request's log line either, even at `trace`). The
+/// file keeping the token is owner-only.
 #[tokio::test]
-async fn the_first_run_prints_a_sign_in_link_that_opens_the_panel_and_logs_the_token_once() {
+async fn the_first_run_prints_a_one_time_sign_in_link_and_never_logs_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_offsite"))
         .arg("run")
@@ -261,19 +262,23 @@ async fn the_first_run_prints_a_sign_in_link_that_opens_the_panel_and_logs_the_t
     };
     let link_re =
         Regex::new(r"sign in to the panel: (http://127\.0\.0\.1:\d+/\?token=([0-9a-f]+))").unwrap();
-    let (link, token) = eventually("the sign-in link in the log", || {
+    let (link, code) = eventually("the sign-in link in the log", || {
         let l = log.lock().unwrap();
         link_re
             .captures(&l)
             .map(|c| (c[1].to_string(), c[2].to_string()))
     })
     .await;
-    let kept = std::fs::read_to_string(dir.path().join("offsite-data/api-token")).unwrap();
-    assert_eq!(kept.trim(), token);
+    let file = dir.path().join("offsite-data/api-token");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_ne!(
+        code, token,
+        "the link carries a one-time code, not the token"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(dir.path().join("offsite-data/api-token")).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
@@ -291,7 +296,16 @@ async fn the_first_run_prints_a_sign_in_link_that_opens_the_panel_and_logs_the_t
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("<h1>offsite</h1>"));
-    // Also through the API with the token, so requests carrying it were logged if any are.
+    // Used up: the same link again leads to the sign-in page.
+    let r = c.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], "/panel/login");
+    assert!(
+        cookies_of(&r)
+            .iter()
+            .all(|c| !c.starts_with("offsite_session"))
+    );
+    // Requests carrying the token (in the query too) are not logged with it.
     let r = c
         .get(format!("{base}/api/v1/jobs?token={token}"))
         .bearer_auth(&token)
@@ -299,14 +313,21 @@ async fn the_first_run_prints_a_sign_in_link_that_opens_the_panel_and_logs_the_t
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let r = c
+        .get(format!("{base}/?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "the token itself signs in too"
+    );
 
     let _ = child.kill();
     let _ = child.wait();
     reader.join().unwrap();
     let log = log.lock().unwrap();
-    assert_eq!(
-        log.matches(&token).count(),
-        1,
-        "the token is logged on the sign-in line only:\n{log}"
-    );
+    assert!(!log.contains(&token), "the token is never logged:\n{log}");
+    assert_eq!(log.matches(&code).count(), 1, "the code only on its line");
 }
