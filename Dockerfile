@@ -3,6 +3,7 @@
 # only the binary, CA certificates and time zone data.
 #
 #   docker build -t offsite .
+#   (the add-on images: docker build --build-arg BUILD_ARCH=aarch64 --build-arg BUILD_VERSION=0.1.0 …)
 #   docker run -v offsite-data:/data -e OFFSITE_API__TOKEN=$(openssl rand -hex 24) -p 8099:8099 offsite
 #
 # The API listens on 0.0.0.0 inside the container, so a token is required (start-up says so
@@ -22,12 +23,20 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin offsite
     && strip target/release/offsite
 
 FROM debian:bookworm-slim
-ARG BUILD_ARCH=amd64
+# The add-on's architecture (aarch64 | amd64) and version (offsite/config.yaml's `version`).
+# The publishing workflow (.github/workflows/publish.yml) builds each architecture on its own
+# runner and passes both; a plain `docker build` leaves them "unknown" rather than claim one.
+ARG BUILD_ARCH=unknown
+ARG BUILD_VERSION=unknown
 LABEL io.hass.type="addon" \
       io.hass.name="offsite" \
       io.hass.arch="${BUILD_ARCH}" \
-      io.hass.version="0.1.0" \
+      io.hass.version="${BUILD_VERSION}" \
+      org.opencontainers.image.version="${BUILD_VERSION}" \
       org.opencontainers.image.source="https://github.com/offsite-backup/offsite"
+# CA certificates and zone data are taken current from the release, not pinned: stale ones
+# break TLS and schedules.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tzdata \
     && rm -rf /var/lib/apt/lists/*

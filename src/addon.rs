@@ -13,7 +13,9 @@ pub const OPTIONS_FILE: &str = "/data/options.json";
 /// Home Assistant's ingress proxy: the only client allowed to reach the panel port.
 pub const INGRESS_PROXY: &str = "172.30.32.2";
 
-/// `/data/options.json`, as the add-on's `config.yaml` schema defines it.
+/// `/data/options.json`, as the add-on's `config.yaml` schema defines it. Numbers are read
+/// wide and checked against the schema's bounds here, so a value out of range is named by its
+/// option instead of failing deep inside.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddonOptions {
@@ -21,20 +23,24 @@ pub struct AddonOptions {
     pub dropbox_app_key: String,
     #[serde(default)]
     pub dropbox_app_secret: Option<String>,
-    pub backup_interval_hours: u32,
-    pub max_backups_in_dropbox: u32,
+    pub backup_interval_hours: u64,
+    pub max_backups_in_dropbox: u64,
     pub dropbox_backup_path: String,
     #[serde(default)]
-    pub keep_daily: u32,
+    pub keep_daily: u64,
     #[serde(default)]
-    pub keep_weekly: u32,
+    pub keep_weekly: u64,
     #[serde(default)]
-    pub keep_monthly: u32,
+    pub keep_monthly: u64,
     #[serde(default)]
-    pub keep_yearly: u32,
+    pub keep_yearly: u64,
     #[serde(default)]
     pub upload_limit_bytes_per_second: u64,
-    #[serde(default = "crate::config::default_chunk_mib")]
+    /// `list(4|8|…|148)` in the schema: the Supervisor stores the choice as a string.
+    #[serde(
+        default = "crate::config::default_chunk_mib",
+        deserialize_with = "number_or_numeral"
+    )]
     pub chunk_mib: u64,
     #[serde(default = "default_log")]
     pub log_level: String,
@@ -42,6 +48,79 @@ pub struct AddonOptions {
 
 fn default_log() -> String {
     "info".into()
+}
+
+fn number_or_numeral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Numeral(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Numeral(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
+    }
+}
+
+/// The log levels the schema offers.
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// Where each option ends up in the configuration, to name the option in any message about
+/// that key.
+const OPTION_OF_KEY: &[(&str, &str)] = &[
+    ("destinations.dropbox.app_key", "dropbox_app_key"),
+    ("destinations.dropbox.app_secret", "dropbox_app_secret"),
+    ("destinations.dropbox.path", "dropbox_backup_path"),
+    ("destinations.dropbox.chunk_mib", "chunk_mib"),
+    ("destinations.dropbox.max_backups", "max_backups_in_dropbox"),
+    ("destinations.dropbox.keep_daily", "keep_daily"),
+    ("destinations.dropbox.keep_weekly", "keep_weekly"),
+    ("destinations.dropbox.keep_monthly", "keep_monthly"),
+    ("destinations.dropbox.keep_yearly", "keep_yearly"),
+    (
+        "destinations.dropbox.throttle_bytes_per_sec",
+        "upload_limit_bytes_per_second",
+    ),
+    ("snapshots.schedule", "backup_interval_hours"),
+    ("log.level", "log_level"),
+];
+
+fn option_of(key: &str) -> Option<&'static str> {
+    OPTION_OF_KEY
+        .iter()
+        .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")))
+        .map(|(_, option)| *option)
+}
+
+/// A Dropbox folder: `/name` segments, none empty (`//`), none starting or ending with a space,
+/// no control characters, at most one trailing slash. The schema's `match(...)` pattern says the
+/// same.
+fn dropbox_folder(path: &str) -> Result<&str, &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("must start with '/', e.g. /HomeAssistant/Backups");
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(
+            "name a folder below the root, e.g. /HomeAssistant/Backups (the app folder itself cannot be used)",
+        );
+    }
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err("has an empty folder name ('//')");
+        }
+        if segment.starts_with(' ') || segment.ends_with(' ') {
+            return Err("has a folder name that starts or ends with a space");
+        }
+        if segment.chars().any(char::is_control) {
+            return Err("contains a control character");
+        }
+    }
+    Ok(path.strip_suffix('/').unwrap_or(path))
 }
 
 /// The options file to use: `OFFSITE_OPTIONS`, else `/data/options.json` when running under the
@@ -54,11 +133,26 @@ pub fn options_file() -> Option<PathBuf> {
     (std::env::var_os("SUPERVISOR_TOKEN").is_some() && default.is_file()).then(|| default.into())
 }
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+fn table(entries: impl IntoIterator<Item = (&'static str, toml::Value)>) -> toml::Value {
+    toml::Value::Table(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+fn string(s: impl Into<String>) -> toml::Value {
+    toml::Value::String(s.into())
+}
+
+/// A number already checked against its range (all of which fit TOML's i64).
+fn int(n: u64) -> toml::Value {
+    toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// Reads the options and builds the configuration (data in `data_dir`, normally `/data`).
+/// Every message names the add-on option to change, never an internal key.
 pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(options)
         .map_err(|e| ConfigError::new(format!("cannot read: {e}")).in_file(options))?;
@@ -72,70 +166,138 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         .in_file(options)
     })?;
     let bad = |key: &str, msg: &str| Err(ConfigError::at(key, msg).in_file(options));
-    if o.backup_interval_hours == 0 {
-        return bad("backup_interval_hours", "must be at least 1");
+    // The schema in offsite/config.yaml says the same (`int(MIN,MAX)`); a test holds the two
+    // together. All fit TOML's integers.
+    let ranges = [
+        ("backup_interval_hours", o.backup_interval_hours, 1, 8760),
+        (
+            "max_backups_in_dropbox",
+            o.max_backups_in_dropbox,
+            0,
+            10_000,
+        ),
+        ("keep_daily", o.keep_daily, 0, 3660),
+        ("keep_weekly", o.keep_weekly, 0, 520),
+        ("keep_monthly", o.keep_monthly, 0, 1200),
+        ("keep_yearly", o.keep_yearly, 0, 100),
+        (
+            "upload_limit_bytes_per_second",
+            o.upload_limit_bytes_per_second,
+            0,
+            10_000_000_000,
+        ),
+    ];
+    for (name, value, min, max) in ranges {
+        if !(min..=max).contains(&value) {
+            return bad(name, &format!("must be from {min} to {max}"));
+        }
     }
-    if !o.dropbox_backup_path.starts_with('/') {
+    if o.chunk_mib == 0 || !o.chunk_mib.is_multiple_of(4) || o.chunk_mib > 148 {
+        return bad("chunk_mib", "must be a multiple of 4 from 4 to 148");
+    }
+    if !LOG_LEVELS.contains(&o.log_level.as_str()) {
         return bad(
-            "dropbox_backup_path",
-            "must start with '/', e.g. /HomeAssistant/Backups",
+            "log_level",
+            &format!("must be one of {}", LOG_LEVELS.join(", ")),
         );
     }
+    // The Supervisor's `match` (Python's `$`) also accepts a value with one final newline.
+    let written = &o.dropbox_backup_path;
+    let path = match dropbox_folder(written.strip_suffix('\n').unwrap_or(written)) {
+        Ok(path) => path,
+        Err(why) => return bad("dropbox_backup_path", why),
+    };
 
-    let data = data_dir.display().to_string();
-    let mut toml = format!(
-        "data_dir = {data}\njobs_dir = {jobs}\n\
-         [api]\nlisten = \"0.0.0.0:8099\"\nallow_from = [\"{INGRESS_PROXY}\"]\n\
-         [log]\nlevel = {level}\n\
-         [homeassistant]\nenabled = true\n\
-         [sources.ha]\ntype = \"supervisor\"\n",
-        data = toml_str(&data),
-        jobs = toml_str(&data_dir.join("jobs").display().to_string()),
-        level = toml_str(&o.log_level),
-    );
-    let dropbox = !o.dropbox_app_key.trim().is_empty();
+    let app_key = o.dropbox_app_key.trim();
+    let dropbox = !app_key.is_empty();
+    let mut destinations = toml::Table::new();
     if dropbox {
-        toml.push_str(&format!(
-            "[destinations.dropbox]\ntype = \"dropbox\"\npath = {path}\napp_key = {key}\nchunk_mib = {chunk}\n\
-             max_backups = {max}\nkeep_daily = {d}\nkeep_weekly = {w}\nkeep_monthly = {m}\nkeep_yearly = {y}\n\
-             throttle_bytes_per_sec = {t}\n",
-            path = toml_str(o.dropbox_backup_path.trim_end_matches('/')),
-            key = toml_str(o.dropbox_app_key.trim()),
-            chunk = o.chunk_mib,
-            max = o.max_backups_in_dropbox,
-            d = o.keep_daily,
-            w = o.keep_weekly,
-            m = o.keep_monthly,
-            y = o.keep_yearly,
-            t = o.upload_limit_bytes_per_second,
-        ));
+        let mut d = toml::Table::new();
+        d.insert("type".into(), string("dropbox"));
+        d.insert("path".into(), string(path));
+        d.insert("app_key".into(), string(app_key));
+        d.insert("chunk_mib".into(), int(o.chunk_mib));
+        d.insert("max_backups".into(), int(o.max_backups_in_dropbox));
+        d.insert("keep_daily".into(), int(o.keep_daily));
+        d.insert("keep_weekly".into(), int(o.keep_weekly));
+        d.insert("keep_monthly".into(), int(o.keep_monthly));
+        d.insert("keep_yearly".into(), int(o.keep_yearly));
+        d.insert(
+            "throttle_bytes_per_sec".into(),
+            int(o.upload_limit_bytes_per_second),
+        );
         if let Some(secret) = o
             .dropbox_app_secret
             .as_deref()
-            .filter(|s| !s.trim().is_empty())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
         {
-            toml.push_str(&format!("app_secret = {}\n", toml_str(secret.trim())));
+            d.insert("app_secret".into(), string(secret));
         }
+        destinations.insert("dropbox".into(), toml::Value::Table(d));
     }
-    toml.push_str(&format!(
-        "[snapshots]\nenabled = {dropbox}\nsource = \"ha\"\ndestinations = [{dests}]\nscan_on_start = true\n\
-         [snapshots.schedule]\nevery = \"{h}h\"\n",
-        dests = if dropbox { "\"dropbox\"" } else { "" },
-        h = o.backup_interval_hours,
-    ));
-    let mut config = Config::from_overlay(&toml).map_err(|e| {
+    let overlay = table([
+        ("data_dir", string(data_dir.display().to_string())),
+        (
+            "jobs_dir",
+            string(data_dir.join("jobs").display().to_string()),
+        ),
+        (
+            "api",
+            table([
+                ("listen", string("0.0.0.0:8099")),
+                (
+                    "allow_from",
+                    toml::Value::Array(vec![string(INGRESS_PROXY)]),
+                ),
+            ]),
+        ),
+        ("log", table([("level", string(o.log_level.as_str()))])),
+        (
+            "homeassistant",
+            table([("enabled", toml::Value::Boolean(true))]),
+        ),
+        (
+            "sources",
+            table([("ha", table([("type", string("supervisor"))]))]),
+        ),
+        ("destinations", toml::Value::Table(destinations)),
+        (
+            "snapshots",
+            table([
+                ("enabled", toml::Value::Boolean(dropbox)),
+                ("source", string("ha")),
+                (
+                    "destinations",
+                    toml::Value::Array(if dropbox {
+                        vec![string("dropbox")]
+                    } else {
+                        vec![]
+                    }),
+                ),
+                ("scan_on_start", toml::Value::Boolean(true)),
+                (
+                    "schedule",
+                    table([("every", string(format!("{}h", o.backup_interval_hours)))]),
+                ),
+            ]),
+        ),
+    ]);
+    let overlay = toml::to_string(&overlay).expect("a table renders as TOML");
+    let mut config = Config::from_overlay(&overlay).map_err(|e| {
         // Name the add-on option the user can change, not our internal key.
-        let key = e.key.as_deref().map(|k| match k {
-            k if k.starts_with("destinations.dropbox.app_key") => "dropbox_app_key".to_string(),
-            "destinations.dropbox.chunk_mib" => "chunk_mib".to_string(),
-            "log.level" => "log_level".to_string(),
-            other => other.to_string(),
-        });
-        ConfigError { key, ..e }.in_file(options)
+        let key = e
+            .key
+            .as_deref()
+            .map(|k| option_of(k).map_or_else(|| k.to_string(), str::to_string));
+        ConfigError {
+            key,
+            file: None,
+            line: None,
+            ..e
+        }
+        .in_file(options)
     })?;
-    // The standalone inbox → outbox example does not belong in Home Assistant.
-    config.sources.retain(|name, _| name == "ha");
-    config.destinations.retain(|name, _| name == "dropbox");
     config.source = Some(options.to_path_buf());
     Ok(config)
 }

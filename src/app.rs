@@ -123,7 +123,8 @@ impl Setup {
 /// This worker's stable identity, and a lock that keeps a second worker off the same data dir.
 struct Identity {
     id: String,
-    _lock: File,
+    /// The data directory's and the (database, instance id) lock.
+    _locks: [File; 2],
 }
 
 fn identity(config: &Config) -> Result<Identity, StartError> {
@@ -145,7 +146,37 @@ fn identity(config: &Config) -> Result<Identity, StartError> {
         Some(id) => id.clone(),
         None => stored_instance_id(&dir.join("instance-id"))?,
     };
-    Ok(Identity { id, _lock: lock })
+    // Leases are owned by instance id: two live workers with one id on one database would take
+    // each other's jobs back as their own orphans. One lock per (database, id) keeps the
+    // second out, whatever data directories they have.
+    let db = config.database_path();
+    let id_lock_path = {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".worker-{}.lock", hex_id(&id)));
+        db.with_file_name(name)
+    };
+    let id_lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&id_lock_path)
+        .map_err(|e| StartError::Other(format!("cannot open {}: {e}", id_lock_path.display())))?;
+    if id_lock.try_lock().is_err() {
+        return Err(StartError::Other(format!(
+            "another offsite worker with instance id {id:?} is already running on database {}; \
+             give each worker its own `instance_id` (or leave it unset)",
+            db.display()
+        )));
+    }
+    Ok(Identity {
+        id,
+        _locks: [lock, id_lock],
+    })
+}
+
+/// A file-name-safe form of an instance id.
+fn hex_id(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn stored_instance_id(path: &Path) -> Result<String, StartError> {
@@ -216,13 +247,16 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     setup.create_data_dir()?;
     let identity = identity(&config)?;
     let store = setup.open_store().await?;
-    store.check_integrity().await?;
 
     let reclaimed = store.rescue(Some(&identity.id)).await?;
     if !reclaimed.is_empty() {
         warn!(jobs = ?reclaimed, "reclaimed jobs this instance was running when it stopped");
     }
     store.sync_schedules(&setup.schedules).await?;
+    // Before any worker runs: what crashed or cancelled uploads left behind goes now.
+    if let Err(e) = jobs::snapshot::sweep_partials(&setup.services, &store, true).await {
+        warn!(error = %e, "could not look for unfinished uploads to remove");
+    }
     for (name, d) in &config.destinations {
         if d.kind == crate::config::DestinationKind::Folder {
             std::fs::create_dir_all(&d.path).map_err(|e| {

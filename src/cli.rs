@@ -368,7 +368,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 .map_err(runtime)?;
             let store = setup.open_store().await?;
             let woken = store
-                .wake_waiting(crate::jobs::WAIT_FOR_AUTHORIZATION, &destination)
+                .wake_tag(&crate::jobs::destination_tag(&destination))
                 .await
                 .map_err(runtime)?;
             println!("destination {destination} is authorized; {woken} waiting jobs continue");

@@ -1,7 +1,12 @@
-//! One typed configuration: built-in defaults (`config/defaults.toml`, compiled in), then the
-//! config file, then `OFFSITE_*` environment variables (`OFFSITE_API__LISTEN=…`; `__` separates
-//! levels). Everything is validated before anything starts; the first problem is reported in
-//! one line that names the file, the key and what is wrong.
+//! One typed configuration: per-key defaults, then the config file — or, without one, the
+//! built-in example configuration (`config/builtin.toml`, compiled in) — then `OFFSITE_*`
+//! environment variables (`OFFSITE_API__LISTEN=…`; `__` separates levels). Everything is
+//! validated before anything starts; the first problem is reported in one line that names the
+//! file, the key and what is wrong.
+//!
+//! Defaults are per key (serde defaults on the structs), never whole sections: a section the
+//! user wrote is never merged with a built-in one. The example flow (inbox → outbox and its
+//! schedule) exists only when no config file is given.
 
 use std::{
     collections::BTreeMap,
@@ -12,18 +17,32 @@ use std::{
 };
 
 use figment::{
-    Figment,
-    providers::{Env, Format, Toml},
+    Figment, Metadata, Profile, Provider,
+    providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Map, Value},
 };
 use serde::Deserialize;
 
-/// The compiled-in defaults: what `offsite run` uses without a config file.
-pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
+/// What `offsite run` uses without a config file: the inbox → outbox example flow. Its folder
+/// paths are relative to `data_dir`.
+pub const BUILTIN: &str = include_str!("../config/builtin.toml");
+
+/// The queues the built-in kinds run on. A `[queues.NAME]` section replaces the one of that
+/// name; the others stay.
+const BUILTIN_QUEUES: [(&str, usize); 2] = [("default", 4), ("uploads", 1)];
+
+/// Tables with alternative keys: a layer that sets one of these keys replaces the table of the
+/// layers below instead of merging into it (`every` below and `cron` above would otherwise make
+/// one invalid schedule).
+const ALTERNATIVE_TABLES: &[(&str, &[&str])] =
+    &[("snapshots.schedule", &["cron", "every", "weekdays"])];
 
 /// A configuration problem: where, which key, what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: Option<String>,
+    /// The line in `file` (1-based), where known.
+    pub line: Option<usize>,
     pub key: Option<String>,
     pub message: String,
 }
@@ -32,6 +51,7 @@ impl ConfigError {
     pub fn new(message: impl Into<String>) -> Self {
         ConfigError {
             file: None,
+            line: None,
             key: None,
             message: message.into(),
         }
@@ -41,6 +61,7 @@ impl ConfigError {
         let key = key.trim_end_matches('.').to_string();
         ConfigError {
             file: None,
+            line: None,
             key: (!key.is_empty()).then_some(key),
             message: message.into(),
         }
@@ -48,6 +69,13 @@ impl ConfigError {
     pub fn with_key_opt(mut self, key: Option<String>) -> Self {
         if self.key.is_none() {
             self.key = key;
+        }
+        self
+    }
+    /// The line the problem is on, unless one is known already.
+    pub fn on_line(mut self, line: Option<usize>) -> Self {
+        if self.line.is_none() {
+            self.line = line;
         }
         self
     }
@@ -66,6 +94,9 @@ impl fmt::Display for ConfigError {
         f.write_str("configuration error")?;
         if let Some(file) = &self.file {
             write!(f, " in {file}")?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
         }
         if let Some(key) = &self.key {
             write!(f, ": `{key}`")?;
@@ -76,14 +107,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A value that must never be printed: `Debug` shows `***`.
+/// A value that must never be printed: `Debug` shows `***`, and every secret made is
+/// registered with [`crate::redact`], which masks it in logs, stored errors and API answers.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[serde(from = "String")]
 pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret::new(s)
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+        let s = s.into();
+        crate::redact::register(&s);
+        Secret(s)
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -100,21 +140,28 @@ impl fmt::Debug for Secret {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the database, the instance id and credentials live.
+    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// The SQLite file; default `<data_dir>/offsite.db`.
     pub database: Option<PathBuf>,
     /// Directory of schedule files (`*.toml`).
+    #[serde(default = "default_jobs_dir")]
     pub jobs_dir: PathBuf,
     /// Stable name of this worker; default: generated once and kept in the data dir.
     pub instance_id: Option<String>,
     /// IANA time zone for schedules that do not name one; default: the system's.
     pub timezone: Option<String>,
     pub api: ApiConfig,
+    #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
     pub engine: EngineConfig,
+    /// The built-in queues (`default`, `uploads`) plus any named here.
+    #[serde(default)]
     pub queues: BTreeMap<String, QueueConfig>,
     #[serde(default)]
     pub kinds: BTreeMap<String, KindConfig>,
+    #[serde(default)]
     pub prune: PruneConfig,
     /// Where backups come from, by name.
     #[serde(default)]
@@ -155,16 +202,32 @@ pub enum LogFormat {
     Json,
 }
 
+fn default_data_dir() -> PathBuf {
+    "offsite-data".into()
+}
+fn default_jobs_dir() -> PathBuf {
+    "jobs".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter: `info`, `offsite=debug,info` …
     pub level: String,
 }
 
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -176,6 +239,18 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            watch_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(8),
+            backoff_cap: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +273,7 @@ pub struct KindConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PruneConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -209,6 +284,18 @@ pub struct PruneConfig {
     pub cancelled_after: Duration,
     #[serde(with = "humantime_serde")]
     pub discarded_after: Duration,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86400;
+        PruneConfig {
+            interval: Duration::from_secs(600),
+            completed_after: Duration::from_secs(7 * DAY),
+            cancelled_after: Duration::from_secs(30 * DAY),
+            discarded_after: Duration::from_secs(30 * DAY),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,15 +379,32 @@ fn default_dropbox_authorize() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotsConfig {
+    #[serde(default = "yes")]
     pub enabled: bool,
-    /// A name under [sources].
+    /// A name under [sources] (required when enabled).
+    #[serde(default)]
     pub source: String,
     /// Names under [destinations].
+    #[serde(default)]
     pub destinations: Vec<String>,
     /// Scan once when the worker starts, besides the schedule.
+    #[serde(default = "yes")]
     pub scan_on_start: bool,
-    /// Same forms as a schedule file's [schedule]: every / cron / weekdays + at.
+    /// Same forms as a schedule file's [schedule]: every / cron / weekdays + at. Default: every
+    /// hour (only when the section has no `schedule` at all).
+    #[serde(default = "default_snapshot_schedule")]
     pub schedule: toml::Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_snapshot_schedule() -> toml::Value {
+    toml::Value::Table(toml::Table::from_iter([(
+        "every".to_string(),
+        toml::Value::String("1h".into()),
+    )]))
 }
 
 /// Home Assistant's Core API, reached through the Supervisor's proxy.
@@ -364,8 +468,204 @@ fn figment_error(e: figment::Error, file: Option<&Path>) -> ConfigError {
     out
 }
 
+/// Where in a TOML text things are, for messages: the 1-based line of a byte offset, and the
+/// dotted key in effect there. A small scanner (tables, inline tables, quoted strings), enough
+/// to point at the line the user has to change.
+pub(crate) mod toml_pos {
+    /// The 1-based line of byte `offset`.
+    pub fn line_of_offset(text: &str, offset: usize) -> usize {
+        text.as_bytes()[..offset.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn unquote(key: &str) -> String {
+        key.split('.')
+            .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The table header in effect on line `line` (1-based): `schedule` under `[schedule]`.
+    fn table_at(text: &str, line: usize) -> String {
+        text.lines()
+            .take(line)
+            .filter_map(|l| {
+                let l = l.trim();
+                l.starts_with('[')
+                    .then(|| unquote(l.trim_start_matches('[').split(']').next().unwrap_or("")))
+            })
+            .last()
+            .unwrap_or_default()
+    }
+
+    /// The keys open at the end of `prefix` (part of one line): `schedule = { every = ` gives
+    /// `schedule.every`.
+    fn keys_open(prefix: &str) -> Vec<String> {
+        let mut stack: Vec<String> = vec![String::new()];
+        let mut start = 0;
+        let mut quote: Option<char> = None;
+        for (i, c) in prefix.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '=') => {
+                    if let Some(top) = stack.last_mut() {
+                        *top = unquote(&prefix[start..i]);
+                    }
+                }
+                (None, '{') => {
+                    stack.push(String::new());
+                    start = i + 1;
+                }
+                (None, '}') => {
+                    stack.pop();
+                    start = i + 1;
+                }
+                (None, ',') => start = i + 1,
+                _ => {}
+            }
+        }
+        stack.into_iter().filter(|k| !k.is_empty()).collect()
+    }
+
+    fn join(table: &str, keys: &[String]) -> String {
+        std::iter::once(table.to_string())
+            .chain(keys.iter().cloned())
+            .filter(|k| !k.is_empty())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The dotted key and line a TOML deserialization error is about.
+    pub fn of_error(text: &str, e: &toml::de::Error) -> (Option<String>, Option<usize>) {
+        let Some(span) = e.span() else {
+            return (None, None);
+        };
+        let start = span.start.min(text.len());
+        let line = line_of_offset(text, start);
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let table = table_at(text, line);
+        let message = e.message();
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            // The span is the table that lacks it; a line would point nowhere useful.
+            return (Some(join(&table, &[field.to_string()])), None);
+        }
+        let mut keys = keys_open(&text[line_start..start]);
+        if message.starts_with("unknown field") || message.starts_with("duplicate key") {
+            // The span is the key itself.
+            keys.push(unquote(&text[start..span.end.min(text.len())]));
+        }
+        let key = join(&table, &keys);
+        (Some(key).filter(|k| !k.is_empty()), Some(line))
+    }
+
+    /// The line where `key` (dotted) is set, or its table or inline table begins.
+    pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+        let mut table = String::new();
+        for (n, l) in text.lines().enumerate() {
+            let t = l.trim();
+            let full = if t.starts_with('[') {
+                table = unquote(t.trim_start_matches('[').split(']').next().unwrap_or(""));
+                table.clone()
+            } else if let Some((k, _)) = t.split_once('=') {
+                join(&table, &[unquote(k)])
+            } else {
+                continue;
+            };
+            if !full.is_empty() && (full == key || key.starts_with(&format!("{full}."))) {
+                // A table header matches its own key only, not every key inside it.
+                if t.starts_with('[') && full != key {
+                    continue;
+                }
+                return Some(n + 1);
+            }
+        }
+        None
+    }
+}
+
+/// `[api]`'s per-key defaults. (`ApiConfig` carries no serde defaults of its own, so they are
+/// given here, one key each: they fill in keys, never sections.)
+fn api_defaults() -> Figment {
+    Figment::new()
+        .merge(Serialized::default("api.enabled", true))
+        .merge(Serialized::default("api.listen", "127.0.0.1:8099"))
+}
+
+/// A layer whose alternative tables (`ALTERNATIVE_TABLES`) give way to the layer above.
+struct GivesWay<P> {
+    inner: P,
+    tables: Vec<&'static str>,
+}
+
+impl<P: Provider> GivesWay<P> {
+    fn under(inner: P, above: &Figment) -> Self {
+        let tables = ALTERNATIVE_TABLES
+            .iter()
+            .filter(|(table, keys)| keys.iter().any(|k| above.contains(&format!("{table}.{k}"))))
+            .map(|(table, _)| *table)
+            .collect();
+        GivesWay { inner, tables }
+    }
+}
+
+impl<P: Provider> Provider for GivesWay<P> {
+    fn metadata(&self) -> Metadata {
+        self.inner.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            for table in &self.tables {
+                let (parent, key) = table.rsplit_once('.').unwrap_or(("", table));
+                let mut at = Some(&mut *dict);
+                for part in parent.split('.').filter(|p| !p.is_empty()) {
+                    at = match at.and_then(|d| d.get_mut(part)) {
+                        Some(Value::Dict(_, d)) => Some(d),
+                        _ => None,
+                    };
+                }
+                if let Some(d) = at {
+                    d.remove(key);
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        self.inner.profile()
+    }
+}
+
+/// The built-in example configuration with its folders placed in `data_dir`.
+fn builtin(data_dir: &Path) -> toml::Table {
+    let mut table: toml::Table = BUILTIN.parse().expect("config/builtin.toml is valid TOML");
+    for section in ["sources", "destinations"] {
+        let Some(toml::Value::Table(entries)) = table.get_mut(section) else {
+            continue;
+        };
+        for (_, entry) in entries.iter_mut() {
+            if let Some(toml::Value::String(path)) = entry.get_mut("path") {
+                let placed = data_dir.join(path.as_str()).display().to_string();
+                *path = placed;
+            }
+        }
+    }
+    table
+}
+
 impl Config {
-    /// Defaults, then `file` (which must exist when given), then the environment.
+    /// Per-key defaults, then `file` (which must exist when given; without one the built-in
+    /// example configuration), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_with(
             file,
@@ -375,7 +675,9 @@ impl Config {
 
     /// Like `load`, with the environment layer given (tests pass their own).
     pub fn load_with(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        let above = Figment::from(env.clone());
+        let mut figment = api_defaults();
+        let mut text_of_file = None;
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(
@@ -397,23 +699,53 @@ impl Config {
                 ))
                 .in_file(path));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            figment = figment.merge(GivesWay::under(Toml::file_exact(path), &above));
+            text_of_file = Some(text);
+        } else {
+            let data_dir = above
+                .extract_inner::<PathBuf>("data_dir")
+                .unwrap_or_else(|_| default_data_dir());
+            figment = figment.merge(GivesWay::under(
+                Serialized::defaults(builtin(&data_dir)),
+                &above,
+            ));
         }
+        // A problem in the file is shown with the line of its key.
+        let on_line = |e: ConfigError| match (&text_of_file, file, &e.key) {
+            (Some(text), Some(path), Some(key))
+                if e.file.as_deref() == Some(path.display().to_string().as_str()) =>
+            {
+                let line = toml_pos::line_of_key(text, key);
+                e.on_line(line)
+            }
+            _ => e,
+        };
         let mut config: Config = figment
             .merge(env)
             .extract()
-            .map_err(|e| figment_error(e, file))?;
+            .map_err(|e| on_line(figment_error(e, file)))?;
         config.source = file.map(Path::to_path_buf);
+        config.add_builtin_queues();
+        config.validate().map_err(on_line)?;
+        Ok(config)
+    }
+
+    /// The per-key defaults with `overlay` (TOML) on top, validated; no file, no environment,
+    /// no example flow.
+    pub fn from_overlay(overlay: &str) -> Result<Config, ConfigError> {
+        let figment = api_defaults().merge(Toml::string(overlay));
+        let mut config: Config = figment.extract().map_err(|e| figment_error(e, None))?;
+        config.add_builtin_queues();
         config.validate()?;
         Ok(config)
     }
 
-    /// The built-in defaults with `overlay` (TOML) on top, validated; no file, no environment.
-    pub fn from_overlay(overlay: &str) -> Result<Config, ConfigError> {
-        let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(overlay));
-        let config: Config = figment.extract().map_err(|e| figment_error(e, None))?;
-        config.validate()?;
-        Ok(config)
+    fn add_builtin_queues(&mut self) {
+        for (name, concurrency) in BUILTIN_QUEUES {
+            self.queues
+                .entry(name.to_string())
+                .or_insert(QueueConfig { concurrency });
+        }
     }
 
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -442,9 +774,6 @@ impl Config {
             && token.expose().len() < 16
         {
             return Err(self.err("api.token", "must be at least 16 characters"));
-        }
-        if self.queues.is_empty() {
-            return Err(self.err("queues", "at least one queue must be configured"));
         }
         for (name, q) in &self.queues {
             if !(1..=256).contains(&q.concurrency) {
@@ -517,7 +846,13 @@ impl Config {
                 }
             }
         }
-        if let Some(s) = &self.snapshots {
+        if let Some(s) = self.snapshots.as_ref().filter(|s| s.enabled) {
+            if s.source.is_empty() {
+                return Err(self.err(
+                    "snapshots.source",
+                    "name the source to scan, one of those under [sources]",
+                ));
+            }
             if !self.sources.contains_key(&s.source) {
                 return Err(self.err(
                     "snapshots.source",
@@ -649,9 +984,14 @@ mod tests {
     fn unknown_key_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("offsite.toml");
-        std::fs::write(&file, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[log]\nlevel = \"info\"\n[api]\nlisen = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let e = Config::load_with(Some(&file), no_env()).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
+        assert_eq!(e.line, Some(4), "the line of the wrong key: {e}");
     }
 
     #[test]
@@ -664,6 +1004,132 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("destinations.my_box"), "{e}");
         assert!(e.message.contains("sensor.offsite_backups_my_box"), "{e}");
+    }
+
+    fn load_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offsite.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load_with(Some(&file), no_env())
+    }
+
+    #[test]
+    fn without_a_file_the_example_flow_lives_in_the_data_dir() {
+        let c = Config::load_with(None, no_env()).unwrap();
+        let SourceConfig::Folder { path } = &c.sources["inbox"] else {
+            panic!("the example reads a folder")
+        };
+        assert_eq!(path, Path::new("offsite-data/inbox"));
+        assert_eq!(c.destinations["outbox"].path, "offsite-data/outbox");
+        let b = builtin(Path::new("/srv/offsite"));
+        assert_eq!(
+            b["sources"]["inbox"]["path"].as_str(),
+            Some("/srv/offsite/inbox")
+        );
+        assert_eq!(
+            b["destinations"]["outbox"]["path"].as_str(),
+            Some("/srv/offsite/outbox")
+        );
+    }
+
+    #[test]
+    fn a_config_file_gets_no_built_in_sections() {
+        let c = load_file("data_dir = \"/var/lib/offsite\"\n[queues.default]\nconcurrency = 2\n")
+            .unwrap();
+        assert!(c.sources.is_empty(), "{:?}", c.sources);
+        assert!(c.destinations.is_empty(), "{:?}", c.destinations);
+        assert!(c.snapshots.is_none());
+        // Per-key defaults still fill what the file leaves out.
+        assert_eq!(c.queues["default"].concurrency, 2);
+        assert_eq!(c.queues["uploads"].concurrency, 1, "built-in queues stay");
+        assert_eq!(c.engine.lease, Duration::from_secs(30));
+        assert_eq!(c.log.level, "info");
+        assert!(c.api.enabled && c.api.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn a_written_schedule_is_taken_as_written() {
+        let flow = "[sources.s]\ntype = \"folder\"\npath = \"/tmp/s\"\n\
+                    [destinations.d]\ntype = \"folder\"\npath = \"/tmp/d\"\n\
+                    [snapshots]\nsource = \"s\"\ndestinations = [\"d\"]\n";
+        for (schedule, keys) in [
+            ("cron = \"0 3 * * *\"", vec!["cron"]),
+            (
+                "weekdays = [\"mon\"]\nat = \"02:15\"",
+                vec!["at", "weekdays"],
+            ),
+        ] {
+            let c = load_file(&format!("{flow}[snapshots.schedule]\n{schedule}\n")).unwrap();
+            let s = c.snapshots.unwrap();
+            let written: Vec<&str> = s
+                .schedule
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(written, keys, "nothing built in merged into {schedule}");
+            assert!(s.enabled && s.scan_on_start);
+        }
+        let c = load_file(flow).unwrap();
+        assert_eq!(
+            c.snapshots.unwrap().schedule,
+            default_snapshot_schedule(),
+            "a section without a schedule gets the default one"
+        );
+    }
+
+    #[test]
+    fn a_schedule_above_replaces_the_one_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offsite.toml");
+        std::fs::write(
+            &file,
+            "[snapshots]\nenabled = false\n[snapshots.schedule]\nevery = \"2h\"\ntimezone = \"UTC\"\n",
+        )
+        .unwrap();
+        let above = Figment::from(Serialized::default("snapshots.schedule.cron", "0 3 * * *"));
+        let layered: Config = api_defaults()
+            .merge(GivesWay::under(Toml::file_exact(&file), &above))
+            .merge(above.clone())
+            .extract()
+            .unwrap();
+        let schedule = layered.snapshots.unwrap().schedule;
+        assert_eq!(schedule.as_table().unwrap().len(), 1, "{schedule}");
+        assert_eq!(schedule["cron"].as_str(), Some("0 3 * * *"));
+        // A key that is no alternative (timezone) merges as usual.
+        let above = Figment::from(Serialized::default(
+            "snapshots.schedule.timezone",
+            "Europe/Berlin",
+        ));
+        let layered: Config = api_defaults()
+            .merge(GivesWay::under(Toml::file_exact(&file), &above))
+            .merge(above.clone())
+            .extract()
+            .unwrap();
+        let schedule = layered.snapshots.unwrap().schedule;
+        assert_eq!(schedule["every"].as_str(), Some("2h"));
+        assert_eq!(schedule["timezone"].as_str(), Some("Europe/Berlin"));
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let example = Config::load_with(
+            Some(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/offsite.example.toml"
+            ))),
+            no_env(),
+        )
+        .unwrap();
+        let defaults = Config::from_overlay("").unwrap();
+        let show = |c: &Config| {
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                c.data_dir, c.jobs_dir, c.api.listen, c.log, c.engine, c.queues, c.prune
+            )
+        };
+        assert_eq!(show(&example), show(&defaults));
     }
 
     #[test]

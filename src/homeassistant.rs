@@ -357,8 +357,59 @@ pub async fn wanted_notifications(
             fingerprint: ids.join(","),
         });
     }
+    // Jobs still being retried but failing again and again: most often the environment (a
+    // full or unplugged disk, a permission), which the user must fix; they continue by
+    // themselves once it is. Shown from the second failure in a row.
+    let retrying = store
+        .list_jobs(
+            &JobFilter {
+                states: vec![JobState::Retryable],
+                ..Default::default()
+            },
+            200,
+            None,
+        )
+        .await?;
+    let struggling: Vec<_> = retrying
+        .iter()
+        .filter(|j| j.attempt >= STRUGGLING_AFTER)
+        .collect();
+    if !struggling.is_empty() {
+        let mut lines: Vec<String> = struggling
+            .iter()
+            .take(LISTED_FAILURES)
+            .map(|j| {
+                let error = j.last_error.as_deref().unwrap_or("no error recorded");
+                let error: String = error.chars().take(200).collect();
+                format!(
+                    "- job {}: {} — failed {} times: {error}",
+                    j.id,
+                    crate::jobs::describe(j),
+                    j.attempt
+                )
+            })
+            .collect();
+        if struggling.len() > LISTED_FAILURES {
+            lines.push(format!("- and {} more", struggling.len() - LISTED_FAILURES));
+        }
+        let ids: Vec<String> = struggling.iter().map(|j| j.id.to_string()).collect();
+        out.push(Notification {
+            id: format!("{NOTIFICATION_PREFIX}retrying_jobs"),
+            title: "offsite: backups keep failing".into(),
+            message: format!(
+                "These jobs failed again and are retried with growing waits:\n\n{}\n\n\
+                 The backups are still at their source. Fix the cause (for example free space \
+                 on the destination) and they continue by themselves.",
+                lines.join("\n")
+            ),
+            fingerprint: ids.join(","),
+        });
+    }
     Ok(out)
 }
+
+/// A job retrying after this many failed attempts in a row is reported to Home Assistant.
+const STRUGGLING_AFTER: i64 = 2;
 
 /// The sensors, as Home Assistant should show them now.
 pub async fn wanted_sensors(

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod queue;
+pub mod redact;
 pub mod sources;
 pub mod transfer;
 pub mod web;

@@ -55,6 +55,20 @@ impl From<TransferError> for JobError {
     }
 }
 
+/// A file-system error as the retry decision needs it. Everything a file system says is about
+/// the environment (a full disk, a read-only or unplugged drive, permissions someone will fix),
+/// so it is retried with backoff, and the message says plainly what is wrong.
+pub fn io_error(context: String, e: &std::io::Error) -> TransferError {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => "no space left on the device: ",
+        ErrorKind::PermissionDenied => "permission denied: ",
+        ErrorKind::ReadOnlyFilesystem => "the file system is read-only: ",
+        _ => "",
+    };
+    TransferError::Temporary(format!("{hint}{context}: {e}"))
+}
+
 impl From<std::io::Error> for TransferError {
     fn from(e: std::io::Error) -> Self {
         TransferError::Temporary(e.to_string())

@@ -155,7 +155,7 @@ impl ApiError {
             kind: format!("urn:offsite:problem:{slug}"),
             title: title.into(),
             status: status.as_u16(),
-            detail,
+            detail: crate::redact::redact(&detail).into_owned(),
             errors,
         }
     }

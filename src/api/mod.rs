@@ -99,9 +99,12 @@ impl Modify for Contract {
                     let Some(responses) = op["responses"].as_object_mut() else {
                         continue;
                     };
+                    // Error answers with a problem body (health's 503 answers its own Health).
                     for (status, r) in responses.iter_mut() {
                         if status.as_str() >= "400"
                             && let Some(content) = r["content"].as_object_mut()
+                            && content["application/json"]["schema"]["$ref"]
+                                == "#/components/schemas/Problem"
                             && let Some(json) = content.remove("application/json")
                         {
                             content.insert("application/problem+json".into(), json);
@@ -339,20 +342,23 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// The framework's own refusals (a query, path or form that does not parse, a wrong method, a
-/// wrong content type) come as plain text or with no body; every error leaves as
-/// `application/problem+json`. The panel's own HTML error pages stay pages.
+/// wrong content type) come as plain text or with no body; they leave as
+/// `application/problem+json` like every error of ours. The panel's own HTML error pages stay
+/// pages.
 async fn problems_only(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
+    // The framework's refusals are plain text or empty; a body a handler chose (a problem,
+    // a panel page, health's own JSON) stays as it is.
     let ct = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct.starts_with("application/problem+json") || ct.starts_with("text/html") {
+    if !(ct.is_empty() || ct.starts_with("text/plain")) {
         return resp;
     }
     let (parts, body) = resp.into_parts();

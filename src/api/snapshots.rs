@@ -276,7 +276,7 @@ async fn authorized(state: &AppState, destination: &str) -> Result<u64, ApiError
     }
     let woken = state
         .store
-        .wake_waiting(crate::jobs::WAIT_FOR_AUTHORIZATION, destination)
+        .wake_tag(&crate::jobs::destination_tag(destination))
         .await?;
     state.nudge();
     Ok(woken)

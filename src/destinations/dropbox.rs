@@ -475,6 +475,21 @@ impl DropboxClient {
         }
     }
 
+    /// The file at `path`, if there is one (a folder there is not a file).
+    pub async fn metadata(&self, path: &str) -> Result<Option<FileMetadata>, TransferError> {
+        match self
+            .rpc::<WireEntry>("files/get_metadata", &json!({"path": path}))
+            .await
+        {
+            Ok(entry) => Ok(match entry.into_entry() {
+                Some(Entry::File(meta)) => Some(meta),
+                _ => None,
+            }),
+            Err(ApiError::Endpoint(e)) if e.tags().starts_with(&["path", "not_found"]) => Ok(None),
+            Err(e) => Err(e.resolve(EndpointError::into_transfer)),
+        }
+    }
+
     /// Delete a file or folder (recursively). Already missing is success.
     pub async fn delete(&self, path: &str) -> Result<(), TransferError> {
         match self
@@ -642,25 +657,9 @@ impl DropboxClient {
         Err(TokenFailure::Failed(self.failure("oauth2/token", &reply)))
     }
 
-    /// Remove anything secret we know of from text the server sent back.
+    /// Remove anything secret from text the server sent back (every token is a `Secret`).
     fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        let mut secrets: Vec<String> = Vec::new();
-        if let Some(secret) = &self.inner.settings.app_secret {
-            secrets.push(secret.expose().to_owned());
-        }
-        if let Some(refresh) = &self.creds().refresh {
-            secrets.push(refresh.expose().to_owned());
-        }
-        if let Ok(slot) = self.inner.access.try_lock()
-            && let Some(access) = slot.as_ref()
-        {
-            secrets.push(access.token.expose().to_owned());
-        }
-        for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            out = out.replace(secret.as_str(), "***");
-        }
-        out
+        crate::redact::redact(text).into_owned()
     }
 
     // -- calls ------------------------------------------------------------
@@ -1039,11 +1038,17 @@ impl EndpointError {
         format!("Dropbox {}: {}", self.route, self.summary)
     }
 
-    /// Default reading of a route error: write throttling passes, everything else is about
-    /// the request itself (bad path, conflict, no space) and will not.
+    /// Default reading of a route error: write throttling passes, and a full account is the
+    /// user's to fix (a backup still at the source is not given up over it); everything else
+    /// is about the request itself (bad path, conflict) and will not.
     fn into_transfer(self) -> TransferError {
-        if self
-            .tags()
+        let tags = self.tags();
+        if tags.contains(&"insufficient_space") {
+            TransferError::Temporary(format!(
+                "no space left in the Dropbox account: {}",
+                self.message()
+            ))
+        } else if tags
             .iter()
             .any(|t| matches!(*t, "too_many_write_operations" | "too_many_requests"))
         {
@@ -1351,7 +1356,6 @@ mod tests {
             json!({".tag": "too_large"}),
             json!({".tag": "payload_too_large"}),
             json!({".tag": "path", "path": {".tag": "conflict", "conflict": {".tag": "file"}}}),
-            json!({".tag": "path", "path": {".tag": "insufficient_space"}}),
         ] {
             assert!(
                 matches!(
@@ -1361,6 +1365,10 @@ mod tests {
                 "{permanent}"
             );
         }
+        let full = json!({".tag": "path", "path": {".tag": "insufficient_space"}});
+        assert!(
+            matches!(session_error(endpoint(full)), TransferError::Temporary(m) if m.contains("no space")),
+        );
         let throttled = json!({".tag": "too_many_write_operations"});
         assert!(matches!(
             session_error(endpoint(throttled)),

@@ -1,14 +1,26 @@
 //! A local folder (a mounted NAS, a USB disk): the backup is written to a hidden temporary name,
-//! fsynced after every chunk (that is what "acknowledged" means here), and renamed into place
-//! when complete. A resumed upload cuts the temporary file back to the checkpointed offset.
+//! fsynced after every chunk (that is what "acknowledged" means here), checked on disk (length
+//! and content hash against what was sent) and only then renamed into place. A resumed upload
+//! cuts the temporary file back to the checkpointed offset.
+//!
+//! Writes go through `std::fs` on a blocking thread, not `tokio::fs::File`: tokio's file
+//! buffers a write and reports its error on the *next* call, so an ENOSPC from the last write
+//! before `sync_data` was silently dropped, and a truncated file was renamed into place as a
+//! good backup.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+};
 
 use bytes::Bytes;
-use tokio::{fs, io::AsyncWriteExt};
 
-use super::RemoteFile;
-use crate::transfer::TransferError;
+use super::{RemoteFile, content_hash::ContentHasher};
+use crate::transfer::{TransferError, io_error};
+
+/// Files whose name ends so are offsite's unfinished uploads.
+pub const PARTIAL_SUFFIX: &str = ".offsite-partial";
 
 #[derive(Debug, Clone)]
 pub struct LocalFolder {
@@ -16,13 +28,86 @@ pub struct LocalFolder {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> TransferError {
-    let msg = format!("{what} {}: {e}", path.display());
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            TransferError::Permanent(msg)
-        }
-        _ => TransferError::Temporary(msg),
+    io_error(format!("{what} {}", path.display()), &e)
+}
+
+/// What a chunk is written to: a file, or in tests a writer that fails on the n-th call.
+pub(crate) trait SyncWrite: Write {
+    fn sync_data(&mut self) -> std::io::Result<()>;
+}
+
+impl SyncWrite for File {
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        File::sync_data(self)
     }
+}
+
+/// Writes all of `chunk` and makes it durable; a short write, ENOSPC or EIO from write, flush or
+/// sync is an error, never a silent loss.
+pub(crate) fn write_durably(out: &mut impl SyncWrite, chunk: &[u8]) -> std::io::Result<()> {
+    out.write_all(chunk)?;
+    out.flush()?;
+    out.sync_data()
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransferError::Temporary(format!("file task failed: {e}")))?
+}
+
+/// Length and content hash of what is on disk at `path`, read back from the file.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = ContentHasher::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.finalize()))
+}
+
+fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), TransferError> {
+    let mut file = match OpenOptions::new().write(true).open(temp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TransferError::SessionGone(format!(
+                "{} vanished",
+                temp.display()
+            )));
+        }
+        Err(e) => return Err(io_err("cannot open", temp, e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| io_err("cannot stat", temp, e))?
+        .len();
+    if len != offset {
+        // Resume already cut the file back to our offset: anything else means another
+        // writer or a torn write. Never trust those bytes; start over.
+        return Err(TransferError::SessionGone(format!(
+            "{} has {len} bytes where {offset} were acknowledged",
+            temp.display()
+        )));
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_err("cannot seek in", temp, e))?;
+    if let Err(e) = write_durably(&mut file, chunk) {
+        // Give back what the failed chunk took (a full disk needs it) and leave the file at
+        // the acknowledged offset, so the next attempt resumes instead of starting over.
+        let _ = file.set_len(offset).and_then(|()| file.sync_data());
+        return Err(io_err("cannot write", temp, e));
+    }
+    Ok(())
 }
 
 impl LocalFolder {
@@ -30,7 +115,7 @@ impl LocalFolder {
         LocalFolder { root }
     }
 
-    fn target(&self, remote: &str) -> PathBuf {
+    pub(crate) fn target(&self, remote: &str) -> PathBuf {
         self.root.join(remote.trim_start_matches('/'))
     }
 
@@ -41,52 +126,54 @@ impl LocalFolder {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("backup");
-        target.with_file_name(format!(".{name}.offsite-partial"))
+        target.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
     }
 
     pub async fn begin(&self, remote: &str) -> Result<PathBuf, TransferError> {
         let temp = self.temp_path(remote);
-        if let Some(dir) = temp.parent() {
-            fs::create_dir_all(dir)
-                .await
-                .map_err(|e| io_err("cannot create folder", dir, e))?;
-        }
-        fs::File::create(&temp)
-            .await
-            .map_err(|e| io_err("cannot create", &temp, e))?;
+        let path = temp.clone();
+        blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create folder", dir, e))?;
+            }
+            File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
+            Ok(())
+        })
+        .await?;
         Ok(temp)
     }
 
     /// Cuts the temporary file back to `offset`; a file shorter than that is gone for our purpose.
     pub async fn resume(&self, temp: &Path, offset: u64) -> Result<(), TransferError> {
-        let file = match fs::OpenOptions::new().write(true).open(temp).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let temp = temp.to_path_buf();
+        blocking(move || {
+            let file = match OpenOptions::new().write(true).open(&temp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(TransferError::SessionGone(format!(
+                        "{} vanished",
+                        temp.display()
+                    )));
+                }
+                Err(e) => return Err(io_err("cannot open", &temp, e)),
+            };
+            let len = file
+                .metadata()
+                .map_err(|e| io_err("cannot stat", &temp, e))?
+                .len();
+            if len < offset {
                 return Err(TransferError::SessionGone(format!(
-                    "{} vanished",
+                    "{} has {len} bytes, fewer than the {offset} acknowledged",
                     temp.display()
                 )));
             }
-            Err(e) => return Err(io_err("cannot open", temp, e)),
-        };
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| io_err("cannot stat", temp, e))?
-            .len();
-        if len < offset {
-            return Err(TransferError::SessionGone(format!(
-                "{} has {len} bytes, fewer than the {offset} acknowledged",
-                temp.display()
-            )));
-        }
-        file.set_len(offset)
-            .await
-            .map_err(|e| io_err("cannot truncate", temp, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| io_err("cannot sync", temp, e))?;
-        Ok(())
+            file.set_len(offset)
+                .map_err(|e| io_err("cannot truncate", &temp, e))?;
+            file.sync_all()
+                .map_err(|e| io_err("cannot sync", &temp, e))?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn append(
@@ -95,86 +182,268 @@ impl LocalFolder {
         offset: u64,
         chunk: &Bytes,
     ) -> Result<(), TransferError> {
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .open(temp)
-            .await
-            .map_err(|e| io_err("cannot open", temp, e))?;
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| io_err("cannot stat", temp, e))?
-            .len();
-        if len != offset {
-            // Resume already cut the file back to our offset: anything else means another
-            // writer or a torn write. Never trust those bytes; start over.
-            return Err(TransferError::SessionGone(format!(
-                "{} has {len} bytes where {offset} were acknowledged",
-                temp.display()
-            )));
-        }
-        file.write_all(chunk)
-            .await
-            .map_err(|e| io_err("cannot write", temp, e))?;
-        file.sync_data()
-            .await
-            .map_err(|e| io_err("cannot sync", temp, e))?;
-        Ok(())
+        let temp = temp.to_path_buf();
+        let chunk = chunk.clone();
+        blocking(move || append_blocking(&temp, offset, &chunk)).await
     }
 
+    /// Appends the last chunk, reads the whole file back and compares its length and content
+    /// hash with what was sent (`expected_hash`); only a file that matches is renamed into place.
     pub async fn finish(
         &self,
         temp: &Path,
         offset: u64,
         chunk: &Bytes,
         remote: &str,
+        expected_hash: &str,
     ) -> Result<RemoteFile, TransferError> {
         self.append(temp, offset, chunk).await?;
+        let temp = temp.to_path_buf();
         let target = self.target(remote);
-        fs::rename(temp, &target)
-            .await
-            .map_err(|e| io_err("cannot rename into", &target, e))?;
-        if let Some(dir) = target.parent()
-            && let Ok(d) = fs::File::open(dir).await
-        {
-            // Make the rename itself durable.
-            let _ = d.sync_all().await;
-        }
-        Ok(RemoteFile {
-            path: remote.to_string(),
-            size: offset + chunk.len() as u64,
-            content_hash: None,
+        let expected_len = offset + chunk.len() as u64;
+        let expected_hash = expected_hash.to_string();
+        let remote = remote.to_string();
+        blocking(move || {
+            let (len, hash) = hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?;
+            if len != expected_len || hash != expected_hash {
+                let _ = std::fs::remove_file(&temp);
+                return Err(TransferError::SessionGone(format!(
+                    "{} read back as {len} bytes with content hash {hash}, but {expected_len} \
+                     bytes hashing to {expected_hash} were written; removed it",
+                    temp.display()
+                )));
+            }
+            std::fs::rename(&temp, &target)
+                .map_err(|e| io_err("cannot rename into", &target, e))?;
+            if let Some(dir) = target.parent() {
+                // Make the rename itself durable.
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_err("cannot sync folder", dir, e))?;
+            }
+            Ok(RemoteFile {
+                path: remote,
+                size: len,
+                content_hash: Some(hash),
+            })
         })
+        .await
+    }
+
+    /// The file at `remote` with its length and content hash (read back), if there is one.
+    pub async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+        let path = self.target(remote);
+        let remote = remote.to_string();
+        blocking(move || match hash_file(&path) {
+            Ok((size, hash)) => Ok(Some(RemoteFile {
+                path: remote,
+                size,
+                content_hash: Some(hash),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path, e)),
+        })
+        .await
     }
 
     /// Files directly in the folder (not the hidden partial ones).
     pub async fn list(&self, folder: &str) -> Result<Vec<String>, TransferError> {
+        Ok(self
+            .entries(folder)
+            .await?
+            .into_iter()
+            .filter(|name| !name.starts_with('.'))
+            .map(|name| format!("{}/{name}", folder.trim_end_matches('/')))
+            .collect())
+    }
+
+    /// Unfinished uploads (hidden partial files) directly in the folder.
+    pub async fn partials(&self, folder: &str) -> Result<Vec<PathBuf>, TransferError> {
         let dir = self.target(folder);
-        let mut out = Vec::new();
-        let mut entries = match fs::read_dir(&dir).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err("cannot list", &dir, e)),
-        };
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| io_err("cannot list", &dir, e))?
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && entry.file_type().await.is_ok_and(|t| t.is_file()) {
-                out.push(format!("{}/{name}", folder.trim_end_matches('/')));
+        Ok(self
+            .entries(folder)
+            .await?
+            .into_iter()
+            .filter(|name| name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX))
+            .map(|name| dir.join(name))
+            .collect())
+    }
+
+    async fn entries(&self, folder: &str) -> Result<Vec<String>, TransferError> {
+        let dir = self.target(folder);
+        blocking(move || {
+            let mut out = Vec::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(io_err("cannot list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    out.push(entry.file_name().to_string_lossy().into_owned());
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn delete(&self, remote: &str) -> Result<(), TransferError> {
-        let path = self.target(remote);
-        match fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("cannot delete", &path, e)),
+        remove(self.target(remote)).await
+    }
+}
+
+/// Removes a file; already missing is success.
+pub async fn remove(path: PathBuf) -> Result<(), TransferError> {
+    blocking(move || match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot delete", &path, e)),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    enum Fault {
+        Error(ErrorKind),
+        /// Half the buffer is written, then the device takes nothing more.
+        ShortWrite,
+    }
+
+    /// Fails its `fail_at`-th call (write, flush and sync counted together).
+    struct FailingWriter {
+        calls: usize,
+        fail_at: usize,
+        fault: Fault,
+        full: bool,
+        written: Vec<u8>,
+    }
+
+    impl FailingWriter {
+        fn new(fail_at: usize, fault: Fault) -> Self {
+            FailingWriter {
+                calls: 0,
+                fail_at,
+                fault,
+                full: false,
+                written: Vec::new(),
+            }
         }
+        /// The error this call fails with, if it is the one that fails.
+        fn fails_now(&mut self) -> Option<Error> {
+            self.calls += 1;
+            match self.fault {
+                Fault::Error(kind) if self.calls == self.fail_at => Some(Error::from(kind)),
+                _ => None,
+            }
+        }
+    }
+
+    impl Write for FailingWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.full {
+                return Ok(0);
+            }
+            if let Some(e) = self.fails_now() {
+                return Err(e);
+            }
+            let n = if self.calls == self.fail_at {
+                self.full = true;
+                buf.len() / 2
+            } else {
+                buf.len()
+            };
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.fails_now().map_or(Ok(()), Err)
+        }
+    }
+
+    impl SyncWrite for FailingWriter {
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            self.fails_now().map_or(Ok(()), Err)
+        }
+    }
+
+    #[test]
+    fn every_write_error_surfaces() {
+        let chunk = vec![7u8; 1000];
+        // Call 1 is the write, 2 the flush, 3 the sync.
+        for (fail_at, kind) in [
+            (1, ErrorKind::StorageFull),
+            (1, ErrorKind::Other),
+            (2, ErrorKind::StorageFull),
+            (3, ErrorKind::StorageFull),
+            (3, ErrorKind::Other),
+        ] {
+            let mut w = FailingWriter::new(fail_at, Fault::Error(kind));
+            let err = write_durably(&mut w, &chunk).expect_err("the failure must surface");
+            assert_eq!(err.kind(), kind, "call {fail_at}");
+        }
+        let mut short = FailingWriter::new(1, Fault::ShortWrite);
+        let err = write_durably(&mut short, &chunk).expect_err("a short write must surface");
+        assert_eq!(err.kind(), ErrorKind::WriteZero);
+        assert_eq!(short.written.len(), 500);
+        let mut fine = FailingWriter::new(usize::MAX, Fault::ShortWrite);
+        write_durably(&mut fine, &chunk).unwrap();
+        assert_eq!(fine.written, chunk);
+    }
+
+    #[test]
+    fn no_space_is_said_plainly_and_retried() {
+        let e = io_err(
+            "cannot write",
+            Path::new("/backups/x"),
+            Error::from(ErrorKind::StorageFull),
+        );
+        assert!(matches!(e, TransferError::Temporary(_)), "{e:?}");
+        assert!(e.to_string().contains("no space left"), "{e}");
+        let e = io_err(
+            "cannot create",
+            Path::new("/backups/x"),
+            Error::from(ErrorKind::PermissionDenied),
+        );
+        assert!(matches!(e, TransferError::Temporary(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_reads_back_wrong_is_not_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = LocalFolder::new(dir.path().into());
+        let temp = folder.begin("/b/x.tar").await.unwrap();
+        let chunk = Bytes::from(vec![1u8; 4096]);
+        let mut h = ContentHasher::new();
+        h.update(&chunk);
+        h.update(&chunk);
+        let good = h.finalize();
+        folder.append(&temp, 0, &chunk).await.unwrap();
+        // Something else changes the acknowledged bytes behind our back.
+        std::fs::write(&temp, vec![2u8; 4096]).unwrap();
+        let err = folder
+            .finish(&temp, 4096, &chunk, "/b/x.tar", &good)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransferError::SessionGone(_)), "{err:?}");
+        assert!(!folder.target("/b/x.tar").exists());
+        assert!(!temp.exists());
+        // The same bytes as sent pass.
+        let temp = folder.begin("/b/x.tar").await.unwrap();
+        folder.append(&temp, 0, &chunk).await.unwrap();
+        let stored = folder
+            .finish(&temp, 4096, &chunk, "/b/x.tar", &good)
+            .await
+            .unwrap();
+        assert_eq!(stored.size, 8192);
+        assert_eq!(stored.content_hash.as_deref(), Some(good.as_str()));
+        assert_eq!(folder.stat("/b/x.tar").await.unwrap(), Some(stored));
+        assert_eq!(folder.stat("/b/y.tar").await.unwrap(), None);
     }
 }

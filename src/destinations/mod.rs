@@ -121,16 +121,21 @@ impl Destination {
         }
     }
 
+    /// Sends the last chunk and commits the file. `expected_hash` is the content hash of
+    /// everything sent; a destination that can check it before the file becomes visible does.
     pub async fn finish(
         &self,
         session: &Session,
         offset: u64,
         chunk: Bytes,
         remote: &str,
+        expected_hash: &str,
     ) -> Result<RemoteFile, TransferError> {
         match (self, session) {
             (Destination::Folder { folder, .. }, Session::Folder { temp }) => {
-                folder.finish(temp, offset, &chunk, remote).await
+                folder
+                    .finish(temp, offset, &chunk, remote, expected_hash)
+                    .await
             }
             (Destination::Dropbox { client, .. }, Session::Dropbox { session_id }) => {
                 let meta = client
@@ -145,6 +150,43 @@ impl Destination {
             _ => Err(TransferError::SessionGone(
                 "session of another destination kind".into(),
             )),
+        }
+    }
+
+    /// The committed file at `remote` with its size and content hash, if it exists.
+    pub async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+        match self {
+            Destination::Folder { folder, .. } => folder.stat(remote).await,
+            Destination::Dropbox { client, .. } => {
+                Ok(client.metadata(remote).await?.map(|m| RemoteFile {
+                    path: m.path_display,
+                    size: m.size,
+                    content_hash: m.content_hash,
+                }))
+            }
+        }
+    }
+
+    /// Throws away an unfinished upload (a cancelled or discarded job's). Dropbox forgets
+    /// sessions by itself after a week and offers no call to close one early.
+    pub async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
+        match session {
+            Session::Folder { temp } => local::remove(temp.clone()).await,
+            Session::Dropbox { .. } => Ok(()),
+        }
+    }
+
+    /// Unfinished uploads this destination holds on its own (the folder's hidden partial
+    /// files); Dropbox keeps its sessions out of sight and drops them by itself.
+    pub async fn partials(&self) -> Result<Vec<Session>, TransferError> {
+        match self {
+            Destination::Folder { folder, path, .. } => Ok(folder
+                .partials(path)
+                .await?
+                .into_iter()
+                .map(|temp| Session::Folder { temp })
+                .collect()),
+            Destination::Dropbox { .. } => Ok(Vec::new()),
         }
     }
 

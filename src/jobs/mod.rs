@@ -118,9 +118,11 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     Ok(registry)
 }
 
-/// The kinds that wait (snoozed, no attempt used) while their destination needs authorization,
-/// and are woken when it is authorized.
-pub const WAIT_FOR_AUTHORIZATION: &[&str] = &["snapshot_upload", "retention_prune"];
+/// The tag of jobs that use a destination: they wait (snoozed, no attempt used) while it needs
+/// authorization, and `Store::wake_tag` with it wakes them once it is authorized.
+pub fn destination_tag(destination: &str) -> String {
+    format!("destination:{destination}")
+}
 
 /// What a job was about, in words: `backup "Weekly" → dropbox`.
 pub fn describe(job: &crate::queue::store::JobRecord) -> String {

@@ -100,6 +100,9 @@ impl JobArgs for RetentionPruneArgs {
             stall_timeout: None,
         }
     }
+    fn tags(&self) -> Vec<String> {
+        vec![super::destination_tag(&self.destination)]
+    }
     fn validate(&self) -> Result<(), FieldError> {
         if self.destination.is_empty() {
             return Err(FieldError::new("destination", "must not be empty"));

@@ -80,6 +80,7 @@ impl Worker<SnapshotScanArgs> for SnapshotScanWorker {
             done.insert(destination.clone(), uploaded);
         }
         let mut new = 0;
+        let mut retried = 0;
         for backup in &backups {
             for destination in &args.destinations {
                 if done
@@ -101,14 +102,35 @@ impl Worker<SnapshotScanArgs> for SnapshotScanWorker {
                     idempotency_key: Some(upload_key(destination, &backup.slug)),
                     ..Default::default()
                 };
-                if !ctx.enqueue(&request).await?.deduplicated {
+                let enqueued = ctx.enqueue(&request).await?;
+                if !enqueued.deduplicated {
                     new += 1;
+                } else if enqueued.job.state == crate::queue::JobState::Discarded {
+                    // The backup is still at the source: an upload that gave up (a full disk,
+                    // a revoked permission) gets one more attempt each scan, so fixing the
+                    // cause is enough.
+                    match ctx.store().retry_discarded(enqueued.job.id).await {
+                        Ok(_) => {
+                            retried += 1;
+                            ctx.wake_workers();
+                        }
+                        Err(crate::queue::store::OpError::Conflict(_)) => {}
+                        Err(e) => return Err(JobError::retryable(e)),
+                    }
                 }
             }
         }
-        info!(source = %args.source, backups = backups.len(), new_uploads = new, "scanned");
-        ctx.save_checkpoint(&json!({"backups": backups.len(), "new_uploads": new}))
+        let swept = sweep_partials(&self.0, ctx.store(), false)
             .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "could not look for unfinished uploads to remove");
+                0
+            });
+        info!(source = %args.source, backups = backups.len(), new_uploads = new, retried, swept, "scanned");
+        ctx.save_checkpoint(
+            &json!({"backups": backups.len(), "new_uploads": new, "retried": retried}),
+        )
+        .await
     }
 }
 
@@ -142,6 +164,9 @@ impl JobArgs for SnapshotUploadArgs {
             return Err(FieldError::new("backup", "must not be empty"));
         }
         Ok(())
+    }
+    fn tags(&self) -> Vec<String> {
+        vec![super::destination_tag(&self.destination)]
     }
 }
 
@@ -239,6 +264,11 @@ impl Throttle {
     }
 }
 
+/// How often one attempt may start an upload over after losing its session. Past that the
+/// attempt fails and backs off: a destination that keeps losing what it was given must not be
+/// fed the same bytes in a tight loop.
+const RESTARTS_PER_ATTEMPT: u32 = 1;
+
 impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
     async fn work(&self, ctx: JobContext, args: SnapshotUploadArgs) -> Result<(), JobError> {
         let services = &self.0;
@@ -253,50 +283,62 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
         }
         let remote = remote_path(dest.folder(), &args.name, &args.date);
         let chunk = dest.chunk_size();
+        let fresh = || UploadCheckpoint {
+            remote_path: remote.clone(),
+            ..Default::default()
+        };
         let mut cp: UploadCheckpoint = ctx
             .checkpoint()
             .filter(|c: &UploadCheckpoint| c.remote_path == remote && c.is_consistent())
-            .unwrap_or(UploadCheckpoint {
-                remote_path: remote.clone(),
-                ..Default::default()
-            });
+            .unwrap_or_else(fresh);
         let mut throttle = Throttle {
             rate: services.throttle(&args.destination),
             started: Instant::now(),
             sent: 0,
         };
+        let mut restarts = 0;
 
         'session: loop {
-            let session = match cp.session.clone() {
-                Some(session) => match dest.resume(&session, cp.offset).await {
-                    Ok(()) => {
-                        info!(offset = cp.offset, "resuming upload from its checkpoint");
-                        session
-                    }
+            // A later attempt of an upload that had begun: if the last one died after the
+            // destination committed the file but before the answer came, the file is there.
+            if cp.session.is_some()
+                && ctx.attempt() > 1
+                && restarts == 0
+                && let Some(done) = self.take_committed(&ctx, &args, &remote).await?
+            {
+                return done;
+            }
+            if let Some(session) = &cp.session {
+                match dest.resume(session, cp.offset).await {
+                    Ok(()) => info!(offset = cp.offset, "resuming upload from its checkpoint"),
                     Err(TransferError::SessionGone(why)) => {
-                        warn!(%why, "upload session is gone; starting again from the beginning");
-                        cp = UploadCheckpoint {
-                            remote_path: remote.clone(),
-                            ..Default::default()
-                        };
-                        continue 'session;
+                        warn!(%why, "upload session is gone");
+                        cp = self.start_over(&ctx, &mut restarts, &remote).await?;
                     }
                     Err(e) => return Err(e.into()),
-                },
+                }
+            }
+            let (session, mut stream, total) = match cp.session.clone() {
+                Some(session) => {
+                    let (stream, total) = source.open(&args.backup, cp.offset).await?;
+                    (session, stream, total)
+                }
                 None => {
+                    if let Some(done) = self.take_committed(&ctx, &args, &remote).await? {
+                        return done;
+                    }
+                    // The source first: a backup that vanished opens no destination session.
+                    let (stream, total) = source.open(&args.backup, 0).await?;
                     let session = dest.begin(&remote).await?;
                     cp = UploadCheckpoint {
-                        remote_path: remote.clone(),
                         session: Some(session.clone()),
-                        offset: 0,
-                        hash: String::new(),
+                        ..fresh()
                     };
                     ctx.save_checkpoint(&cp).await?;
-                    session
+                    (session, stream, total)
                 }
             };
             let mut hasher = ContentHasher::resume(&cp.hash).unwrap_or_default();
-            let (mut stream, total) = source.open(&args.backup, cp.offset).await?;
             let mut offset = cp.offset;
             let mut buffers = Buffers::default();
             let mut current = read_chunk(&mut stream, chunk, &mut buffers).await?;
@@ -319,19 +361,26 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                 };
                 // A slow chunk is progress too: the client watches the request itself.
                 let keepalive = ctx.keep_alive();
-                let sent = if last {
-                    dest.finish(&session, offset, current.clone(), &remote)
+                let (sent, chunk_hash) = if last {
+                    // The destination checks what it stored against everything sent.
+                    let chunk_hash = joined(hashing).await?;
+                    let mut all = hasher.clone();
+                    if !all.append(chunk_hash.clone()) {
+                        all.update(&current);
+                    }
+                    let sent = dest
+                        .finish(&session, offset, current.clone(), &remote, &all.finalize())
                         .await
-                        .map(Some)
+                        .map(Some);
+                    (sent, chunk_hash)
                 } else {
-                    dest.append(&session, offset, current.clone())
+                    let sent = dest
+                        .append(&session, offset, current.clone())
                         .await
-                        .map(|()| None)
+                        .map(|()| None);
+                    (sent, joined(hashing).await?)
                 };
                 drop(keepalive);
-                let chunk_hash = hashing
-                    .await
-                    .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))?;
                 match sent {
                     Ok(stored) => {
                         if !hasher.append(chunk_hash) {
@@ -339,14 +388,16 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                         }
                         offset = end;
                         if let Some(stored) = stored {
-                            return self.finished(&ctx, &args, hasher, stored, total).await;
+                            return self
+                                .finished(&ctx, &args, hasher.finalize(), stored, total)
+                                .await;
                         }
-                        throttle.sent(current.len(), &ctx).await?;
                         let Some(hash) = hasher.state() else {
                             return Err(JobError::Permanent(format!(
                                 "internal error: chunk end {offset} is not on a 4 MiB block boundary"
                             )));
                         };
+                        // Checkpoint first, then wait: a kill during the wait re-sends nothing.
                         cp.offset = offset;
                         cp.hash = hash;
                         ctx.save_checkpoint(&cp).await?;
@@ -357,6 +408,7 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                             message: Some(format!("{} → {}", args.name, args.destination)),
                         })
                         .await?;
+                        throttle.sent(current.len(), &ctx).await?;
                         buffers.recycle(std::mem::take(&mut current));
                         current = read_chunk(&mut stream, chunk, &mut buffers).await?;
                     }
@@ -402,15 +454,11 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                             joined.freeze()
                         };
                     }
-                    Err(TransferError::IncorrectOffset(_)) | Err(TransferError::SessionGone(_)) => {
-                        warn!(
-                            "upload session lost or inconsistent; starting again from the beginning"
-                        );
-                        cp = UploadCheckpoint {
-                            remote_path: remote.clone(),
-                            ..Default::default()
-                        };
-                        ctx.save_checkpoint(&cp).await?;
+                    Err(
+                        e @ (TransferError::IncorrectOffset(_) | TransferError::SessionGone(_)),
+                    ) => {
+                        warn!(error = %e, "upload session lost or inconsistent");
+                        cp = self.start_over(&ctx, &mut restarts, &remote).await?;
                         continue 'session;
                     }
                     Err(e) => return Err(e.into()),
@@ -418,21 +466,223 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
             }
         }
     }
+
+    async fn abandoned(&self, args: SnapshotUploadArgs, checkpoint: Option<serde_json::Value>) {
+        let Some(session) = checkpoint
+            .and_then(|v| serde_json::from_value::<UploadCheckpoint>(v).ok())
+            .and_then(|cp| cp.session)
+        else {
+            return;
+        };
+        if let Ok(dest) = self.0.destination(&args.destination) {
+            match dest.abandon(&session).await {
+                Ok(()) => info!("removed the unfinished upload"),
+                Err(e) => warn!(error = %e, "could not remove the unfinished upload"),
+            }
+        }
+    }
+}
+
+/// An unfinished upload named by no job is left alone this long after its last write before a
+/// scan removes it (a job may be between creating it and checkpointing it).
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes unfinished uploads (a folder's hidden partial files) that no job will resume: those
+/// of uploads that ended cancelled or discarded, and those no job names at all — at start-up,
+/// before any worker runs, every one; later only once it is older than `ORPHAN_AGE`. Returns
+/// how many went.
+pub async fn sweep_partials(
+    services: &Services,
+    store: &crate::queue::Store,
+    at_start: bool,
+) -> Result<usize, JobError> {
+    let sessions = |checkpoints: Vec<serde_json::Value>| -> Vec<Session> {
+        checkpoints
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<UploadCheckpoint>(v).ok()?.session)
+            .collect()
+    };
+    let kind = SnapshotUploadArgs::KIND;
+    let live = sessions(
+        store
+            .checkpoints(kind, false)
+            .await
+            .map_err(JobError::retryable)?,
+    );
+    let ended = sessions(
+        store
+            .checkpoints(kind, true)
+            .await
+            .map_err(JobError::retryable)?,
+    );
+    let mut removed = 0;
+    for name in services.destination_names() {
+        let dest = services.destination(name)?;
+        // One unusable destination must not keep the others (or the scan) from their work.
+        let partials = match dest.partials().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(destination = %name, error = %e, "could not look for unfinished uploads");
+                continue;
+            }
+        };
+        for partial in partials {
+            if live.contains(&partial) {
+                continue;
+            }
+            let Session::Folder { temp } = &partial else {
+                continue;
+            };
+            let old = std::fs::metadata(temp)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= ORPHAN_AGE);
+            if at_start || old || ended.contains(&partial) {
+                match dest.abandon(&partial).await {
+                    Ok(()) => {
+                        info!(file = %temp.display(), "removed an unfinished upload no job will resume");
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        warn!(file = %temp.display(), error = %e, "could not remove an unfinished upload")
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+async fn joined(task: tokio::task::JoinHandle<ContentHasher>) -> Result<ContentHasher, JobError> {
+    task.await
+        .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))
+}
+
+/// Reads the whole stream for its length and content hash, as a destination would compute it.
+async fn hash_stream(
+    ctx: &JobContext,
+    stream: &mut BackupStream,
+) -> Result<(u64, String), TransferError> {
+    let mut hasher = ContentHasher::new();
+    let mut buffers = Buffers::default();
+    let mut len = 0u64;
+    loop {
+        let chunk = read_chunk(
+            stream,
+            crate::destinations::content_hash::BLOCK,
+            &mut buffers,
+        )
+        .await?;
+        if chunk.is_empty() {
+            return Ok((len, hasher.finalize()));
+        }
+        len += chunk.len() as u64;
+        let (h, chunk) = tokio::task::spawn_blocking(move || {
+            let mut h = ContentHasher::new();
+            h.update(&chunk);
+            (h, chunk)
+        })
+        .await
+        .map_err(|e| TransferError::Temporary(format!("hashing failed: {e}")))?;
+        if !hasher.append(h) {
+            hasher.update(&chunk);
+        }
+        buffers.recycle(chunk);
+        ctx.touch();
+    }
 }
 
 impl SnapshotUploadWorker {
+    /// Begins the upload again from byte 0, at most `RESTARTS_PER_ATTEMPT` times an attempt.
+    async fn start_over(
+        &self,
+        ctx: &JobContext,
+        restarts: &mut u32,
+        remote: &str,
+    ) -> Result<UploadCheckpoint, JobError> {
+        *restarts += 1;
+        if *restarts > RESTARTS_PER_ATTEMPT {
+            return Err(JobError::retryable(
+                "the destination lost the upload session again; trying later",
+            ));
+        }
+        warn!("starting the upload again from the beginning");
+        let cp = UploadCheckpoint {
+            remote_path: remote.to_string(),
+            ..Default::default()
+        };
+        ctx.save_checkpoint(&cp).await?;
+        Ok(cp)
+    }
+
+    /// A crash after the destination committed the file but before we heard back leaves it
+    /// there unrecorded: record it (and finish) if it is this backup, byte for byte, instead
+    /// of sending it all again.
+    async fn take_committed(
+        &self,
+        ctx: &JobContext,
+        args: &SnapshotUploadArgs,
+        remote: &str,
+    ) -> Result<Option<Result<(), JobError>>, JobError> {
+        let Some((stored, ours)) = self.committed_copy(ctx, args, remote).await? else {
+            return Ok(None);
+        };
+        info!(remote = %stored.path, "the destination already has this backup, complete and intact");
+        let size = stored.size;
+        Ok(Some(self.finished(ctx, args, ours, stored, size).await))
+    }
+
+    /// The file already at `remote`, with the content hash of the source, when it is this
+    /// backup exactly: the same length and the same content hash as the source read locally
+    /// (reading costs far less than sending).
+    async fn committed_copy(
+        &self,
+        ctx: &JobContext,
+        args: &SnapshotUploadArgs,
+        remote: &str,
+    ) -> Result<Option<(crate::destinations::RemoteFile, String)>, JobError> {
+        let dest = self.0.destination(&args.destination)?;
+        let Some(found) = dest.stat(remote).await? else {
+            return Ok(None);
+        };
+        let (mut stream, total) = self.0.source(&args.source)?.open(&args.backup, 0).await?;
+        if found.size != total {
+            warn!(
+                remote,
+                theirs = found.size,
+                ours = total,
+                "a file of another size is already at the upload's path"
+            );
+            return Ok(None);
+        }
+        let (len, ours) = hash_stream(ctx, &mut stream).await?;
+        if len != total || found.content_hash.as_deref() != Some(ours.as_str()) {
+            warn!(
+                remote,
+                "a file with other content is already at the upload's path"
+            );
+            return Ok(None);
+        }
+        Ok(Some((found, ours)))
+    }
+
+    /// Records a stored file whose content hash the destination reported as `theirs`; `ours` is
+    /// the hash of the bytes read from the source.
     async fn finished(
         &self,
         ctx: &JobContext,
         args: &SnapshotUploadArgs,
-        hasher: ContentHasher,
+        ours: String,
         stored: crate::destinations::RemoteFile,
         total: u64,
     ) -> Result<(), JobError> {
-        let ours = hasher.finalize();
-        if let Some(theirs) = &stored.content_hash
-            && *theirs != ours
-        {
+        let hash_differs = stored
+            .content_hash
+            .as_ref()
+            .is_some_and(|theirs| *theirs != ours);
+        if stored.size != total || hash_differs {
+            let theirs = stored.content_hash.as_deref().unwrap_or("(none)");
             // Do not leave a file that looks like a good backup.
             if let Ok(dest) = self.0.destination(&args.destination)
                 && let Err(e) = dest.delete(&stored.path).await
@@ -440,8 +690,9 @@ impl SnapshotUploadWorker {
                 warn!(path = %stored.path, error = %e, "could not remove the mismatched upload");
             }
             return Err(JobError::Permanent(format!(
-                "content hash mismatch: {} has {theirs}, the bytes read hash to {ours}; not recorded as backed up",
-                stored.path
+                "the stored copy differs from the backup: {} has {} bytes with content hash \
+                 {theirs}, the {total} bytes read hash to {ours}; not recorded as backed up",
+                stored.path, stored.size
             )));
         }
         let record = UploadRecord {

@@ -131,6 +131,11 @@ impl JobContext {
         Ok(enqueued)
     }
 
+    /// Something may be runnable now (a job this one made due): look at once.
+    pub fn wake_workers(&self) {
+        self.inner.wake.notify_one();
+    }
+
     pub fn job_id(&self) -> i64 {
         self.inner.job_id
     }
@@ -152,6 +157,11 @@ impl JobContext {
     pub fn checkpoint<T: DeserializeOwned>(&self) -> Option<T> {
         let saved = self.inner.checkpoint.lock().ok()?.clone()?;
         serde_json::from_value(saved).ok()
+    }
+
+    /// The last checkpoint as stored, whatever its shape.
+    pub(crate) fn checkpoint_value(&self) -> Option<Value> {
+        self.inner.checkpoint.lock().ok()?.clone()
     }
 
     /// Durably saves a checkpoint for the next attempt (or a replay) to resume from.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, mpsc},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
     time::sleep,
 };
@@ -64,6 +64,14 @@ struct Done {
     kind: String,
     /// How long the handler ran; None when it never started.
     elapsed: Option<Duration>,
+}
+
+/// A worker about to run a claimed job asks the dispatcher to record the start first (batched
+/// with the other writes); `ack` says whether it may (false: the lease is gone).
+struct StartRequest {
+    job_id: i64,
+    lease_token: i64,
+    ack: oneshot::Sender<bool>,
 }
 
 struct Shared {
@@ -253,6 +261,7 @@ async fn dispatch(
 ) {
     let mut queues: Vec<QueueSlot> = Vec::with_capacity(shared.queues.len());
     let mut workers = Vec::new();
+    let (start_tx, mut start_rx) = mpsc::unbounded_channel::<StartRequest>();
     for (i, q) in shared.queues.iter().enumerate() {
         let (tx, rx) = flume::unbounded();
         for _ in 0..q.concurrency {
@@ -260,6 +269,7 @@ async fn dispatch(
                 shared.clone(),
                 i,
                 rx.clone(),
+                start_tx.clone(),
                 done_tx.clone(),
             )));
         }
@@ -275,13 +285,19 @@ async fn dispatch(
         });
     }
     drop(done_tx);
+    drop(start_tx);
     let mut pending: Vec<Done> = Vec::new();
+    let mut starting: Vec<StartRequest> = Vec::new();
     let mut next_poll = Instant::now() + shared.settings.poll_interval;
+    let mut write_failures = 0u32;
 
     loop {
         while let Ok(done) = done_rx.try_recv() {
             queues[done.queue].finished(done.elapsed);
             pending.push(done);
+        }
+        while let Ok(start) = start_rx.try_recv() {
+            starting.push(start);
         }
         let stopping = shared.stopping.is_cancelled();
         if stopping {
@@ -318,7 +334,7 @@ async fn dispatch(
                 .collect()
         };
 
-        if pending.is_empty() && claims.is_empty() {
+        if pending.is_empty() && claims.is_empty() && starting.is_empty() {
             let wake_at = queues
                 .iter()
                 .filter_map(|q| q.due)
@@ -328,6 +344,7 @@ async fn dispatch(
                     queues[done.queue].finished(done.elapsed);
                     pending.push(done);
                 }
+                Some(start) = start_rx.recv() => starting.push(start),
                 _ = shared.wake.notified() => queues.iter_mut().for_each(|q| q.hungry = true),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shared.stopping.cancelled(), if !stopping => {}
@@ -336,12 +353,22 @@ async fn dispatch(
         }
 
         let finishes: Vec<Finish> = pending.iter().map(|d| d.finish.clone()).collect();
+        let starts: Vec<(i64, i64)> = starting.iter().map(|s| (s.job_id, s.lease_token)).collect();
         let result = shared
             .store
-            .finish_and_claim(&finishes, &claims, &shared.owner, shared.settings.lease)
+            .finish_and_claim(
+                &starts,
+                &finishes,
+                &claims,
+                &shared.owner,
+                shared.settings.lease,
+            )
             .await;
-        let (applied, claimed) = match result {
-            Ok(r) => r,
+        let (started, applied, claimed) = match result {
+            Ok(r) => {
+                write_failures = 0;
+                r
+            }
             Err(e) => {
                 if shared.hard_stop.is_cancelled() {
                     // Shutting down and the database will not take the results: leave them;
@@ -349,12 +376,21 @@ async fn dispatch(
                     error!(error = %e, jobs = pending.len(), "could not record job results at shutdown");
                     break;
                 }
-                // Keep the results and try again: leases are still being renewed meanwhile.
-                error!(error = %e, "could not write job results or claim jobs; retrying");
-                sleep(Duration::from_millis(500)).await;
+                // Keep the results and try again, less often the longer it lasts: leases are
+                // still being renewed meanwhile. The store says once that it cannot write.
+                debug!(error = %e, "could not write job results or claim jobs; retrying");
+                write_failures += 1;
+                let wait = Duration::from_millis(250 << write_failures.min(5));
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = shared.stopping.cancelled(), if !stopping => {}
+                }
                 continue;
             }
         };
+        for start in starting.drain(..) {
+            let _ = start.ack.send(started.contains(&start.job_id));
+        }
         for done in pending.drain(..) {
             let kept = applied.contains(&done.finish.job_id);
             if !kept {
@@ -398,6 +434,7 @@ async fn work_loop(
     shared: Arc<Shared>,
     queue: usize,
     jobs: flume::Receiver<ClaimedJob>,
+    start_tx: mpsc::UnboundedSender<StartRequest>,
     done_tx: mpsc::UnboundedSender<Done>,
 ) {
     loop {
@@ -420,14 +457,34 @@ async fn work_loop(
             .ok()
             .and_then(|r| r.get(&job.id).cloned())
             .unwrap_or_default();
+        // `running` means a worker executes it: the start is on disk before the job runs, so
+        // a crash charges an attempt only to jobs that had begun.
+        let (ack, acked) = oneshot::channel();
+        let asked = start_tx.send(StartRequest {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            ack,
+        });
+        let may_start = asked.is_ok()
+            && tokio::select! {
+                ok = acked => ok.unwrap_or(false),
+                _ = shared.hard_stop.cancelled() => false,
+            };
+        if !may_start {
+            forget(&shared, job.id);
+            let _ = done_tx.send(released(queue, job));
+            continue;
+        }
         let started = Instant::now();
         let finish = run_job(&shared, &job, cancel).await;
         forget(&shared, job.id);
+        // Only completed attempts tell how long this queue's work takes (a snooze is quick).
+        let elapsed = matches!(finish.how, FinishKind::Completed).then(|| started.elapsed());
         let _ = done_tx.send(Done {
             queue,
             finish,
             kind: job.kind,
-            elapsed: Some(started.elapsed()),
+            elapsed,
         });
     }
 }
@@ -466,30 +523,31 @@ async fn next_due_instant(shared: &Shared, queue: &str) -> Option<Instant> {
 async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -> Finish {
     let span = info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
     let started = Instant::now();
+    let entry = shared.registry.get(&job.kind);
+    let checkpoint: Option<serde_json::Value> = job
+        .checkpoint
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok());
+    let ctx = JobContext::new(
+        job.id,
+        job.kind.clone(),
+        job.attempt,
+        job.max_attempts,
+        job.lease_token,
+        checkpoint,
+        shared.store.clone(),
+        shared.registry.clone(),
+        shared.wake.clone(),
+        cancel.clone(),
+        shared.stopping.clone(),
+    );
     let result = async {
-        let Some(entry) = shared.registry.get(&job.kind) else {
+        let Some(entry) = entry else {
             return Err(JobError::Permanent(format!(
                 "no worker for job kind {:?} in this build of offsite",
                 job.kind
             )));
         };
-        let checkpoint = job
-            .checkpoint
-            .as_deref()
-            .and_then(|c| serde_json::from_str(c).ok());
-        let ctx = JobContext::new(
-            job.id,
-            job.kind.clone(),
-            job.attempt,
-            job.max_attempts,
-            job.lease_token,
-            checkpoint,
-            shared.store.clone(),
-            shared.registry.clone(),
-            shared.wake.clone(),
-            cancel.clone(),
-            shared.stopping.clone(),
-        );
         debug!(resumed = job.checkpoint.is_some(), "started");
         let settings = &entry.settings;
         let work = entry.run(ctx.clone(), job.args.clone());
@@ -513,7 +571,7 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
     let elapsed = started.elapsed();
     shared.metrics.attempt_duration(&job.kind, elapsed);
     let now = now_ms();
-    let _enter = span.enter();
+    let enter = span.enter();
     let how = match result {
         Ok(()) => {
             info!(elapsed_ms = elapsed.as_millis() as u64, "completed");
@@ -560,6 +618,15 @@ async fn run_job(shared: &Shared, job: &ClaimedJob, cancel: CancellationToken) -
             FinishKind::Release
         }
     };
+    drop(enter);
+    if matches!(how, FinishKind::Discard { .. } | FinishKind::Cancel { .. })
+        && let Some(entry) = entry
+    {
+        entry
+            .abandoned(job.args.clone(), ctx.checkpoint_value())
+            .instrument(span.clone())
+            .await;
+    }
     Finish {
         job_id: job.id,
         lease_token: job.lease_token,

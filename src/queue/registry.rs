@@ -87,26 +87,47 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn validate(&self) -> Result<(), FieldError> {
         Ok(())
     }
+    /// What the job waits on, e.g. `destination:dropbox`: [`crate::queue::Store::wake_tag`]
+    /// wakes every waiting job with the tag.
+    fn tags(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Runs jobs of one kind.
 pub trait Worker<A: JobArgs>: Send + Sync + 'static {
     fn work(&self, ctx: JobContext, args: A) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// Called when an attempt of this kind ended the job cancelled or discarded, with the last
+    /// checkpoint it saved: the place to throw away what an unfinished attempt left behind (a
+    /// partial file, an open upload). The attempt's own future may have been dropped by then
+    /// (cancel, timeout), so this runs on its own.
+    fn abandoned(&self, _args: A, _checkpoint: Option<Value>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 type Handler =
     Arc<dyn Fn(JobContext, String) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+
+type Abandon = Arc<dyn Fn(String, Option<Value>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct KindEntry {
     pub settings: KindSettings,
     validate: Validate,
     handler: Handler,
+    abandon: Abandon,
 }
 
 impl KindEntry {
     pub fn run(&self, ctx: JobContext, args: String) -> BoxFuture<'static, Result<(), JobError>> {
         (self.handler)(ctx, args)
+    }
+
+    /// See [`Worker::abandoned`].
+    pub fn abandoned(&self, args: String, checkpoint: Option<Value>) -> BoxFuture<'static, ()> {
+        (self.abandon)(args, checkpoint)
     }
 }
 
@@ -125,8 +146,8 @@ fn parse_args<A: JobArgs>(value: &Value) -> Result<A, FieldError> {
     Ok(args)
 }
 
-/// Parses, checks and canonicalizes submitted args.
-type Validate = Arc<dyn Fn(&Value) -> Result<String, FieldError> + Send + Sync>;
+/// Parses, checks and canonicalizes submitted args; returns them with the job's tags.
+type Validate = Arc<dyn Fn(&Value) -> Result<(String, Vec<String>), FieldError> + Send + Sync>;
 
 type Check<A> = Arc<dyn Fn(&A) -> Result<(), FieldError> + Send + Sync>;
 
@@ -177,9 +198,25 @@ impl Registry {
         let validate = Arc::new(move |value: &Value| {
             let args = parse_args::<A>(value)?;
             check(&args).map_err(|e| FieldError::new(format!("args.{}", e.field), e.message))?;
-            serde_json::to_string(&args).map_err(|e| FieldError::new("args", e.to_string()))
+            let json =
+                serde_json::to_string(&args).map_err(|e| FieldError::new("args", e.to_string()))?;
+            Ok((json, args.tags()))
         });
         let worker = Arc::new(worker);
+        let abandon: Abandon = {
+            let worker = worker.clone();
+            Arc::new(move |raw, checkpoint| {
+                let worker = worker.clone();
+                Box::pin(async move {
+                    let args = serde_json::from_str::<Value>(&raw)
+                        .ok()
+                        .and_then(|v| parse_args::<A>(&v).ok());
+                    if let Some(args) = args {
+                        worker.abandoned(args, checkpoint).await;
+                    }
+                })
+            })
+        };
         let handler: Handler = Arc::new(move |ctx, raw| {
             let worker = worker.clone();
             Box::pin(async move {
@@ -198,6 +235,7 @@ impl Registry {
                 settings,
                 validate,
                 handler,
+                abandon,
             },
         );
     }
@@ -280,10 +318,11 @@ impl Registry {
             ));
         }
         match args {
-            Some(args) if errors.is_empty() => Ok(NewJob {
+            Some((args, tags)) if errors.is_empty() => Ok(NewJob {
                 kind: req.kind.clone(),
                 queue,
                 args,
+                tags,
                 priority,
                 max_attempts,
                 scheduled_at: req.run_at.map(|t| t.timestamp_millis()),

@@ -25,7 +25,7 @@ use super::{
     state::{Millis, now_ms, to_datetime},
     store::{Enqueued, ScheduleDef, ScheduleRecord, Store},
 };
-use crate::config::ConfigError;
+use crate::config::{ConfigError, toml_pos};
 
 /// A slot fired up to this late still runs (a restart, a busy moment); later ones are skipped.
 pub const MISFIRE_GRACE: Duration = Duration::from_secs(60);
@@ -295,10 +295,28 @@ pub fn parse_schedule(
     default_tz: &str,
 ) -> Result<ScheduleDef, ConfigError> {
     let parsed: ScheduleFile = toml::from_str(text).map_err(|e| {
+        let (key, line) = toml_pos::of_error(text, &e);
         ConfigError::new(e.message().to_string())
-            .with_key_opt(toml_key(text, &e))
+            .with_key_opt(key)
+            .on_line(line)
             .in_file(file)
     })?;
+    // The checks after parsing name a key; the line is where that key is set.
+    definition(parsed, file, registry, default_tz).map_err(|e| {
+        let line = e
+            .key
+            .as_deref()
+            .and_then(|k| toml_pos::line_of_key(text, k));
+        e.on_line(line)
+    })
+}
+
+fn definition(
+    parsed: ScheduleFile,
+    file: &Path,
+    registry: &Registry,
+    default_tz: &str,
+) -> Result<ScheduleDef, ConfigError> {
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -347,17 +365,6 @@ pub fn parse_schedule(
     })
 }
 
-/// The dotted key a TOML error is about, when the parser says where it happened.
-fn toml_key(text: &str, e: &toml::de::Error) -> Option<String> {
-    let span = e.span()?;
-    let line = text[..span.start.min(text.len())]
-        .lines()
-        .last()
-        .unwrap_or("");
-    let key = line.split('=').next()?.trim();
-    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
-}
-
 /// Reads every `*.toml` directly in `dir` (sorted by name). A missing directory means none.
 pub fn load_dir(
     dir: &Path,
@@ -388,6 +395,7 @@ pub fn load_dir(
                     def.name, other.source
                 ),
             )
+            .on_line(toml_pos::line_of_key(&text, "name"))
             .in_file(&file));
         }
         defs.push(def);

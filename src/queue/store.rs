@@ -11,6 +11,7 @@
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -28,6 +29,41 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `PRAGMA application_id` of an offsite database ("OFST"), so that no command ever adds its
+/// tables to another program's SQLite file.
+const APPLICATION_ID: i64 = 0x4F46_5354;
+
+/// Job args and error texts are private: the database and its WAL and shared-memory files are
+/// the owner's only (SQLite gives the WAL and -shm the database file's mode).
+#[cfg(unix)]
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !path.exists() {
+        std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)?;
+    }
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(path, private.clone())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match std::fs::set_permissions(PathBuf::from(side), private.clone()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {detail}")]
@@ -36,6 +72,10 @@ pub enum StoreError {
         "database {path} is not a valid offsite database ({detail}); it was left untouched — restore it from a backup or move it aside"
     )]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{path} is not an offsite database ({detail}); it was left untouched — point `database` at another file"
+    )]
+    Foreign { path: PathBuf, detail: String },
     #[error("database {path}: schema migration failed: {detail}")]
     Migrate { path: PathBuf, detail: String },
     #[error("database error: {0}")]
@@ -141,6 +181,8 @@ pub struct NewJob {
     pub max_attempts: i64,
     pub scheduled_at: Option<Millis>,
     pub idempotency_key: Option<String>,
+    /// What the job waits on, for [`Store::wake_tag`] (e.g. `destination:dropbox`).
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -275,7 +317,12 @@ pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// Why the last write transaction failed, until one succeeds again (a full disk).
+    write_problem: Arc<Mutex<Option<String>>>,
 }
+
+/// The one write connection: its transactions are `BEGIN IMMEDIATE`.
+type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -326,6 +373,21 @@ fn classify_open_error(path: &Path, err: sqlx::Error) -> StoreError {
     }
 }
 
+async fn quick_check(path: &Path, pool: &SqlitePool) -> Result<(), StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar("pragma quick_check")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| classify_open_error(path, e))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            path: path.into(),
+            detail: rows.join("; "),
+        })
+    }
+}
+
 impl Store {
     /// Opens (creating if missing) and migrates the database. A file that exists but is not a
     /// healthy SQLite database is reported, never recreated.
@@ -366,26 +428,50 @@ impl Store {
             path: path.into(),
             detail: format!("cannot lock it for set-up: {e}"),
         })?;
+        if let Err(e) = make_private(path) {
+            return Err(StoreError::Open {
+                path: path.into(),
+                detail: format!("cannot make it private to its owner: {e}"),
+            });
+        }
         let options = connect_options(path).create_if_missing(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // A transaction that ended in an error (SQLITE_FULL at COMMIT rolls back by itself,
+            // and the driver's own ROLLBACK then fails and leaves it believing it is still in
+            // one) must not poison every later write: wait for the queued rollback, and close
+            // the connection if it is still inside a transaction; the pool opens a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .acquire_timeout(Duration::from_secs(120))
             .connect_with(options.clone())
             .await
             .map_err(|e| classify_open_error(path, e))?;
-        // Touch the schema so a file that is not a database fails here, clearly.
-        sqlx::query("select count(*) from sqlite_master")
-            .fetch_one(&writer)
-            .await
-            .map_err(|e| classify_open_error(path, e))?;
-        let migrated = MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Migrate {
-                path: path.into(),
-                detail: e.to_string(),
-            });
+        // Touch the schema so a file that is not a database fails here, clearly; then the same
+        // structural check for every command, before anything writes to it.
+        let checked = async {
+            Self::claim_file(path, &writer).await?;
+            quick_check(path, &writer).await?;
+            Self::reclaim_space_as_it_frees(path, &writer).await
+        }
+        .await;
+        let migrated = match checked {
+            Ok(()) => MIGRATOR
+                .run(&writer)
+                .await
+                .map_err(|e| StoreError::Migrate {
+                    path: path.into(),
+                    detail: e.to_string(),
+                }),
+            Err(e) => Err(e),
+        };
         drop(lock);
         migrated?;
         let reader = SqlitePoolOptions::new()
@@ -398,6 +484,7 @@ impl Store {
             writer,
             reader,
             path: path.into(),
+            write_problem: Default::default(),
         })
     }
 
@@ -405,20 +492,104 @@ impl Store {
         &self.path
     }
 
-    /// Full structural check (`PRAGMA quick_check`); run once at worker start-up.
-    pub async fn check_integrity(&self) -> Result<(), StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar("pragma quick_check")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(|e| classify_open_error(&self.path, e))?;
-        if rows.len() == 1 && rows[0] == "ok" {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: rows.join("; "),
-            })
+    /// Why the database cannot be written right now, if it cannot (said once in the log when
+    /// it starts and once when it ends).
+    pub fn write_problem(&self) -> Option<String> {
+        self.write_problem.lock().ok()?.clone()
+    }
+
+    fn note_write<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        let Ok(mut problem) = self.write_problem.lock() else {
+            return result;
+        };
+        match (&result, problem.is_some()) {
+            (Ok(_), true) => {
+                *problem = None;
+                tracing::info!(database = %self.path.display(), "the database can be written again");
+            }
+            (Err(e), false) => {
+                let text = e.to_string();
+                tracing::error!(
+                    database = %self.path.display(),
+                    error = %text,
+                    "the database cannot be written; jobs wait until it can (is its disk full?)"
+                );
+                *problem = Some(text);
+            }
+            _ => {}
         }
+        result
+    }
+
+    async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
+        let tx = self.writer.begin_with("begin immediate").await;
+        self.note_write(tx)
+    }
+
+    async fn commit(&self, tx: WriteTx) -> Result<(), sqlx::Error> {
+        let done = tx.commit().await;
+        self.note_write(done)
+    }
+
+    /// Pruned jobs give their pages back to the file system (`auto_vacuum = incremental`, with
+    /// an incremental vacuum after each prune). A database made before that is converted once.
+    async fn reclaim_space_as_it_frees(path: &Path, writer: &SqlitePool) -> Result<(), StoreError> {
+        let mode: i64 = sqlx::query_scalar("pragma auto_vacuum")
+            .fetch_one(writer)
+            .await?;
+        if mode == 2 {
+            return Ok(());
+        }
+        // The mode only takes effect through a VACUUM once the file exists (instant while it
+        // is new; once for a database made before).
+        sqlx::query("pragma auto_vacuum = incremental")
+            .execute(writer)
+            .await?;
+        let tables: i64 = sqlx::query_scalar("select count(*) from sqlite_master")
+            .fetch_one(writer)
+            .await?;
+        if tables > 0 {
+            tracing::info!(database = %path.display(), "converting the database to return freed space (once)");
+        }
+        sqlx::query("vacuum").execute(writer).await?;
+        Ok(())
+    }
+
+    /// Refuses another program's SQLite file, and marks a new (or pre-marking offsite) one.
+    async fn claim_file(path: &Path, writer: &SqlitePool) -> Result<(), StoreError> {
+        let id: i64 = sqlx::query_scalar("pragma application_id")
+            .fetch_one(writer)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        if id == APPLICATION_ID {
+            return Ok(());
+        }
+        let foreign = |detail: String| StoreError::Foreign {
+            path: path.into(),
+            detail,
+        };
+        if id != 0 {
+            return Err(foreign(format!("its application id is {id:#x}")));
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%'",
+        )
+        .fetch_all(writer)
+        .await
+        .map_err(|e| classify_open_error(path, e))?;
+        // Empty (new), or made by an offsite from before the marking.
+        let ours = tables.is_empty()
+            || tables.iter().any(|t| t == "_sqlx_migrations") && tables.iter().any(|t| t == "jobs");
+        if !ours {
+            return Err(foreign(format!(
+                "it holds other tables ({})",
+                tables.join(", ")
+            )));
+        }
+        sqlx::query(&format!("pragma application_id = {APPLICATION_ID}"))
+            .execute(writer)
+            .await?;
+        Ok(())
     }
 
     /// Writes a consistent copy of the database to `target` (for a hot backup of the data
@@ -469,7 +640,7 @@ impl Store {
         };
         let inserted = sqlx::query(&format!(
             "insert into jobs (kind, queue, args, state, priority, max_attempts, idempotency_key, \
-             created_at, scheduled_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             created_at, scheduled_at, tags) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              on conflict (idempotency_key) where idempotency_key is not null do nothing \
              returning {JOB_COLUMNS}"
         ))
@@ -482,6 +653,7 @@ impl Store {
         .bind(&job.idempotency_key)
         .bind(now)
         .bind(run_at)
+        .bind(serde_json::to_string(&job.tags).unwrap_or_else(|_| "[]".into()))
         .fetch_optional(&mut *tx)
         .await?;
         let (row, deduplicated) = match inserted {
@@ -512,13 +684,13 @@ impl Store {
 
     /// Inserts many jobs in one transaction (one fsync).
     pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             out.push(Self::insert_job(&mut tx, job, now).await?);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(out)
     }
 
@@ -633,16 +805,22 @@ impl Store {
     /// Applies finished attempts and claims new jobs in one transaction, so one fsync serves both.
     /// Each finish is fenced by its lease token: a worker that lost its lease changes nothing.
     /// Returns the ids whose finish was applied and the claimed jobs.
+    /// One write transaction for the dispatcher: marks claimed jobs whose worker is about to
+    /// run them as started (`starts`, (id, lease token); the attempt counts from here), applies
+    /// finished attempts, and claims more. Returns the ids started, the ids whose results
+    /// were applied, and the claimed jobs.
     pub async fn finish_and_claim(
         &self,
+        starts: &[(i64, i64)],
         finishes: &[Finish],
         claims: &[(String, i64)],
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<i64>, Vec<ClaimedJob>), StoreError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
-        let applied = Self::apply_finishes(&mut tx, finishes).await?;
+    ) -> Result<(Vec<i64>, Vec<i64>, Vec<ClaimedJob>), StoreError> {
+        let mut tx = self.begin().await?;
         let now = now_ms();
+        let started = Self::start_attempts(&mut tx, starts, now).await?;
+        let applied = Self::apply_finishes(&mut tx, finishes).await?;
         let mut claimed = Vec::new();
         for (queue, limit) in claims {
             if *limit > 0 {
@@ -651,8 +829,42 @@ impl Store {
                 );
             }
         }
-        tx.commit().await?;
-        Ok((applied, claimed))
+        self.commit(tx).await?;
+        Ok((started, applied, claimed))
+    }
+
+    /// A claimed job becomes an attempt only when a worker starts it: until then it holds a
+    /// lease (so nobody else takes it) but has used no attempt and has no attempt record, and
+    /// a crash hands it back as it was.
+    async fn start_attempts(
+        tx: &mut SqliteConnection,
+        starts: &[(i64, i64)],
+        now: Millis,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs = serde_json::to_string(starts).unwrap_or_default();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "update jobs set attempt = attempt + 1, attempted_at = ?1 \
+             where state = 'running' and attempted_at is null and (id, lease_token) in \
+                 (select json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+                  from json_each(?2)) \
+             returning id",
+        )
+        .bind(now)
+        .bind(&pairs)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into job_attempts (job_id, attempt, lease_token, worker, started_at) \
+             select id, attempt, lease_token, lease_owner, attempted_at from jobs \
+             where id in (select value from json_each(?))",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
+        Ok(ids)
     }
 
     async fn claim(
@@ -664,7 +876,7 @@ impl Store {
         expires: Millis,
     ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
         let rows = sqlx::query(
-            "update jobs set state = 'running', attempt = attempt + 1, attempted_at = ?1, \
+            "update jobs set state = 'running', attempted_at = null, \
                  lease_owner = ?2, lease_token = random(), lease_expires_at = ?3 \
              where id in (select id from jobs \
                  where queue = ?4 and state in ('available', 'scheduled', 'retryable') \
@@ -700,21 +912,13 @@ impl Store {
                 kind: row.try_get("kind")?,
                 queue: row.try_get("queue")?,
                 args: row.try_get("args")?,
-                attempt: row.try_get("attempt")?,
+                // The attempt it becomes when a worker starts it.
+                attempt: row.try_get::<i64, _>("attempt")? + 1,
                 max_attempts: row.try_get("max_attempts")?,
                 checkpoint: row.try_get("checkpoint")?,
                 lease_token: row.try_get("lease_token")?,
             });
         }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        sqlx::query(
-            "insert into job_attempts (job_id, attempt, lease_token, worker, started_at) \
-             select id, attempt, lease_token, lease_owner, attempted_at from jobs \
-             where id in (select value from json_each(?))",
-        )
-        .bind(serde_json::to_string(&ids).unwrap_or_default())
-        .execute(&mut *tx)
-        .await?;
         Ok(jobs)
     }
 
@@ -771,13 +975,24 @@ impl Store {
                 FinishKind::Cancel { reason } => {
                     ("cancelled", None, Some(reason.as_str()), "cancelled", 0)
                 }
-                FinishKind::Release => ("available", Some(finish.at), None, "released", 1),
+                // Handed back, it keeps its place in the queue: started work comes first.
+                FinishKind::Release => ("available", None, None, "released", 1),
             };
             let finalized = matches!(state, "discarded" | "cancelled").then_some(finish.at);
+            // Error texts are kept and shown (API, panel, Home Assistant): never a secret.
+            let error = error.map(crate::redact::redact);
+            let error = error.as_deref();
+            // A snooze right as its tag is woken (the destination was authorized while the
+            // attempt found it unauthorized) must not park the job: no window.
             let done = sqlx::query(
-                "update jobs set state = ?1, scheduled_at = coalesce(?2, scheduled_at), \
+                "update jobs set state = ?1, \
+                     scheduled_at = case when ?1 = 'scheduled' and exists (select 1 from wakes w \
+                             join json_each(jobs.tags) t on w.tag = t.value \
+                             where w.at >= jobs.attempted_at) \
+                         then ?8 else coalesce(?2, scheduled_at) end, \
                      finalized_at = ?3, last_error = coalesce(?4, last_error), \
-                     attempt = attempt - ?5, lease_owner = null, lease_token = null, \
+                     attempt = attempt - case when attempted_at is null then 0 else ?5 end, \
+                     lease_owner = null, lease_token = null, \
                      lease_expires_at = null, \
                      cancel_requested = case when ?1 = 'cancelled' then 0 else cancel_requested end \
                  where id = ?6 and state = 'running' and lease_token = ?7",
@@ -789,6 +1004,7 @@ impl Store {
             .bind(uncount)
             .bind(finish.job_id)
             .bind(finish.lease_token)
+            .bind(finish.at)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -884,9 +1100,10 @@ impl Store {
     /// orphans from before a restart regardless of expiry; `None` rescues every expired lease.
     pub async fn rescue(&self, owner: Option<&str>) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(
-            "select id, lease_token, attempt, max_attempts from jobs where state = 'running' \
+            "select id, lease_token, attempt, max_attempts, attempted_at is not null as started, \
+                 cancel_requested from jobs where state = 'running' \
              and (case when ?1 is null then lease_expires_at < ?2 else lease_owner = ?1 end)",
         )
         .bind(owner)
@@ -897,32 +1114,43 @@ impl Store {
         for row in rows {
             let id: i64 = row.try_get("id")?;
             let token: i64 = row.try_get("lease_token")?;
+            let started: bool = row.try_get("started")?;
             let exhausted =
                 row.try_get::<i64, _>("attempt")? >= row.try_get::<i64, _>("max_attempts")?;
-            let error = "lease lost: the worker stopped without finishing (crash, kill or hang)";
-            let (state, finalized) = if exhausted {
-                ("discarded", Some(now))
+            let lost = "lease lost: the worker stopped without finishing (crash, kill or hang)";
+            // Cancelled while its worker was gone: it ends cancelled, and runs no further step.
+            // Claimed but never started: back as it was, no attempt used. A started attempt
+            // that was lost counts. Either way it keeps its place in the queue, so work that
+            // was started resumes before new work starts.
+            let (state, error, outcome) = if row.try_get::<bool, _>("cancel_requested")? {
+                ("cancelled", Some("cancelled by operator"), "cancelled")
+            } else if !started {
+                ("available", None, "released")
+            } else if exhausted {
+                ("discarded", Some(lost), "lost")
             } else {
-                ("available", None)
+                ("available", Some(lost), "lost")
             };
+            let finalized = (state != "available").then_some(now);
             sqlx::query(
-                "update jobs set state = ?, finalized_at = ?, scheduled_at = ?, last_error = ?, \
-                     lease_owner = null, lease_token = null, lease_expires_at = null \
+                "update jobs set state = ?, finalized_at = ?, last_error = coalesce(?, last_error), \
+                     cancel_requested = 0, lease_owner = null, lease_token = null, \
+                     lease_expires_at = null \
                  where id = ? and lease_token = ?",
             )
             .bind(state)
             .bind(finalized)
-            .bind(now)
             .bind(error)
             .bind(id)
             .bind(token)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "update job_attempts set ended_at = ?, outcome = 'lost', error = ? \
+                "update job_attempts set ended_at = ?, outcome = ?, error = ? \
                  where job_id = ? and lease_token = ? and outcome = 'running'",
             )
             .bind(now)
+            .bind(outcome)
             .bind(error)
             .bind(id)
             .bind(token)
@@ -930,7 +1158,7 @@ impl Store {
             .await?;
             rescued.push(id);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(rescued)
     }
 
@@ -974,6 +1202,16 @@ impl Store {
                 .await?;
             total += done.rows_affected();
         }
+        if total > 0 {
+            // Give the freed pages back, so the file tracks live data; the WAL checkpoint is
+            // what moves the truncation into the database file.
+            sqlx::query("pragma incremental_vacuum")
+                .execute(&self.writer)
+                .await?;
+            sqlx::query("pragma wal_checkpoint(passive)")
+                .execute(&self.writer)
+                .await?;
+        }
         Ok(total)
     }
 
@@ -1002,13 +1240,19 @@ impl Store {
             .await
     }
 
+    /// Retries the job only while it is discarded (checked in the same transaction).
+    pub async fn retry_discarded(&self, id: i64) -> Result<JobRecord, OpError> {
+        self.retry_in_states(id, false, Some(&[JobState::Discarded]))
+            .await
+    }
+
     async fn retry_in_states(
         &self,
         id: i64,
         reset_checkpoint: bool,
         only: Option<&[JobState]>,
     ) -> Result<JobRecord, OpError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let job = Self::job_in(&mut tx, id).await?;
         if let Some(only) = only
             && !only.contains(&job.state)
@@ -1035,7 +1279,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let job = Self::job_in(&mut tx, id).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(job)
     }
 
@@ -1057,7 +1301,7 @@ impl Store {
 
     /// Cancels a waiting job at once; a running one is flagged so its worker stops it.
     pub async fn cancel(&self, id: i64) -> Result<JobRecord, OpError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let job = Self::job_in(&mut tx, id).await?;
         match job.state {
             s if s.is_final() => {
@@ -1081,13 +1325,13 @@ impl Store {
             }
         }
         let job = Self::job_in(&mut tx, id).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(job)
     }
 
     /// Deletes a job that is not running, with its attempts; its idempotency key is freed.
     pub async fn delete(&self, id: i64) -> Result<(), OpError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let job = Self::job_in(&mut tx, id).await?;
         if job.state == JobState::Running {
             return Err(OpError::Conflict(format!(
@@ -1098,7 +1342,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1135,7 +1379,7 @@ impl Store {
     /// Replaces the schedule definitions with `defs`: new ones are added, changed ones updated
     /// (their next run recomputed when the spec changed), vanished ones removed.
     pub async fn sync_schedules(&self, defs: &[ScheduleDef]) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
         sqlx::query("delete from schedules where name not in (select value from json_each(?))")
             .bind(serde_json::to_string(&names).unwrap_or_default())
@@ -1162,7 +1406,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1215,7 +1459,7 @@ impl Store {
         slot: Option<Millis>,
         next: Option<Millis>,
     ) -> Result<Enqueued, StoreError> {
-        let mut tx = self.writer.begin_with("begin immediate").await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let enqueued = Self::insert_job(&mut tx, job, now).await?;
         sqlx::query(
@@ -1231,7 +1475,7 @@ impl Store {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(enqueued)
     }
 }
@@ -1327,18 +1571,46 @@ impl Store {
         Ok(())
     }
 
-    /// Wakes jobs of `kinds` for `destination` that wait (snoozed), e.g. after it was authorized.
-    pub async fn wake_waiting(&self, kinds: &[&str], destination: &str) -> Result<u64, StoreError> {
+    /// The checkpoints of jobs of `kind`: of unfinished ones (`finished` false) or of those
+    /// that ended cancelled or discarded (`finished` true).
+    pub async fn checkpoints(&self, kind: &str, finished: bool) -> Result<Vec<Value>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "select checkpoint from jobs where kind = ?1 and checkpoint is not null and \
+             case when ?2 then state in ('cancelled', 'discarded') else finalized_at is null end",
+        )
+        .bind(kind)
+        .bind(finished)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| serde_json::from_str(&r).ok())
+            .collect())
+    }
+
+    /// Wakes the waiting (snoozed or retrying) jobs tagged `tag`, e.g. `destination:dropbox`
+    /// after it was authorized, and remembers the wake so that an attempt running right now
+    /// that snoozes on the same tag is not parked either.
+    pub async fn wake_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "insert into wakes (tag, at) values (?1, ?2) on conflict (tag) do update set at = ?2",
+        )
+        .bind(tag)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query(
             "update jobs set state = 'available', scheduled_at = ?1 \
-             where state in ('scheduled', 'retryable') and kind in (select value from json_each(?2)) \
-               and json_extract(args, '$.destination') = ?3",
+             where state in ('scheduled', 'retryable') \
+               and exists (select 1 from json_each(jobs.tags) where value = ?2)",
         )
-        .bind(now_ms())
-        .bind(serde_json::to_string(kinds).unwrap_or_default())
-        .bind(destination)
-        .execute(&self.writer)
+        .bind(now)
+        .bind(tag)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected())
     }
 }

@@ -279,12 +279,14 @@ async fn status_error(resp: Response, what: &str) -> TransferError {
     let detail = error_detail(resp).await;
     let msg = format!("{what}: the Supervisor answered {status}: {detail}");
     match status.as_u16() {
-        // The Supervisor answers 401 without a token and 403 for an unknown
-        // one or a role too weak for /backups; retrying changes neither.
-        401 => TransferError::Permanent(format!(
+        // The Supervisor answers 401 without a token and 403 for an unknown one or a role
+        // too weak for /backups. Both happen for a while when the Supervisor restarts or
+        // rotates tokens, and both are fixed outside offsite: retried with backoff, shown on
+        // the job, and the backup (still at the source) is never given up over them.
+        401 => TransferError::Temporary(format!(
             "the Supervisor rejected the add-on token (is hassio_api enabled?): {msg}"
         )),
-        403 => TransferError::Permanent(format!(
+        403 => TransferError::Temporary(format!(
             "the Supervisor rejected the add-on token (is hassio_api enabled?); \
              the add-on also needs hassio_role: backup: {msg}"
         )),

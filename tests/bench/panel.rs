@@ -86,6 +86,7 @@ async fn main() {
             max_attempts: 25,
             scheduled_at: delay.then_some(i64::MAX / 2),
             idempotency_key: None,
+            tags: Vec::new(),
         };
         let t = Instant::now();
         for chunk in (0..jobs).collect::<Vec<_>>().chunks(5_000) {

@@ -64,6 +64,7 @@ fn noop_job() -> NewJob {
         max_attempts: 25,
         scheduled_at: None,
         idempotency_key: None,
+        tags: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use regex::Regex;
+use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> &'static Path {
@@ -24,44 +25,273 @@ fn str_of<'a>(y: &'a Yaml, key: &str) -> Option<&'a str> {
 /// The Supervisor's grammar for schema type strings (RE_SCHEMA_ELEMENT), verbatim.
 const RE_SCHEMA_ELEMENT: &str = r"^(?:|bool|email|url|port|device(?:\((?P<filter>subsystem=[a-z]+)\))?|str(?:\((?P<s_min>\d+)?,(?P<s_max>\d+)?\))?|password(?:\((?P<p_min>\d+)?,(?P<p_max>\d+)?\))?|int(?:\((?P<i_min>-?\d+)?,(?P<i_max>-?\d+)?\))?|float(?:\((?P<f_min>-?\d*\.?\d+)?,(?P<f_max>-?\d*\.?\d+)?\))?|match\((?P<match>.*)\)|list\((?P<list>.+)\))\??$";
 
-/// Checks a default option value against its schema type, as the Supervisor does at start.
-fn value_fits(schema: &str, value: &Yaml) -> Result<(), String> {
+/// What the Supervisor stores in `options.json` for `value` under schema type `schema`, or why
+/// it refuses it at save time — as `_single_validate` in supervisor/addons/options.py does:
+/// `int` coerces and checks its bounds, `list` and `match` compare `str(value)` (and store that
+/// string; `match` is Python's `re.match`, anchored at the start only, with `$` also matching
+/// before a final newline), `str`/`password` take strings, `bool` booleans.
+fn supervisor_stores(schema: &str, value: &Value) -> Result<Value, String> {
     let re = Regex::new(RE_SCHEMA_ELEMENT).unwrap();
     let caps = re
         .captures(schema)
         .ok_or_else(|| format!("type {schema:?} is not in the Supervisor's grammar"))?;
     let base = schema.trim_end_matches('?');
-    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<i64>().unwrap());
+    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<i128>().unwrap());
+    // Python's str() of a JSON value.
+    let python_str = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        other => other.to_string(),
+    };
     if base.starts_with("int") {
-        let v = value.as_i64().ok_or("not an integer")?;
+        let v: i128 = match value {
+            Value::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or(n.as_u64().map(i128::from))
+                .or(n.as_f64().map(|f| f.trunc() as i128))
+                .ok_or("not a number")?,
+            Value::String(s) => s.trim().parse().map_err(|_| "not an integer")?,
+            Value::Bool(b) => i128::from(*b),
+            _ => return Err("not an integer".into()),
+        };
         if num("i_min").is_some_and(|m| v < m) || num("i_max").is_some_and(|m| v > m) {
             return Err(format!("{v} out of {base}"));
         }
-    } else if base.starts_with("str") || base.starts_with("password") {
+        return Ok(serde_json::json!(v as u64));
+    }
+    if base.starts_with("str") || base.starts_with("password") {
         let v = value.as_str().ok_or("not a string")?;
-        let len = v.chars().count() as i64;
+        let len = v.chars().count() as i128;
         if num("s_min").or(num("p_min")).is_some_and(|m| len < m)
             || num("s_max").or(num("p_max")).is_some_and(|m| len > m)
         {
             return Err("length out of bounds".into());
         }
-    } else if let Some(choices) = caps.name("list") {
-        let v = value.as_str().ok_or("not a string")?;
+        return Ok(value.clone());
+    }
+    if let Some(choices) = caps.name("list") {
+        let v = python_str(value);
         if !choices.as_str().split('|').any(|c| c == v) {
             return Err(format!("{v:?} is not one of {}", choices.as_str()));
         }
-    } else if let Some(pattern) = caps.name("match") {
-        let v = value.as_str().ok_or("not a string")?;
-        if !Regex::new(&format!("^(?:{})$", pattern.as_str()))
-            .unwrap()
-            .is_match(v)
-        {
+        return Ok(Value::String(v));
+    }
+    if let Some(pattern) = caps.name("match") {
+        let v = python_str(value);
+        let re = Regex::new(&format!("^(?:{})", pattern.as_str()))
+            .unwrap_or_else(|e| panic!("match({}): {e}", pattern.as_str()));
+        let before_newline = v.strip_suffix('\n').is_some_and(|w| re.is_match(w));
+        if !re.is_match(&v) && !before_newline {
             return Err(format!("{v:?} does not match {}", pattern.as_str()));
         }
-    } else if base == "bool" {
-        value.as_bool().ok_or("not a bool")?;
+        return Ok(Value::String(v));
     }
-    Ok(())
+    if base == "bool" {
+        return value
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| "not a bool".into());
+    }
+    Err(format!("type {schema:?} is not modelled here"))
+}
+
+/// A small deterministic generator (no data set, no seed file): the same samples every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Values a user can try to save for schema type `schema`: its boundaries, a generated sample,
+/// and awkward cases; the caller keeps those the Supervisor accepts.
+fn candidates(schema: &str, rng: &mut Lcg) -> Vec<Value> {
+    let re = Regex::new(RE_SCHEMA_ELEMENT).unwrap();
+    let caps = re.captures(schema).unwrap();
+    let base = schema.trim_end_matches('?');
+    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<i128>().unwrap());
+    if base.starts_with("int") {
+        let (Some(min), Some(max)) = (num("i_min"), num("i_max")) else {
+            panic!("{schema}: an unbounded int lets a user save any number (2^64 − 1 too)");
+        };
+        let mut v = vec![min, max, min + 1, max - 1, (min + max) / 2];
+        v.extend((0..25).map(|_| min + i128::from(rng.next()) % (max - min + 1)));
+        return v.into_iter().map(|n| serde_json::json!(n as u64)).collect();
+    }
+    if let Some(choices) = caps.name("list") {
+        return choices.as_str().split('|').map(Value::from).collect();
+    }
+    if base == "bool" {
+        return vec![Value::Bool(true), Value::Bool(false)];
+    }
+    let mut words: Vec<String> = [
+        "",
+        " ",
+        "x",
+        "/",
+        "//",
+        "/a",
+        "/a/",
+        "/a//b",
+        "/HomeAssistant/Backups",
+        "/HomeAssistant/Backups/",
+        "/a b/c",
+        "/ünï/cödé",
+        "/a\n",
+        "/a\u{85}",
+        "/a\tb",
+        "/.",
+        "/a.b",
+        "relative",
+        " /a",
+        "/a ",
+        "/a\\b",
+        "/\"q\"",
+        "/a/b/c/d/e",
+        "abc123",
+        "with space",
+        "\"q\" \\ 'x'",
+        "line\nbreak",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    words.push(format!("/{}", "x".repeat(300)));
+    words.push("k".repeat(1000));
+    let alphabet = [
+        '/', 'a', 'Z', '9', ' ', '.', '-', '_', 'é', '\t', '\n', '\\', '"',
+    ];
+    let generated = if caps.name("match").is_some() {
+        300
+    } else {
+        20
+    };
+    for _ in 0..generated {
+        let len = 1 + rng.next() % 12;
+        let mut w: String = (0..len)
+            .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+            .collect();
+        if rng.next().is_multiple_of(2) {
+            w.insert(0, '/');
+        }
+        words.push(w);
+    }
+    words.into_iter().map(Value::String).collect()
+}
+
+/// What the add-on says at start-up with `options` in `/data/options.json`: the binary's own
+/// configuration check, in the environment the Supervisor gives it.
+fn start_with(options: &serde_json::Map<String, Value>) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("options.json");
+    std::fs::write(&file, Value::Object(options.clone()).to_string()).unwrap();
+    let o = Command::new(crate::cli::bin())
+        .current_dir(dir.path())
+        .args(["config", "check"])
+        .env("OFFSITE_OPTIONS", &file)
+        .env("SUPERVISOR_TOKEN", "supervisor-token")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The manifest's default options as JSON, with an app key so that every Dropbox option is used.
+fn saved_defaults() -> (Yaml, serde_json::Map<String, Value>) {
+    let c = load("offsite/config.yaml");
+    let mut json = serde_json::Map::new();
+    for (k, t) in c["schema"].as_hash().unwrap() {
+        let (k, t) = (k.as_str().unwrap(), t.as_str().unwrap());
+        let value = match &c["options"][k] {
+            Yaml::Integer(i) => serde_json::json!(i),
+            Yaml::String(s) => serde_json::json!(s),
+            Yaml::Boolean(b) => serde_json::json!(b),
+            other => panic!("option {k}: unexpected {other:?}"),
+        };
+        let stored = supervisor_stores(t, &value).unwrap_or_else(|e| panic!("option {k}: {e}"));
+        json.insert(k.to_string(), stored);
+    }
+    json.insert("dropbox_app_key".into(), "abc123".into());
+    (c, json)
+}
+
+#[test]
+fn every_value_the_schema_lets_a_user_save_starts_the_addon() {
+    let (c, defaults) = saved_defaults();
+    let mut rng = Lcg(0x00ff_517e);
+    let mut tried = 0;
+    for (k, t) in c["schema"].as_hash().unwrap() {
+        let (option, schema) = (k.as_str().unwrap(), t.as_str().unwrap());
+        let mut saved: Vec<Option<Value>> = candidates(schema, &mut rng)
+            .iter()
+            .filter_map(|v| supervisor_stores(schema, v).ok())
+            .map(Some)
+            .collect();
+        assert!(!saved.is_empty(), "{option}: no sample fits {schema}");
+        if schema.ends_with('?') {
+            saved.push(None);
+        }
+        for value in saved {
+            let mut options = defaults.clone();
+            match &value {
+                Some(v) => options.insert(option.to_string(), v.clone()),
+                None => options.remove(option),
+            };
+            start_with(&options).unwrap_or_else(|e| {
+                panic!("the Supervisor saves {option} = {value:?} ({schema}), the add-on refuses it: {e}")
+            });
+            tried += 1;
+        }
+    }
+    assert!(tried > 200, "{tried} values tried");
+}
+
+#[test]
+fn values_the_addon_refuses_are_refused_at_save_and_named_at_start() {
+    let (c, defaults) = saved_defaults();
+    let cases = [
+        ("chunk_mib", serde_json::json!(10)),
+        ("chunk_mib", serde_json::json!("10")),
+        ("chunk_mib", serde_json::json!(0)),
+        ("chunk_mib", serde_json::json!(152)),
+        ("dropbox_backup_path", serde_json::json!("/")),
+        ("dropbox_backup_path", serde_json::json!("//")),
+        ("dropbox_backup_path", serde_json::json!("/a//b")),
+        ("dropbox_backup_path", serde_json::json!("Backups")),
+        ("backup_interval_hours", serde_json::json!(0)),
+        ("backup_interval_hours", serde_json::json!(u64::MAX)),
+        ("max_backups_in_dropbox", serde_json::json!(1u64 << 32)),
+        ("keep_daily", serde_json::json!((1u64 << 32) + 1)),
+        ("keep_yearly", serde_json::json!(u64::from(u32::MAX))),
+        ("upload_limit_bytes_per_second", serde_json::json!(u64::MAX)),
+        ("log_level", serde_json::json!("loud")),
+    ];
+    for (option, value) in cases {
+        let schema = c["schema"][option].as_str().unwrap();
+        assert!(
+            supervisor_stores(schema, &value).is_err(),
+            "the Supervisor lets a user save {option} = {value} ({schema})"
+        );
+        let mut options = defaults.clone();
+        options.insert(option.to_string(), value.clone());
+        let e = start_with(&options).expect_err(&format!("{option} = {value} starts"));
+        assert!(
+            e.contains("options.json") && e.contains(&format!("`{option}`")),
+            "{option} = {value}: {e}"
+        );
+        assert!(!e.contains("destinations."), "internal key in {e}");
+    }
 }
 
 #[test]
@@ -109,15 +339,21 @@ fn addon_manifest_passes_the_supervisor_rules() {
     assert!((10..=300).contains(&timeout));
     assert!(["hot", "cold"].contains(&str_of(&c, "backup").unwrap()));
     assert!(str_of(&c, "backup_pre").unwrap().contains("db-snapshot"));
-    let map_re = Regex::new(r"^(data|config|ssl|local_apps|addons|backup|share|media|homeassistant_config|all_app_configs|all_addon_configs|app_config|addon_config)(?::(rw|ro))?$").unwrap();
-    let maps: Vec<&str> = c["map"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
-    assert!(maps.iter().all(|m| map_re.is_match(m)), "{maps:?}");
-    assert!(maps.contains(&"backup:ro"));
+    // Least privilege: backups come through the Supervisor API (hassio_role backup), so no
+    // folder of the host is mapped in, not even /backup read-only.
+    assert!(c["map"].is_badvalue(), "no map: {:?}", c["map"]);
+    assert!(
+        !std::fs::read_to_string(root().join("offsite/apparmor.txt"))
+            .unwrap()
+            .contains("/backup"),
+        "the AppArmor profile grants no /backup either"
+    );
+    // The panel is reached from the Info tab; the sidebar entry is a toggle that starts off.
+    let docs = std::fs::read_to_string(root().join("offsite/DOCS.md")).unwrap();
+    assert!(
+        docs.contains("Open web UI") && docs.contains("Show in sidebar"),
+        "DOCS say how to reach the panel"
+    );
     // image: registry, then lowercase components; no tag; {arch} placeholder.
     let image = str_of(&c, "image").unwrap();
     assert!(!image.contains(':') && image.contains("{arch}"), "{image}");
@@ -137,11 +373,8 @@ fn addon_manifest_passes_the_supervisor_rules() {
         opt_keys, schema_keys,
         "every option has a schema entry and the other way round"
     );
-    for (k, t) in schema {
-        let (k, t) = (k.as_str().unwrap(), t.as_str().unwrap());
-        value_fits(t, &options[&Yaml::String(k.into())])
-            .unwrap_or_else(|e| panic!("option {k}: {e}"));
-    }
+    // Every default fits its type (saved_defaults() checks each with the Supervisor's rules).
+    assert_eq!(saved_defaults().1.len(), schema.len());
     assert_eq!(
         str_of(&c["schema"], "dropbox_app_secret"),
         Some("password?"),
@@ -223,4 +456,88 @@ fn no_other_file_looks_like_an_addon_manifest() {
         })
         .collect();
     assert_eq!(manifests, vec!["offsite/config.yaml"]);
+}
+
+#[test]
+fn the_version_that_ships_is_the_same_everywhere() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let cargo: toml::Table = read("Cargo.toml").parse().unwrap();
+    let version = cargo["package"]["version"].as_str().unwrap();
+    let manifest = load("offsite/config.yaml");
+    assert_eq!(
+        str_of(&manifest, "version"),
+        Some(version),
+        "config.yaml and Cargo.toml"
+    );
+
+    // The add-on's changelog (shown by the Supervisor) opens with the version it ships; an
+    // "Unreleased" section there would list what the manifest already enables.
+    let addon_log = read("offsite/CHANGELOG.md");
+    let headings: Vec<&str> = addon_log
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .collect();
+    assert_eq!(
+        headings.first().copied(),
+        Some(version),
+        "offsite/CHANGELOG.md: {headings:?}"
+    );
+    assert!(
+        !headings
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("unreleased")),
+        "{headings:?}"
+    );
+    // The project's changelog: either that version's section, or (before the release is cut)
+    // its Unreleased section saying which version it is.
+    let log = read("CHANGELOG.md");
+    let released: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .filter(|h| h.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .collect();
+    match released.first() {
+        Some(newest) => assert_eq!(newest.split_whitespace().next(), Some(version)),
+        None => {
+            let unreleased = log.split("\n## ").nth(1).unwrap_or("");
+            assert!(
+                unreleased.contains(&format!("Version {version}")),
+                "CHANGELOG.md's Unreleased section names the version {version}"
+            );
+        }
+    }
+
+    // The image says the same: labels from build args, which the workflow takes from the
+    // manifest, and pushes to the image the manifest names.
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("io.hass.arch=\"${BUILD_ARCH}\"")
+            && dockerfile.contains("io.hass.version=\"${BUILD_VERSION}\""),
+        "labels come from build args"
+    );
+    assert!(
+        !dockerfile.contains(&format!("\"{version}\"")),
+        "no version written into the Dockerfile"
+    );
+    let workflow = read(".github/workflows/publish.yml");
+    for needed in [
+        "offsite/config.yaml",
+        "BUILD_ARCH=$ARCH",
+        "BUILD_VERSION=$VERSION",
+        "docker push \"$IMAGE:$VERSION\"",
+    ] {
+        assert!(workflow.contains(needed), "publish.yml: {needed}");
+    }
+    let arch: Vec<&str> = manifest["arch"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for a in arch {
+        assert!(
+            workflow.contains(&format!("arch: {a}")),
+            "publish.yml builds {a}"
+        );
+    }
 }

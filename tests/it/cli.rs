@@ -2,7 +2,8 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -34,6 +35,61 @@ pub fn offsite(config: &Path, args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run offsite")
+}
+
+/// A running `offsite run` (in `cwd`) whose log goes to a file.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(config: &Path, cwd: &Path) -> Worker {
+        let log = config.with_extension("log");
+        let child = Command::new(bin())
+            .current_dir(cwd)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run offsite");
+        Worker { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (or the worker exits).
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "offsite exited ({status}) before {needle:?}: {}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the whole log.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(self.child.wait().unwrap().success(), "{}", self.log());
+        self.log()
+    }
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -110,6 +166,114 @@ fn a_bad_value_stops_with_one_line_naming_file_and_key() {
         err.contains("OFFSITE_ENGINE__LEASE") && err.contains("`engine.lease`"),
         "{err}"
     );
+}
+
+#[test]
+fn a_written_snapshot_schedule_is_used_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = "[sources.s]\ntype = \"folder\"\npath = \"in\"\n\
+                [destinations.d]\ntype = \"folder\"\npath = \"out\"\n\
+                [snapshots]\nsource = \"s\"\ndestinations = [\"d\"]\n";
+    for (schedule, shown) in [
+        (
+            "cron = \"0 3 * * *\"\ntimezone = \"UTC\"",
+            "cron 0 3 * * * (UTC)",
+        ),
+        (
+            "weekdays = [\"mon\", \"thu\"]\nat = \"02:15\"\ntimezone = \"UTC\"",
+            "Mon, Thu at 02:15 (UTC)",
+        ),
+    ] {
+        let path = dir.path().join("offsite.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{}/data\"\n[api]\nenabled = false\n{flow}[snapshots.schedule]\n{schedule}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let o = offsite(&path, &["config", "check"]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{schedule}: {err}");
+        assert!(
+            out.contains(&format!("snapshots (snapshot_scan): {shown}")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn without_a_file_the_environment_still_reshapes_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("elsewhere");
+    let o = Command::new(bin())
+        .current_dir(dir.path())
+        .args(["config", "check"])
+        .env("OFFSITE_DATA_DIR", &data)
+        .env("OFFSITE_SNAPSHOTS__SCHEDULE__CRON", "0 3 * * *")
+        .env("OFFSITE_SNAPSHOTS__SCHEDULE__TIMEZONE", "UTC")
+        .env("OFFSITE_QUEUES__DEFAULT__CONCURRENCY", "7")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("snapshots (snapshot_scan): cron 0 3 * * * (UTC)"),
+        "{out}"
+    );
+    assert!(out.contains("default (7), uploads (1)"), "{out}");
+    assert!(
+        out.contains(&data.join("offsite.db").display().to_string()),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_config_that_puts_the_data_elsewhere_creates_nothing_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let cfg = write_config(dir.path(), "");
+    let worker = {
+        let mut w = Worker::start(&cfg, &cwd);
+        w.wait_for("offsite is running");
+        w
+    };
+    worker.stop();
+    assert!(dir.path().join("data/offsite.db").is_file());
+    let created: Vec<_> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        created.is_empty(),
+        "created in the working directory: {created:?}"
+    );
+}
+
+#[test]
+fn debug_logs_carry_no_sql_statements_and_trace_does() {
+    for (level, statements) in [("debug", false), ("trace", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &format!("[log]\nlevel = \"{level}\"\n"));
+        let o = offsite(&cfg, &["enqueue", "noop", "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        let mut worker = Worker::start(&cfg, dir.path());
+        worker.wait_for("}: completed");
+        let log = worker.stop();
+        // sqlx's statement events carry these fields (sqlx-core logger.rs).
+        let sql: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("rows_returned=") || l.contains("db.statement"))
+            .collect();
+        if statements {
+            assert!(!sql.is_empty(), "trace shows SQL statements:\n{log}");
+        } else {
+            assert!(sql.is_empty(), "SQL at {level}: {sql:#?}");
+            assert!(log.contains("DEBUG"), "the log is at debug:\n{log}");
+        }
+    }
 }
 
 #[test]

@@ -15,3 +15,4 @@ mod snapshots;
 mod sources_tests;
 #[path = "../support/mod.rs"]
 mod support;
+mod trust;

@@ -369,17 +369,25 @@ async fn bulk_retry_counts_the_jobs_it_brings_back() {
     );
 }
 
-/// Claims for `owner` directly through the store, as a worker process would.
+/// Claims for `owner` directly through the store and starts what it got, as a worker process
+/// does before running a job.
 async fn claim(
     store: &Store,
     owner: &str,
     lease: Duration,
 ) -> Vec<offsite::queue::store::ClaimedJob> {
-    store
-        .finish_and_claim(&[], &[("default".into(), 10)], owner, lease)
+    let claimed = store
+        .finish_and_claim(&[], &[], &[("default".into(), 10)], owner, lease)
         .await
         .unwrap()
-        .1
+        .2;
+    let starts: Vec<(i64, i64)> = claimed.iter().map(|j| (j.id, j.lease_token)).collect();
+    let (started, _, _) = store
+        .finish_and_claim(&starts, &[], &[], owner, lease)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), claimed.len());
+    claimed
 }
 
 fn new_job(key: Option<&str>) -> NewJob {
@@ -391,6 +399,7 @@ fn new_job(key: Option<&str>) -> NewJob {
         max_attempts: 5,
         scheduled_at: None,
         idempotency_key: key.map(String::from),
+        tags: Vec::new(),
     }
 }
 
@@ -437,8 +446,8 @@ async fn expired_lease_is_rescued_and_the_old_worker_is_fenced_out() {
         at: now_ms(),
         how: FinishKind::Completed,
     };
-    let (applied, _) = store
-        .finish_and_claim(&[stale], &[], "worker-a", Duration::from_secs(1))
+    let (_, applied, _) = store
+        .finish_and_claim(&[], &[stale], &[], "worker-a", Duration::from_secs(1))
         .await
         .unwrap();
     assert!(applied.is_empty());
@@ -450,8 +459,8 @@ async fn expired_lease_is_rescued_and_the_old_worker_is_fenced_out() {
             error: "late".into(),
         },
     };
-    let (applied, _) = store
-        .finish_and_claim(&[stale_fail], &[], "worker-a", Duration::from_secs(1))
+    let (_, applied, _) = store
+        .finish_and_claim(&[], &[stale_fail], &[], "worker-a", Duration::from_secs(1))
         .await
         .unwrap();
     assert!(applied.is_empty());
@@ -467,8 +476,8 @@ async fn expired_lease_is_rescued_and_the_old_worker_is_fenced_out() {
         at: now_ms(),
         how: FinishKind::Completed,
     };
-    let (applied, _) = store
-        .finish_and_claim(&[fresh], &[], "worker-b", Duration::from_secs(1))
+    let (_, applied, _) = store
+        .finish_and_claim(&[], &[fresh], &[], "worker-b", Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(applied, vec![job.id]);
@@ -601,7 +610,7 @@ async fn prune_deletes_finished_jobs_past_their_age_and_frees_keys() {
         how: FinishKind::Completed,
     };
     store
-        .finish_and_claim(&[done], &[], "w", Duration::from_secs(30))
+        .finish_and_claim(&[], &[done], &[], "w", Duration::from_secs(30))
         .await
         .unwrap();
 

@@ -84,57 +84,108 @@ fn schedule_files_are_validated_with_file_and_field_named() {
     let config = test_config(dir.path());
     let (reg, _) = registry(&config);
     let jobs = dir.path().join("jobs");
+    // (file, text, key, line, message)
     let cases = [
         (
             "a.toml",
             "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:10\"\n",
             "schedule.at",
+            Some(4),
             "quarter hour",
         ),
         (
             "b.toml",
             "kind = \"noop\"\n[schedule]\nevery = \"6h\"\ncron = \"* * * * *\"\n",
             "schedule",
+            Some(2),
             "exactly one",
         ),
         (
             "c.toml",
             "kind = \"nope\"\n[schedule]\nevery = \"6h\"\n",
             "kind",
+            Some(1),
             "unknown job kind",
         ),
         (
             "d.toml",
             "kind = \"noop\"\nargs = { steps = -1 }\n[schedule]\nevery = \"6h\"\n",
             "args.steps",
+            Some(2),
             "invalid value",
         ),
         (
             "e.toml",
             "kind = \"noop\"\n[schedule]\ncron = \"61 * * * *\"\n",
             "schedule.cron",
+            Some(3),
             "invalid cron",
         ),
         (
             "f.toml",
             "kind = \"noop\"\n[schedule]\nweekdays = [\"mon\"]\nat = \"02:15\"\ntimezone = \"Mars/Olympus\"\n",
             "schedule.timezone",
+            Some(5),
             "unknown time zone",
         ),
         (
             "g.toml",
             "kind = \"noop\"\n[schedule]\nweekdays = [\"funday\"]\nat = \"02:15\"\n",
             "schedule.weekdays",
+            Some(3),
             "unknown weekday",
         ),
+        // The key on the line after a valid one is the wrong one, not its neighbour.
+        (
+            "h.toml",
+            "kind = \"noop\"\nwhen = 3\n[schedule]\nevery = \"6h\"\n",
+            "when",
+            Some(2),
+            "unknown field `when`",
+        ),
+        (
+            "i.toml",
+            "kind = \"noop\"\n[schedule]\nevery = \"6h\"\nsoon = true\n",
+            "schedule.soon",
+            Some(4),
+            "unknown field `soon`",
+        ),
+        (
+            "j.toml",
+            "kind = \"noop\"\npriority = \"high\"\n[schedule]\nevery = \"6h\"\n",
+            "priority",
+            Some(2),
+            "invalid type",
+        ),
+        (
+            "k.toml",
+            "kind = \"noop\"\n\nschedule = { every = 5 }\n",
+            "schedule.every",
+            Some(3),
+            "invalid type",
+        ),
+        (
+            "l.toml",
+            "kind = \"noop\"\n",
+            "schedule",
+            None,
+            "missing field `schedule`",
+        ),
     ];
-    for (file, text, key, message) in cases {
+    for (file, text, key, line, message) in cases {
         let _ = std::fs::remove_dir_all(&jobs);
         write(&jobs, file, text);
         let e = scheduler::load_dir(&jobs, &reg, "UTC").unwrap_err();
         assert_eq!(e.key.as_deref(), Some(key), "{file}: {e}");
+        assert_eq!(e.line, line, "{file}: {e}");
         assert!(e.message.contains(message), "{file}: {e}");
         assert!(e.file.as_deref().unwrap().ends_with(file), "{file}: {e}");
+        if let Some(line) = line {
+            assert!(
+                e.to_string().contains(&format!("{file}:{line}: `{key}`")),
+                "{e}"
+            );
+        }
     }
 }
 

@@ -23,9 +23,9 @@ use crate::{
     },
 };
 
-const MIB: usize = 1024 * 1024;
+pub(crate) const MIB: usize = 1024 * 1024;
 
-fn folder_dest(path: &Path, max_backups: u32) -> DestinationConfig {
+pub(crate) fn folder_dest(path: &Path, max_backups: u32) -> DestinationConfig {
     toml::from_str(&format!(
         "type = \"folder\"\npath = \"{}\"\nchunk_mib = 4\nmax_backups = {max_backups}\n",
         path.display()
@@ -33,7 +33,7 @@ fn folder_dest(path: &Path, max_backups: u32) -> DestinationConfig {
     .unwrap()
 }
 
-fn dropbox_dest(fake: &FakeDropbox, max_backups: u32) -> DestinationConfig {
+pub(crate) fn dropbox_dest(fake: &FakeDropbox, max_backups: u32) -> DestinationConfig {
     let base = fake.base_url();
     let mut d: DestinationConfig = toml::from_str(&format!(
         "type = \"dropbox\"\npath = \"/HomeAssistant/Backups\"\nchunk_mib = 4\nmax_backups = {max_backups}\n\
@@ -44,7 +44,7 @@ fn dropbox_dest(fake: &FakeDropbox, max_backups: u32) -> DestinationConfig {
     d
 }
 
-fn snapshots(source: &str, destinations: &[&str]) -> SnapshotsConfig {
+pub(crate) fn snapshots(source: &str, destinations: &[&str]) -> SnapshotsConfig {
     SnapshotsConfig {
         enabled: true,
         source: source.into(),
@@ -55,7 +55,7 @@ fn snapshots(source: &str, destinations: &[&str]) -> SnapshotsConfig {
 }
 
 /// A worker with an inbox folder source and the given destinations.
-async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, PathBuf) {
+pub(crate) async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, PathBuf) {
     let inbox = tempfile::tempdir().unwrap().keep();
     let names: Vec<String> = dests.iter().map(|(n, _)| n.to_string()).collect();
     let inbox_path = inbox.clone();
@@ -76,7 +76,7 @@ async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, PathBuf) {
     (h, inbox)
 }
 
-async fn authorize(base: &str, fake: &FakeDropbox, dest: &str) {
+pub(crate) async fn authorize(base: &str, fake: &FakeDropbox, dest: &str) {
     let c = Client::new();
     let r: Value = json_of(c.post(format!("{base}/api/v1/destinations/{dest}/authorize"))).await;
     let url = url::Url::parse(r["authorize_url"].as_str().unwrap()).unwrap();
@@ -102,7 +102,7 @@ async fn authorize(base: &str, fake: &FakeDropbox, dest: &str) {
     assert_eq!(v["authorized"], true);
 }
 
-async fn wait_uploads(store: &Store, n: usize) -> Vec<UploadRecord> {
+pub(crate) async fn wait_uploads(store: &Store, n: usize) -> Vec<UploadRecord> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let list = store.uploads(None, true).await.unwrap();
@@ -118,7 +118,7 @@ async fn wait_uploads(store: &Store, n: usize) -> Vec<UploadRecord> {
     }
 }
 
-async fn back_up_now(base: &str) -> i64 {
+pub(crate) async fn back_up_now(base: &str) -> i64 {
     let r = Client::new()
         .post(format!("{base}/api/v1/snapshots/run"))
         .send()
@@ -376,7 +376,7 @@ async fn supervisor_backup_goes_to_dropbox_and_a_vanished_one_is_cancelled() {
 
 // ---------------------------------------------------------------- the real binary
 
-fn spawn(cfg: &Path, log: &Path) -> Child {
+pub(crate) fn spawn(cfg: &Path, log: &Path) -> Child {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -391,7 +391,7 @@ fn spawn(cfg: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -412,7 +412,8 @@ async fn folder_to_folder_through_the_binary_is_byte_identical() {
         format!(
             "data_dir = \"data\"\n[api]\nenabled = false\n\
              [sources.inbox]\ntype = \"folder\"\npath = \"{0}\"\n\
-             [destinations.outbox]\ntype = \"folder\"\npath = \"{1}\"\nchunk_mib = 4\n",
+             [destinations.outbox]\ntype = \"folder\"\npath = \"{1}\"\nchunk_mib = 4\n\
+             [snapshots]\nsource = \"inbox\"\ndestinations = [\"outbox\"]\n",
             inbox.display(),
             outbox.display()
         ),

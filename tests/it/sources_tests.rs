@@ -255,7 +255,7 @@ async fn supervisor_slugs_are_path_segments_not_paths() {
 }
 
 #[tokio::test]
-async fn supervisor_rejected_tokens_are_permanent_and_never_echoed() {
+async fn supervisor_rejected_tokens_are_retried_and_never_echoed() {
     let sup = FakeSupervisor::start(TOKEN).await;
     sup.add_backup("c0ffee05", "Full", "2026-04-02T03:00:00+00:00", data(10, 8));
 
@@ -266,7 +266,9 @@ async fn supervisor_rejected_tokens_are_permanent_and_never_echoed() {
         source.list().await.err().unwrap(),
         source.open("c0ffee05", 0).await.err().unwrap(),
     ] {
-        assert!(matches!(err, TransferError::Permanent(_)), "{err:?}");
+        // Retried with backoff: the backup is still at the source, and a token the
+        // Supervisor rotates or a restarting Supervisor must not make offsite give it up.
+        assert!(matches!(err, TransferError::Temporary(_)), "{err:?}");
         let msg = err.to_string();
         assert!(
             msg.contains("the Supervisor rejected the add-on token (is hassio_api enabled?)"),
@@ -282,7 +284,7 @@ async fn supervisor_rejected_tokens_are_permanent_and_never_echoed() {
 
     // No token at all: 401.
     let err = supervisor_source(&sup, "").list().await.err().unwrap();
-    assert!(matches!(err, TransferError::Permanent(_)), "{err:?}");
+    assert!(matches!(err, TransferError::Temporary(_)), "{err:?}");
     assert!(err.to_string().contains("401"), "{err}");
 }
 

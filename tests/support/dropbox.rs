@@ -736,6 +736,7 @@ fn router(shared: AppState) -> Router {
         .route("/2/files/list_folder", post(list_folder))
         .route("/2/files/list_folder/continue", post(list_folder_continue))
         .route("/2/files/delete_v2", post(delete_v2))
+        .route("/2/files/get_metadata", post(get_metadata))
         .route("/2/users/get_current_account", post(get_current_account))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -2141,6 +2142,35 @@ struct DeleteArg {
     path: String,
     #[serde(default)]
     parent_rev: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GetMetadataArg {
+    path: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    include_deleted: bool,
+}
+
+/// `files/get_metadata`: the file or folder at a path; `path/not_found` (409) when nothing is
+/// there. The root has no metadata (Dropbox answers 400 for "").
+async fn get_metadata(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let route = "files/get_metadata";
+    let arg: GetMetadataArg = match rpc_arg(&headers, &body, route) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if arg.path.is_empty() || arg.path == "/" {
+        return bad_input(route, "request body: path: The root folder is unsupported.");
+    }
+    if check_path(&arg.path).is_err() {
+        return lookup_path_error("path", "malformed_path");
+    }
+    let st = shared.lock();
+    match st.tree.get(&arg.path.to_lowercase()) {
+        Some(entry) => Json(Entry::tagged(entry)).into_response(),
+        None => lookup_path_error("path", "not_found"),
+    }
 }
 
 async fn list_folder(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {

@@ -294,6 +294,13 @@ impl FakeSupervisor {
         self.shared.lock().request_faults.at(n, status);
     }
 
+    /// The `n`-th request from now gets a 500 whose message quotes the request's
+    /// `Authorization` header, as a misconfigured proxy in front of the
+    /// Supervisor does.
+    pub fn echo_token_in_error(&self, n: u64) {
+        self.shared.lock().echo_faults.at(n, ());
+    }
+
     /// The `n`-th download from now sends `after_bytes` bytes of its body and
     /// then drops the connection.
     pub fn drop_connection_mid_body(&self, n: u64, after_bytes: u64) {
@@ -360,6 +367,7 @@ struct SupState {
     ignore_range: bool,
     core_available: bool,
     request_faults: Countdown<StatusCode>,
+    echo_faults: Countdown<()>,
     /// Download number -> bytes to send before dropping the connection.
     download_faults: Countdown<u64>,
     requests: Vec<(String, String)>,
@@ -380,6 +388,7 @@ impl SupState {
             ignore_range: false,
             core_available: true,
             request_faults: Countdown::default(),
+            echo_faults: Countdown::default(),
             download_faults: Countdown::default(),
             requests: Vec::new(),
             download_ranges: Vec::new(),
@@ -494,10 +503,23 @@ async fn gatekeeper(State(shared): State<AppState>, req: Request, next: Next) ->
         let mut st = shared.lock();
         st.requests
             .push((req.method().to_string(), req.uri().path().to_owned()));
-        st.request_faults.tick()
+        (st.request_faults.tick(), st.echo_faults.tick())
     };
+    let (injected, echo) = injected;
     if let Some(status) = injected {
         return injected_status(status);
+    }
+    if echo.is_some() {
+        let auth = req
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"result": "error", "message": format!("upstream refused the request with Authorization: {auth}")})),
+        )
+            .into_response();
     }
     let token = supervisor_token(req.headers());
     let expected = shared.lock().token.clone();

@@ -1,0 +1,98 @@
+//! The one mechanism that keeps secrets out of text that leaves the process: every [`Secret`]
+//! is registered here when it is made (from configuration, a credential file, a token
+//! endpoint's answer), and the sinks — the log writer, the error texts the store keeps, the API's
+//! problem details — pass their text through [`redact`]. No call site has to remember.
+//!
+//! [`Secret`]: crate::config::Secret
+
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+    sync::{LazyLock, RwLock},
+};
+
+/// Shorter values are not secrets worth the false positives (a 4-digit PIN would blank every
+/// number that contains it).
+const MIN_LEN: usize = 8;
+
+/// What stands in for a secret.
+pub const MASK: &str = "***";
+
+static SECRETS: LazyLock<RwLock<Vec<String>>> = LazyLock::new(Default::default);
+
+/// Remembers `secret` so that it never appears in what [`redact`] cleans.
+pub fn register(secret: &str) {
+    if secret.len() < MIN_LEN {
+        return;
+    }
+    if let Ok(mut all) = SECRETS.write()
+        && !all.iter().any(|s| s == secret)
+    {
+        all.push(secret.to_string());
+        // Longest first, so a secret that contains another is masked whole.
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every registered secret replaced by `***`.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let Ok(all) = SECRETS.read() else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = Cow::Borrowed(text);
+    for secret in all.iter() {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), MASK));
+        }
+    }
+    out
+}
+
+/// Standard error for the log, with secrets masked. The formatter writes each event with one
+/// `write_all`, so a secret never straddles two writes.
+pub struct Stderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = RedactingWriter<io::Stderr>;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(io::stderr())
+    }
+}
+
+pub struct RedactingWriter<W>(pub W);
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) => self.0.write_all(redact(text).as_bytes())?,
+            Err(_) => self
+                .0
+                .write_all(redact(&String::from_utf8_lossy(buf)).as_bytes())?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_secrets_are_masked_wherever_they_appear() {
+        register("s3cr3t-token-for-redact-test");
+        register("s3cr3t-token");
+        register("short");
+        assert_eq!(
+            redact("Authorization: Bearer s3cr3t-token-for-redact-test; again s3cr3t-token"),
+            "Authorization: Bearer ***; again ***"
+        );
+        assert_eq!(redact("short stays"), "short stays");
+        let mut out = RedactingWriter(Vec::new());
+        out.write_all(b"token=s3cr3t-token-for-redact-test\n")
+            .unwrap();
+        assert_eq!(out.0, b"token=***\n");
+    }
+}
