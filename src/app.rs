@@ -334,12 +334,27 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         tasks.push(ha.start(stop.clone()));
     }
 
+    // The API and panel always have a token: the configured one, else one generated on first
+    // start and kept owner-only in the data directory.
+    let (api_config, token_source) = if config.api.enabled {
+        let (token, source) = api::auth::load_or_create_token(&config).map_err(|e| {
+            StartError::Other(format!(
+                "cannot keep the API token in {}: {e}",
+                config.data_dir.join(api::auth::TOKEN_FILE).display()
+            ))
+        })?;
+        let mut c = (*config).clone();
+        c.api.token = Some(token);
+        (Arc::new(c), Some(source))
+    } else {
+        (config.clone(), None)
+    };
     let state = AppState {
         store: store.clone(),
         registry: setup.registry.clone(),
         executor: executor.clone(),
         metrics,
-        config: config.clone(),
+        config: api_config.clone(),
         instance_id: identity.id.clone(),
         services: setup.services.clone(),
         auth: Default::default(),
@@ -351,6 +366,11 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
                 ))
             })?,
         ),
+        sign_in: Arc::new(if config.api.enabled && config.api.allow_from.is_empty() {
+            api::auth::SignInCode::generate()
+        } else {
+            api::auth::SignInCode::none()
+        }),
     };
 
     let (server, addr) = if config.api.enabled {
@@ -382,6 +402,29 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         schedules = setup.schedules.len(),
         "offsite is running"
     );
+    if let (Some(addr), Some(source)) = (addr, token_source) {
+        let token_is = match source {
+            api::auth::TokenSource::Configured => "api.token".to_string(),
+            _ => format!(
+                "in {}",
+                config.data_dir.join(api::auth::TOKEN_FILE).display()
+            ),
+        };
+        match state.sign_in.peek() {
+            // Like Jupyter: one line a newcomer can open. It carries a one-time code, not the
+            // token: the log never holds a credential that still works.
+            Some(code) => info!(
+                "sign in to the panel: {} (works once; then sign in with the API token, {token_is})",
+                api::auth::sign_in_link(addr, &code),
+            ),
+            // Only api.allow_from may connect (the add-on: Home Assistant's ingress, which
+            // signs users in itself): a link to this machine would open nothing.
+            None => info!(
+                "the API answers only {:?}; its token is {token_is}",
+                config.api.allow_from
+            ),
+        }
+    }
     Ok(Running {
         state,
         addr,

@@ -183,12 +183,16 @@ pub struct Config {
 pub struct ApiConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// Bearer token; required when `listen` is not a loopback address (unless `allow_from`).
+    /// Bearer token; without one, offsite generates one and keeps it in `<data_dir>/api-token`.
     pub token: Option<Secret>,
     /// When set, only these client addresses may connect; the add-on sets it to Home
     /// Assistant's ingress proxy.
     #[serde(default)]
     pub allow_from: Vec<std::net::IpAddr>,
+    /// Let a browser on this machine in without the token. Off by default: a reverse proxy on
+    /// the same machine makes every remote user a loopback client.
+    #[serde(default)]
+    pub trust_loopback: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -25,6 +25,10 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     PayloadTooLarge,
+    MethodNotAllowed,
+    UnsupportedMediaType(String),
+    /// A service offsite depends on (Dropbox) could not be reached or failed.
+    BadGateway(String),
     Internal(String),
 }
 
@@ -64,6 +68,21 @@ impl ApiError {
                 "payload-too-large",
                 "Request body too large",
             ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                "bad-gateway",
+                "An upstream service failed",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -72,12 +91,45 @@ impl ApiError {
         }
     }
 
+    /// The problem for an error answer the framework made (a rejection's text, or nothing).
+    pub(crate) fn from_status(status: StatusCode, text: String) -> ApiError {
+        let text = if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_string()
+        } else {
+            text
+        };
+        match status {
+            StatusCode::NOT_FOUND => ApiError::NotFound(text),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized,
+            StatusCode::FORBIDDEN => ApiError::Forbidden,
+            StatusCode::CONFLICT => ApiError::Conflict(text),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                ApiError::Validation(vec![FieldError::new("body", text)])
+            }
+            s if s.is_server_error() => ApiError::Internal(text),
+            // Every other refusal of the request's shape is a bad request.
+            _ => ApiError::BadRequest(text),
+        }
+    }
+
     pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
         let (detail, errors) = match self {
-            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::Conflict(d) => {
-                (d.clone(), Vec::new())
-            }
+            ApiError::BadRequest(d)
+            | ApiError::NotFound(d)
+            | ApiError::Conflict(d)
+            | ApiError::UnsupportedMediaType(d)
+            | ApiError::BadGateway(d) => (d.clone(), Vec::new()),
+            ApiError::MethodNotAllowed => (
+                "this route does not take that method; `Allow` lists the ones it takes".into(),
+                Vec::new(),
+            ),
             ApiError::Validation(errors) => (
                 errors
                     .iter()
@@ -179,25 +231,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize(de) {
-        Ok(v) => Ok(ApiJson(v)),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                Err(ApiError::BadRequest(format!("malformed JSON: {inner}")))
-            } else {
-                let field = if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                };
-                Err(ApiError::Validation(vec![FieldError::new(
-                    field,
-                    inner.to_string(),
-                )]))
-            }
-        }
+    // Two steps, so that what is not JSON (anything after the value included) is a 400 and
+    // JSON of the wrong shape, however it is wrong, is a 422 naming the field.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    // Every body is an object (serde would also read a struct from an array).
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
     }
+    serde_path_to_error::deserialize(value)
+        .map(ApiJson)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::Validation(vec![FieldError::new(field, e.into_inner().to_string())])
+        })
 }

@@ -121,14 +121,36 @@ pub struct EnqueueBody {
     #[schema(value_type = Object)]
     pub args: Value,
     /// Submitting the same key again returns the existing job instead of a new one.
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
     /// Defaults to the kind's queue.
     pub queue: Option<String>,
     /// 1 (first) to 4 (last); defaults per kind.
+    #[schema(minimum = 1, maximum = 4)]
     pub priority: Option<i64>,
-    /// Run no earlier than this (RFC 3339).
+    /// Run no earlier than this (RFC 3339, years 0001 to 9999).
     pub run_at: Option<DateTime<Utc>>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
+}
+
+/// The kinds the description documents, each with its args' schema (a component of the same
+/// name): `POST /jobs` is a `oneOf` over them, told apart by `kind`.
+pub(crate) fn documented_kinds() -> Vec<(&'static str, &'static str)> {
+    use crate::{
+        jobs::{
+            noop::NoopArgs,
+            retention::RetentionPruneArgs,
+            snapshot::{SnapshotScanArgs, SnapshotUploadArgs},
+        },
+        queue::JobArgs,
+    };
+    vec![
+        (NoopArgs::KIND, "NoopArgs"),
+        (SnapshotScanArgs::KIND, "SnapshotScanArgs"),
+        (SnapshotUploadArgs::KIND, "SnapshotUploadArgs"),
+        (RetentionPruneArgs::KIND, "RetentionPruneArgs"),
+    ]
 }
 
 fn empty_object() -> Value {
@@ -143,7 +165,7 @@ pub struct EnqueueResponse {
 }
 
 /// Submit a job.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = EnqueueBody,
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", operation_id = "enqueue_job", request_body = EnqueueBody,
     responses(
         (status = 201, description = "Created", body = EnqueueResponse),
         (status = 200, description = "A job with this idempotency key exists; it is returned", body = EnqueueResponse),
@@ -186,14 +208,39 @@ pub async fn enqueue(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Comma-separated states, e.g. `discarded,cancelled`.
+    /// Comma-separated states, e.g. `discarded,cancelled` (the pattern is set from the states
+    /// by `Contract`).
     pub state: Option<String>,
     pub kind: Option<String>,
     pub queue: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub cursor: Option<String>,
+}
+
+/// The `state` filter of the list: states separated by commas, nothing else (the CLI's
+/// `--state` is more forgiving about spaces).
+pub(crate) fn state_list_pattern() -> String {
+    let one = JobState::ALL.map(JobState::as_str).join("|");
+    format!("^(({one})(,({one}))*)?$")
+}
+
+fn parse_state_list(text: &str) -> Result<Vec<JobState>, ApiError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|s| s.parse::<JobState>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::Validation(vec![FieldError::new(
+                "state",
+                format!("{e}; separate states with commas, without spaces"),
+            )])
+        })
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -212,7 +259,7 @@ pub(crate) fn parse_states(text: &str, field: &str) -> Result<Vec<JobState>, Api
 }
 
 /// List jobs, newest first.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListParams),
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
     responses((status = 200, body = JobList), (status = 422, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -222,7 +269,7 @@ pub async fn list(
         states: p
             .state
             .as_deref()
-            .map(|s| parse_states(s, "state"))
+            .map(parse_state_list)
             .transpose()?
             .unwrap_or_default(),
         kind: p.kind,
@@ -242,8 +289,8 @@ pub async fn list(
             })?,
     };
     let before = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c >= 1).ok_or_else(|| {
             ApiError::Validation(vec![FieldError::new(
                 "cursor",
                 "not a cursor returned by this API",
@@ -271,7 +318,7 @@ pub(crate) fn parse_id(text: &str) -> Result<i64, ApiError> {
 }
 
 /// One job with its attempts and checkpoint.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "show_job",
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = JobDetail), (status = 404, body = Problem)))]
 pub async fn show(
@@ -308,7 +355,7 @@ pub struct RetryBody {
 /// Run a job again now (replay). Discarded, cancelled and completed jobs come back with one
 /// more attempt if theirs were used up; waiting jobs move forward. Resumes from the checkpoint
 /// unless `reset_checkpoint`.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job",
     params(("id" = i64, Path, description = "Job id")), request_body(content = RetryBody, content_type = "application/json"),
     responses((status = 200, body = JobView), (status = 404, body = Problem),
         (status = 409, description = "The job is running", body = Problem)))]
@@ -325,7 +372,7 @@ pub async fn retry(
 
 /// Cancel a job: a waiting one at once; a running one is signalled and stops at its next
 /// checkpoint or await (`cancel_requested` shows it is on its way).
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job",
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = Problem),
         (status = 409, description = "The job already finished", body = Problem)))]
@@ -342,7 +389,7 @@ pub async fn cancel(
 }
 
 /// Delete a job that is not running, with its attempts.
-#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "delete_job",
     params(("id" = i64, Path, description = "Job id")),
     responses((status = 204, description = "Deleted"), (status = 404, body = Problem),
         (status = 409, description = "The job is running", body = Problem)))]
@@ -371,7 +418,7 @@ pub struct BulkRetryResponse {
 }
 
 /// Retry every matching job that is not running; returns how many.
-#[utoipa::path(post, path = "/api/v1/jobs/retry", tag = "jobs", request_body = BulkRetryBody,
+#[utoipa::path(post, path = "/api/v1/jobs/retry", tag = "jobs", operation_id = "retry_jobs", request_body = BulkRetryBody,
     responses((status = 200, body = BulkRetryResponse), (status = 422, body = Problem)))]
 pub async fn bulk_retry(
     State(state): State<AppState>,

@@ -57,7 +57,7 @@ pub(crate) async fn views(state: &AppState) -> Result<Vec<QueueView>, ApiError> 
 }
 
 /// Queues with their job counts per state.
-#[utoipa::path(get, path = "/api/v1/queues", tag = "queues", responses((status = 200, body = [QueueView])))]
+#[utoipa::path(get, path = "/api/v1/queues", tag = "queues", operation_id = "list_queues", responses((status = 200, body = [QueueView])))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<QueueView>>, ApiError> {
     Ok(Json(views(&state).await?))
 }
@@ -78,8 +78,8 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<QueueV
 }
 
 /// Pause a queue: its waiting jobs stay put until resumed (persisted; running jobs finish).
-#[utoipa::path(post, path = "/api/v1/queues/{name}/pause", tag = "queues",
-    params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/api/v1/queues/{name}/pause", tag = "queues", operation_id = "pause_queue",
+    params(("name" = String, Path, example = "default")), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -88,8 +88,8 @@ pub async fn pause(
 }
 
 /// Resume a paused queue.
-#[utoipa::path(post, path = "/api/v1/queues/{name}/resume", tag = "queues",
-    params(("name" = String, Path)), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/api/v1/queues/{name}/resume", tag = "queues", operation_id = "resume_queue",
+    params(("name" = String, Path, example = "default")), responses((status = 200, body = QueueView), (status = 404, body = Problem)))]
 pub async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -52,7 +52,7 @@ impl From<ScheduleView> for ScheduleInfo {
 }
 
 /// Schedules with their last and next run.
-#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", responses((status = 200, body = [ScheduleInfo])))]
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", operation_id = "list_schedules", responses((status = 200, body = [ScheduleInfo])))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ScheduleInfo>>, ApiError> {
     Ok(Json(
         scheduler::list(&state.store)
@@ -64,8 +64,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ScheduleInfo
 }
 
 /// Enqueue a schedule's job now, outside its slots.
-#[utoipa::path(post, path = "/api/v1/schedules/{name}/run", tag = "schedules",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/run", tag = "schedules", operation_id = "run_schedule",
+    params(("name" = String, Path, example = "snapshots")),
     responses((status = 201, body = EnqueueResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn run(
     State(state): State<AppState>,

@@ -50,7 +50,7 @@ pub struct UploadParams {
 }
 
 /// What was uploaded where, newest backup first.
-#[utoipa::path(get, path = "/api/v1/uploads", tag = "backups", params(UploadParams),
+#[utoipa::path(get, path = "/api/v1/uploads", tag = "backups", operation_id = "list_uploads", params(UploadParams),
     responses((status = 200, body = [UploadRecord])))]
 pub async fn uploads(
     State(state): State<AppState>,
@@ -65,7 +65,7 @@ pub async fn uploads(
 }
 
 /// Back up now: scan the snapshot source and upload what is new, at once.
-#[utoipa::path(post, path = "/api/v1/snapshots/run", tag = "backups",
+#[utoipa::path(post, path = "/api/v1/snapshots/run", tag = "backups", operation_id = "back_up_now",
     responses((status = 201, body = EnqueueResponse), (status = 404, description = "No [snapshots] configured", body = Problem)))]
 pub async fn run(
     State(state): State<AppState>,
@@ -137,7 +137,7 @@ pub(crate) fn view_from(
 }
 
 /// Destinations with their authorization state.
-#[utoipa::path(get, path = "/api/v1/destinations", tag = "backups", responses((status = 200, body = [DestinationView])))]
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "backups", operation_id = "list_destinations", responses((status = 200, body = [DestinationView])))]
 pub async fn destinations(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<DestinationView>>, ApiError> {
@@ -155,8 +155,8 @@ pub struct AuthorizeStart {
 }
 
 /// Start authorizing a Dropbox destination (PKCE; no redirect needed).
-#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups", operation_id = "authorize_destination",
+    params(("name" = String, Path, example = "dropbox")),
     responses((status = 200, body = AuthorizeStart), (status = 404, body = Problem),
         (status = 409, description = "Not a destination that needs authorization", body = Problem)))]
 pub async fn authorize(
@@ -216,16 +216,18 @@ fn dropbox_of<'a>(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeCode {
-    /// The code Dropbox showed after "Allow".
+    /// The code Dropbox showed after "Allow" (spaces around it are ignored).
+    #[schema(pattern = "\\S")]
     pub code: String,
 }
 
 /// Finish authorizing with the pasted code; waiting uploads continue at once.
-#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups",
-    params(("name" = String, Path)), request_body = AuthorizeCode,
+#[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups", operation_id = "authorize_destination_code",
+    params(("name" = String, Path, example = "dropbox")), request_body = AuthorizeCode,
     responses((status = 200, body = DestinationView), (status = 404, body = Problem),
         (status = 409, description = "No authorization was started", body = Problem),
-        (status = 422, description = "Dropbox did not accept the code", body = Problem)))]
+        (status = 422, description = "Dropbox did not accept the code", body = Problem),
+        (status = 502, description = "Dropbox could not be reached or failed", body = Problem)))]
 pub async fn authorize_code(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -259,7 +261,8 @@ pub(crate) async fn finish_authorization(
             TransferError::Permanent(m) | TransferError::Unauthorized(m) => {
                 ApiError::Validation(vec![FieldError::new("code", m)])
             }
-            other => ApiError::Internal(other.to_string()),
+            // Dropbox unreachable or failing: not our fault, and worth trying again.
+            other => ApiError::BadGateway(format!("Dropbox could not be asked: {other}")),
         })?;
     authorized(state, name).await?;
     Ok(())
@@ -284,7 +287,6 @@ pub struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 /// The panel's message page (the callback is opened outside ingress, so no prefix).
@@ -301,12 +303,19 @@ pub async fn callback(
     State(state): State<AppState>,
     Query(p): Query<CallbackParams>,
 ) -> (StatusCode, Html<String>) {
+    // Anyone can make a link to this page with any text in `error_description`, so the page
+    // says only what we know: access was not granted.
     if let Some(error) = p.error {
-        let why = p.error_description.unwrap_or(error);
+        let why = if error == "access_denied" {
+            "Access was denied in Dropbox. Start the authorization again from the panel and \
+             press Allow."
+        } else {
+            "Dropbox did not grant access. Start the authorization again from the panel."
+        };
         return page(
             StatusCode::BAD_REQUEST,
             "Authorization was not granted",
-            &why,
+            why,
         );
     }
     let (Some(code), Some(nonce)) = (p.code, p.state) else {

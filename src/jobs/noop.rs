@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Progress, Worker};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoopArgs {
     /// Steps to walk; 0 finishes at once.

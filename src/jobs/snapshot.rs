@@ -25,7 +25,7 @@ use crate::{
 // ------------------------------------------------------------------ snapshot_scan
 
 /// Lists a source and enqueues one upload per (backup, destination) not uploaded yet.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotScanArgs {
     pub source: String,
@@ -136,7 +136,7 @@ impl Worker<SnapshotScanArgs> for SnapshotScanWorker {
 
 // ------------------------------------------------------------------ snapshot_upload
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotUploadArgs {
     pub source: String,

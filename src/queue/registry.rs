@@ -301,11 +301,20 @@ impl Registry {
             ));
         }
         if let Some(key) = &req.idempotency_key
-            && (key.is_empty() || key.len() > 255)
+            && (key.is_empty() || key.chars().count() > 255)
         {
             errors.push(FieldError::new(
                 "idempotency_key",
                 "must be 1 to 255 characters",
+            ));
+        }
+        // RFC 3339 has four-digit years; year 0 or -1 is a mistake, not a plan.
+        if let Some(t) = req.run_at
+            && !(1..=9999).contains(&chrono::Datelike::year(&t))
+        {
+            errors.push(FieldError::new(
+                "run_at",
+                "must be a time in the years 0001 to 9999",
             ));
         }
         match args {

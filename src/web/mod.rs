@@ -3,9 +3,11 @@
 //! action is a plain form POST that redirects back (so a reload never repeats it).
 //!
 //! Who gets in: in add-on mode `api.allow_from` already limits the port to Home Assistant's
-//! ingress proxy, which has authenticated the user. Standalone, a browser on this machine
-//! (a loopback peer that no proxy forwarded) gets in; anyone else signs in with the API token,
-//! which sets a session cookie. Forms carry a CSRF token bound to a signed cookie.
+//! ingress proxy, which has authenticated the user. Standalone, everyone signs in with the API
+//! token (the sign-in link in the start-up log, or the sign-in form), which sets a session
+//! cookie; a browser on this machine goes without only when `api.trust_loopback` is set,
+//! since a reverse proxy on this machine makes everyone a loopback client. Forms carry a CSRF
+//! token bound to a signed cookie.
 
 pub(crate) mod page;
 
@@ -116,23 +118,11 @@ fn session_value(state: &AppState, token: &crate::config::Secret) -> String {
     state.panel_key.sign(&format!("session:{}", token.expose()))
 }
 
-/// Whether this request may use the panel without signing in.
-///
-/// - Home Assistant's ingress proxy (an `api.allow_from` address, request carrying
-///   `X-Ingress-Path`): HA has authenticated the user. A standalone reverse proxy listed in
-///   `allow_from` does not make its users trusted.
-/// - A browser on this machine: a loopback peer, not relayed by a proxy (`Forwarded`,
-///   `X-Forwarded-For`), asking for a loopback host name — a page elsewhere that rebinds its
-///   own DNS name to 127.0.0.1 still sends its own name in `Host`.
-/// - Otherwise the API token: the session cookie from signing in, or a bearer header.
+/// Whether this request may use the panel: Home Assistant's ingress or (when configured) a
+/// browser on this machine without signing in ([`crate::api::auth::trusted_without_token`]);
+/// anyone else with the API token — the session cookie from signing in, or a bearer header.
 fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
-    let ip = peer.ip().to_canonical();
-    let allow_from = &state.config.api.allow_from;
-    if allow_from.iter().any(|a| a.to_canonical() == ip) && !ingress_prefix(headers).is_empty() {
-        return true;
-    }
-    let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
-    if ip.is_loopback() && !proxied && loopback_host(headers) {
+    if crate::api::auth::trusted_without_token(&state.config, peer, headers) {
         return true;
     }
     let Some(token) = &state.config.api.token else {
@@ -144,35 +134,11 @@ fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
         || crate::api::bearer_matches(headers, token)
 }
 
-/// Whether `Host` names this machine: `localhost`, a loopback address, with any port.
-fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    // `name`, `name:port`, `[v6]` or `[v6]:port`, with a numeric port; anything else is not
-    // a Host a browser sends.
-    let (name, port) = match host.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((name, rest)) => (
-                name,
-                rest.strip_prefix(':')
-                    .or(Some(rest).filter(|r| r.is_empty())),
-            ),
-            None => return false,
-        },
-        None => match host.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (host, Some("")),
-        },
-    };
-    let port_ok = port.is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok());
-    if !port_ok {
-        return false;
-    }
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+/// `?token=` on a panel page: the one-time code of the sign-in link from the start-up log, or
+/// the API token.
+#[derive(Debug, Deserialize)]
+struct LinkToken {
+    token: Option<String>,
 }
 
 async fn guard(
@@ -181,10 +147,35 @@ async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
+    let prefix = ingress_prefix(req.headers());
+    // The sign-in link: the right token sets the session cookie and sends the browser to the
+    // same page without the token in its address bar and history.
+    if req.method() == axum::http::Method::GET
+        && let Ok(Query(LinkToken { token: Some(given) })) =
+            Query::<LinkToken>::try_from_uri(req.uri())
+    {
+        let Some(token) = state.config.api.token.as_ref().filter(|t| {
+            state.sign_in.redeem(&given)
+                || crate::api::ct_eq(given.as_bytes(), t.expose().as_bytes())
+        }) else {
+            tracing::warn!("panel sign-in link with a wrong token");
+            return Redirect::to(&format!("{prefix}/panel/login")).into_response();
+        };
+        let mut resp = Redirect::to(&format!("{prefix}{}", req.uri().path())).into_response();
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(
+                &prefix,
+                SESSION_COOKIE,
+                &session_value(&state, token),
+                Some(30 * 24 * 3600),
+            ),
+        );
+        return resp;
+    }
     if trusted(&state, &peer, req.headers()) {
         return next.run(req).await;
     }
-    let prefix = ingress_prefix(req.headers());
     if req.method() == axum::http::Method::GET && req.uri().path() == "/" {
         return Redirect::to(&format!("{prefix}/panel/login")).into_response();
     }
@@ -194,30 +185,6 @@ async fn guard(
         "Sign in first",
         "This page needs the API token.",
     )
-}
-
-/// Headers every panel answer carries.
-async fn hardening(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    resp
 }
 
 /// A whole page that only says what went wrong (never internals).
@@ -264,8 +231,9 @@ fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<
     let cross_site = match header("sec-fetch-site") {
         Some(site) => site == "cross-site" || site == "same-site",
         // Older browsers: fall back to comparing Origin with the host asked for (behind a
-        // proxy, the host the proxy was asked for).
-        None => header("origin").is_some_and(|origin| {
+        // proxy, the host the proxy was asked for). A request with neither header did not come
+        // from a browser showing our page (every browser sends Origin on a form POST).
+        None => header("origin").is_none_or(|origin| {
             let forwarded = header("x-forwarded-host").and_then(|h| h.split(',').next());
             let host = forwarded.or(header("host")).unwrap_or("").trim();
             url::Url::parse(origin).ok().is_none_or(|o| {
@@ -606,7 +574,6 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/panel/login", get(login_page).post(login))
         .route("/panel/panel.css", get(css))
         .route("/panel/panel.js", get(js))
-        .layer(middleware::from_fn(hardening))
 }
 
 /// Whether a path belongs to the panel (which guards itself).
@@ -638,38 +605,6 @@ mod tests {
             h.insert("x-ingress-path", HeaderValue::from_str(bad).unwrap());
             assert_eq!(ingress_prefix(&h), "", "{bad}");
         }
-    }
-
-    #[test]
-    fn only_loopback_host_names_count_as_this_machine() {
-        let host = |h: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
-            loopback_host(&m)
-        };
-        for ok in [
-            "localhost",
-            "LOCALHOST:8099",
-            "127.0.0.1:8099",
-            "127.9.9.9",
-            "[::1]",
-            "[::1]:8099",
-            "[::ffff:127.0.0.1]:1",
-        ] {
-            assert!(host(ok), "{ok}");
-        }
-        for bad in [
-            "evil.example",
-            "evil.example:8099",
-            "127.0.0.1:8099@evil",
-            "[::1]evil.example",
-            "[::1",
-            "localhost:port",
-            "10.0.0.1:8099",
-        ] {
-            assert!(!host(bad), "{bad}");
-        }
-        assert!(!loopback_host(&HeaderMap::new()), "no Host at all");
     }
 
     #[test]

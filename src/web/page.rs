@@ -301,7 +301,9 @@ pub fn login(prefix: &str, csrf: &str, has_token: bool, error: Option<&str>) -> 
             out,
             "<form method=post action=\"{}/panel/login\" class=stack>\
              <input type=hidden name=csrf value=\"{}\">\
-             <label for=token>API token (<code>api.token</code> in the configuration)</label>\
+             <label for=token>API token (<code>api.token</code>, else the one kept in \
+             <code>api-token</code> in the data directory; the start-up log prints a link \
+             that signs you in)</label>\
              <input id=token name=token type=password autocomplete=current-password required>\
              <button type=submit class=primary>Sign in</button></form>",
             esc(prefix),

@@ -403,6 +403,20 @@ async fn health_metrics_openapi_and_explorer() {
         !html.contains("https://"),
         "the explorer loads nothing from a CDN"
     );
+    // Offline: the explorer never asks validator.swagger.io to check the description, and
+    // its page policy would not let it.
+    let init = c
+        .get(format!("{base}/api/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("\"validatorUrl\": \"none\""), "{init}");
+    let page = c.get(format!("{base}/api/docs/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("connect-src 'self'") && csp.contains("img-src 'self' data:"));
     let js = c
         .get(format!("{base}/api/docs/swagger-ui-bundle.js"))
         .send()
@@ -418,7 +432,11 @@ async fn health_metrics_openapi_and_explorer() {
 #[tokio::test]
 async fn token_is_required_when_configured() {
     let token = "s3cret-token-for-tests-only";
-    let h = Harness::start_with(|c| c.api.token = Some(offsite::config::Secret::new(token))).await;
+    let h = Harness::start_with(|c| {
+        c.api.token = Some(offsite::config::Secret::new(token));
+        c.api.trust_loopback = false;
+    })
+    .await;
     let base = h.base_url();
     let c = Client::new();
     let r = c.get(format!("{base}/api/v1/jobs")).send().await.unwrap();
@@ -437,6 +455,15 @@ async fn token_is_required_when_configured() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _, _) = call(c.get(format!("{base}/api/v1/jobs")).bearer_auth(token)).await;
     assert_eq!(s, StatusCode::OK);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let (s, _, _) = call(
+            c.get(format!("{base}/api/v1/jobs"))
+                .header("authorization", format!("{scheme} {token}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{scheme}");
+    }
     let (s, _, _) = call(c.get(format!("{base}/api/v1/health"))).await;
     assert_eq!(s, StatusCode::OK, "health stays open for watchdogs");
 }
@@ -472,4 +499,280 @@ async fn allow_from_refuses_other_client_addresses() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_configured_token_one_is_generated_kept_owner_only_and_required() {
+    let h = Harness::start_with(|c| c.api.trust_loopback = false).await;
+    let base = h.base_url();
+    let file = h.data_dir().join("api-token");
+    let token = std::fs::read_to_string(&file).expect("the token is kept in the data dir");
+    assert!(token.len() >= 32, "{token}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "owner-only");
+    }
+    let c = Client::new();
+    // From this machine, without the token: nothing that reads job data or changes state.
+    for (method, path) in [
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/uploads"),
+        ("POST", "/api/v1/snapshots/run"),
+        ("GET", "/metrics"),
+    ] {
+        let req = c.request(method.parse().unwrap(), format!("{base}{path}"));
+        let (s, ct, v) = call(req).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_problem(&ct, &v, 401, "unauthorized");
+        assert!(!v.to_string().contains(&token), "the answer never shows it");
+    }
+    let (s, _, _) = call(c.get(format!("{base}/api/v1/jobs")).bearer_auth(&token)).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // A restart keeps the same token.
+    let dir = {
+        let mut h = h;
+        h.stop().await;
+        h.dir
+    };
+    let config = {
+        let mut c = crate::common::test_config(dir.path());
+        c.api.trust_loopback = false;
+        c
+    };
+    let h = Harness::start_in(dir, config).await;
+    let (s, _, _) = call(
+        c.get(format!("{}/api/v1/jobs", h.base_url()))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "the kept token still works");
+}
+
+#[tokio::test]
+async fn every_refusal_is_a_problem_naming_what_is_wrong() {
+    let h = Harness::start().await;
+    let base = h.base_url();
+    let c = Client::new();
+    // The framework's own refusals: a query, a path, a method.
+    for (method, path, status) in [
+        ("GET", "/api/v1/uploads?include_deleted=1", 400),
+        ("GET", "/api/v1/jobs?state=available&state=running", 400),
+        ("POST", "/api/v1/queues/%ff/pause", 400),
+        ("PUT", "/api/v1/jobs", 405),
+        ("DELETE", "/api/v1/jobs/retry", 405),
+        ("GET", "/api/v1/no-such-route", 404),
+    ] {
+        let (s, ct, v) = call(c.request(method.parse().unwrap(), format!("{base}{path}"))).await;
+        assert_eq!(s.as_u16(), status, "{method} {path}: {v}");
+        assert_eq!(ct, "application/problem+json", "{method} {path}");
+        assert_eq!(v["status"], status, "{method} {path}: {v}");
+        assert!(
+            !v["detail"].as_str().unwrap_or("").is_empty(),
+            "{method} {path}: {v}"
+        );
+    }
+    let (_, _, v) = call(c.get(format!("{base}/api/v1/uploads?include_deleted=1"))).await;
+    assert!(
+        v["detail"].as_str().unwrap().contains("include_deleted"),
+        "names the parameter: {v}"
+    );
+
+    let post = |b: String| {
+        c.post(format!("{base}/api/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(b)
+    };
+    let (s, ct, v) = call(post("{\"kind\":\"noop\"} trailing-garbage".into())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_problem(&ct, &v, 400, "bad-request");
+    let (s, _, _) = call(post("{\"kind\":\"noop\"}  \n".into())).await;
+    assert_eq!(s, StatusCode::CREATED, "whitespace after the value is fine");
+
+    let (s, ct, v) = call(
+        c.post(format!("{base}/api/v1/jobs/retry"))
+            .header("content-type", "application/json")
+            .body("{\"states\":[{}]}"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_problem(&ct, &v, 422, "validation");
+    assert!(
+        v["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("states"),
+        "{v}"
+    );
+
+    // Found by the contract check: what the description rules out is refused.
+    let (s, _, v) = call(
+        c.post(format!("{base}/api/v1/jobs/1/retry"))
+            .header("content-type", "application/json")
+            .body("[]"),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an array is not the body: {v}"
+    );
+    for query in [
+        "cursor=0",
+        "cursor=",
+        "state=available,%20running",
+        "state=available,",
+    ] {
+        let (s, _, v) = call(c.get(format!("{base}/api/v1/jobs?{query}"))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {v}");
+    }
+
+    // 255 characters, 510 bytes: allowed; 256 characters: refused.
+    let key = |n: usize| "é".repeat(n);
+    let (s, _, v) = call(post(
+        json!({"kind": "noop", "idempotency_key": key(255)}).to_string(),
+    ))
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _, v) = call(post(
+        json!({"kind": "noop", "idempotency_key": key(256)}).to_string(),
+    ))
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["errors"][0]["field"], "idempotency_key");
+
+    for run_at in ["-0001-01-01T00:00:00Z", "0000-06-01T00:00:00Z"] {
+        let (s, _, v) = call(post(json!({"kind": "noop", "run_at": run_at}).to_string())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{run_at}: {v}");
+        assert_eq!(v["errors"][0]["field"], "run_at", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn authorizing_while_dropbox_is_unreachable_is_a_bad_gateway() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let h = Harness::start_with(|c| {
+        let mut dest: offsite::config::DestinationConfig = toml::from_str(&format!(
+            "type = \"dropbox\"\npath = \"/Backups\"\napp_key = \"key\"\n\
+             api_url = \"{dead}\"\ncontent_url = \"{dead}\"\n\
+             authorize_url = \"{dead}/oauth2/authorize\"\n"
+        ))
+        .unwrap();
+        dest.kind = offsite::config::DestinationKind::Dropbox;
+        c.destinations.insert("dropbox".into(), dest);
+    })
+    .await;
+    let base = h.base_url();
+    let c = Client::new();
+    let (s, _, v) = call(c.post(format!("{base}/api/v1/destinations/dropbox/authorize"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, ct, v) = call(
+        c.post(format!("{base}/api/v1/destinations/dropbox/authorize/code"))
+            .json(&json!({"code": "any-code"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+    assert_problem(&ct, &v, 502, "bad-gateway");
+    assert!(v["detail"].as_str().unwrap().contains("Dropbox"), "{v}");
+}
+
+#[tokio::test]
+async fn the_callback_page_shows_no_text_from_the_link_and_has_the_page_headers() {
+    let h = Harness::start_with(|c| c.api.trust_loopback = false).await;
+    let planted = "Call +1-555-0100 to restore your backups";
+    let r = Client::new()
+        .get(format!("{}/callback", h.base_url()))
+        .query(&[("error", "access_denied"), ("error_description", planted)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let headers = r.headers().clone();
+    let page = r.text().await.unwrap();
+    assert!(page.contains("not granted"), "{page}");
+    assert!(
+        !page.contains("555-0100"),
+        "attacker text is not shown: {page}"
+    );
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-store");
+}
+
+/// The description says what the server does: errors as problem details, 401 wherever the
+/// token is needed, the refusals a route can give, unique operation ids, and `POST /jobs` as
+/// one schema per kind so a client can be generated.
+#[test]
+fn the_description_declares_problems_401s_and_each_kinds_args() {
+    let doc: Value = serde_json::from_str(&offsite::api::openapi_json()).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_string()), "operationId {id} is not unique");
+            let responses = op["responses"].as_object().unwrap();
+            for (status, r) in responses {
+                let content = r["content"].as_object();
+                let problem = content
+                    .into_iter()
+                    .flatten()
+                    .any(|(_, c)| c["schema"]["$ref"] == "#/components/schemas/Problem");
+                if status.as_str() >= "400" && problem {
+                    assert_eq!(
+                        content.unwrap().keys().collect::<Vec<_>>(),
+                        ["application/problem+json"],
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            if path != "/api/v1/health" {
+                assert!(
+                    responses.contains_key("401"),
+                    "{method} {path} declares 401"
+                );
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "422"] {
+                    assert!(responses.contains_key(status), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    let body = &doc["components"]["schemas"]["EnqueueBody"];
+    let kinds: Vec<&str> = body["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["properties"]["kind"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "noop",
+            "snapshot_scan",
+            "snapshot_upload",
+            "retention_prune"
+        ]
+    );
+    let scan = &body["oneOf"][1];
+    assert_eq!(
+        scan["properties"]["args"]["allOf"][0]["$ref"],
+        "#/components/schemas/SnapshotScanArgs"
+    );
+    assert!(
+        doc["components"]["schemas"]["SnapshotScanArgs"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("destinations"))
+    );
 }

@@ -8,6 +8,7 @@ mod common;
 mod crash;
 mod dropbox;
 mod panel;
+mod proxy;
 mod queue;
 mod scheduler;
 mod snapshots;

@@ -217,6 +217,22 @@ impl Browser {
         extra: &[(&str, &str)],
     ) -> (StatusCode, String) {
         req = req.header(header::COOKIE, self.cookie_header());
+        // Like every browser, a form POST says where it comes from (the page's origin).
+        let built = req.try_clone().unwrap().build().unwrap();
+        if built.method() == reqwest::Method::POST
+            && !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("origin"))
+        {
+            let u = built.url();
+            req = req.header(
+                header::ORIGIN,
+                format!(
+                    "{}://{}",
+                    u.scheme(),
+                    u.host_str().unwrap().to_string()
+                        + &u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                ),
+            );
+        }
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
@@ -331,6 +347,31 @@ async fn forms_need_the_csrf_token_and_a_refused_one_changes_nothing() {
         let (status, _) = b.post(&url, &[("csrf", field)], extra).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
     }
+    // Neither Origin nor Sec-Fetch-Site: no browser showing our page sent it (README says
+    // Origin is required), even with the right cookie and field.
+    let r = Client::new()
+        .post(&url)
+        .header(header::COOKIE, b.cookie_header())
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A form the framework cannot read is a problem, not plain text.
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let r = Client::new()
+        .post(format!("{}panel/jobs/not-a-number/retry", w.ingress.url()))
+        .header(header::COOKIE, b.cookie_header())
+        .header(header::ORIGIN, w.ingress.origin())
+        .form(&[("csrf", csrf_of(&page))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
     assert_eq!(
         w.h.store().counts().await.unwrap(),
         jobs_before,
@@ -423,17 +464,23 @@ async fn a_rejected_code_is_a_message_on_the_page_and_no_secret_is_shown() {
 }
 
 #[tokio::test]
-async fn standalone_the_panel_needs_loopback_or_the_api_token() {
+async fn standalone_the_panel_needs_trusted_loopback_or_the_api_token() {
     const TOKEN: &str = "panel-test-token-0123456789";
     let h = Harness::start_with(|c| {
         c.api.token = Some(Secret::new(TOKEN));
+        c.api.trust_loopback = true;
     })
     .await;
     let base = h.base_url();
     let mut b = Browser::new();
-    // A browser on this machine.
+    // A browser on this machine, with `api.trust_loopback` set.
     let (status, page) = b.get(&format!("{base}/"), &[]).await;
     assert_eq!(status, StatusCode::OK, "{page}");
+    // A proxy that names the client only in X-Real-IP relayed it all the same.
+    let (status, location) = Browser::new()
+        .get(&format!("{base}/"), &[("x-real-ip", "203.0.113.9")])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{location}");
     // A page elsewhere that rebinds its DNS name to 127.0.0.1 still names itself in Host.
     let (status, location) = b
         .get(&format!("{base}/"), &[("host", "evil.example:8099")])
@@ -475,6 +522,7 @@ async fn standalone_the_panel_needs_loopback_or_the_api_token() {
     // The session cookie is for the panel only: the API still wants the bearer token.
     let r = Client::new()
         .get(format!("{base}/api/v1/jobs"))
+        .header("x-forwarded-for", "203.0.113.9")
         .header(header::COOKIE, remote.cookie_header())
         .send()
         .await

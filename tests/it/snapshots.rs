@@ -611,7 +611,9 @@ async fn redirect_flow_authorizes_through_callback_and_rejects_a_forged_state() 
         .send()
         .await
         .unwrap();
-    assert!(denied.text().await.unwrap().contains("The user said no"));
+    // The page says what offsite knows, never text a link put there.
+    let denied = denied.text().await.unwrap();
+    assert!(denied.contains("Access was denied") && !denied.contains("The user said no"));
 
     let ok = c
         .get(format!("{base}/callback?code={code}&state={state}"))

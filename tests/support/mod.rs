@@ -18,4 +18,5 @@
 pub mod dropbox;
 pub mod fault;
 pub mod ingress;
+pub mod nginx;
 pub mod supervisor;
