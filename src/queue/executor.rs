@@ -22,7 +22,7 @@ use super::{
     context::JobContext,
     registry::{JobError, Registry},
     retry::backoff,
-    state::now_ms,
+    state::{Millis, now_ms},
     store::{ClaimedJob, Finish, FinishKind, Store},
 };
 use crate::metrics::Metrics;
@@ -74,6 +74,7 @@ struct Done {
 struct StartRequest {
     job_id: i64,
     lease_token: i64,
+    at: Millis,
 }
 
 struct Shared {
@@ -365,7 +366,10 @@ async fn dispatch(
         }
 
         let finishes: Vec<Finish> = pending.iter().map(|d| d.finish.clone()).collect();
-        let starts: Vec<(i64, i64)> = starting.iter().map(|s| (s.job_id, s.lease_token)).collect();
+        let starts: Vec<(i64, i64, Millis)> = starting
+            .iter()
+            .map(|s| (s.job_id, s.lease_token, s.at))
+            .collect();
         let result = shared
             .store
             .finish_and_claim(
@@ -486,6 +490,7 @@ async fn work_loop(
             .send(StartRequest {
                 job_id: job.id,
                 lease_token: job.lease_token,
+                at: now_ms(),
             })
             .is_err()
         {

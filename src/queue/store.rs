@@ -830,13 +830,13 @@ impl Store {
     /// Applies finished attempts and claims new jobs in one transaction, so one fsync serves both.
     /// Each finish is fenced by its lease token: a worker that lost its lease changes nothing.
     /// Returns the ids whose finish was applied and the claimed jobs.
-    /// One write transaction for the dispatcher: marks claimed jobs whose worker is about to
-    /// run them as started (`starts`, (id, lease token); the attempt counts from here), applies
+    /// One write transaction for the dispatcher: marks claimed jobs a worker started as started
+    /// (`starts`: id, lease token, when; the attempt counts from then), applies
     /// finished attempts, and claims more. Returns the ids started, the ids whose results
     /// were applied, and the claimed jobs.
     pub async fn finish_and_claim(
         &self,
-        starts: &[(i64, i64)],
+        starts: &[(i64, i64, Millis)],
         finishes: &[Finish],
         claims: &[(String, i64)],
         owner: &str,
@@ -845,7 +845,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let now = now_ms();
         let written = async {
-            let started = Self::start_attempts(&mut tx, starts, now).await?;
+            let started = Self::start_attempts(&mut tx, starts).await?;
             let applied = Self::apply_finishes(&mut tx, finishes).await?;
             let mut claimed = Vec::new();
             for (queue, limit) in claims {
@@ -868,22 +868,22 @@ impl Store {
     /// a crash hands it back as it was.
     async fn start_attempts(
         tx: &mut SqliteConnection,
-        starts: &[(i64, i64)],
-        now: Millis,
+        starts: &[(i64, i64, Millis)],
     ) -> Result<Vec<i64>, sqlx::Error> {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let pairs = serde_json::to_string(starts).unwrap_or_default();
+        let triples = serde_json::to_string(starts).unwrap_or_default();
         let ids: Vec<i64> = sqlx::query_scalar(
-            "update jobs set attempt = attempt + 1, attempted_at = ?1 \
+            "update jobs set attempt = attempt + 1, attempted_at = \
+                 (select json_extract(value, '$[2]') from json_each(?1) \
+                  where json_extract(value, '$[0]') = jobs.id) \
              where state = 'running' and attempted_at is null and (id, lease_token) in \
                  (select json_extract(value, '$[0]'), json_extract(value, '$[1]') \
-                  from json_each(?2)) \
+                  from json_each(?1)) \
              returning id",
         )
-        .bind(now)
-        .bind(&pairs)
+        .bind(&triples)
         .fetch_all(&mut *tx)
         .await?;
         sqlx::query(

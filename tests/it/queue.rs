@@ -381,7 +381,10 @@ async fn claim(
         .await
         .unwrap()
         .2;
-    let starts: Vec<(i64, i64)> = claimed.iter().map(|j| (j.id, j.lease_token)).collect();
+    let starts: Vec<(i64, i64, i64)> = claimed
+        .iter()
+        .map(|j| (j.id, j.lease_token, now_ms()))
+        .collect();
     let (started, _, _) = store
         .finish_and_claim(&starts, &[], &[], owner, lease)
         .await

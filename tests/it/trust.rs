@@ -699,7 +699,10 @@ async fn claim(store: &Store, owner: &str, n: i64) -> Vec<offsite::queue::store:
 }
 
 async fn start(store: &Store, owner: &str, jobs: &[&offsite::queue::store::ClaimedJob]) {
-    let starts: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease_token)).collect();
+    let starts: Vec<(i64, i64, i64)> = jobs
+        .iter()
+        .map(|j| (j.id, j.lease_token, now_ms()))
+        .collect();
     let (started, _, _) = store
         .finish_and_claim(&starts, &[], &[], owner, Duration::from_secs(60))
         .await
