@@ -212,9 +212,14 @@ impl PanelData {
             async move { store.list_jobs(&filter, limit, None).await }
         };
         let last_upload = all_uploads.iter().max_by_key(|u| u.uploaded_at).cloned();
-        let mut running = jobs(vec![JobState::Running], 50).await?;
+        // Claimed ahead of a free slot is not running yet: a worker has not started it.
+        let (mut running, claimed): (Vec<_>, Vec<_>) = jobs(vec![JobState::Running], 50)
+            .await?
+            .into_iter()
+            .partition(|j| j.attempted_at.is_some());
         running.reverse();
         let mut waiting = jobs(vec![JobState::Available, JobState::Scheduled], 30).await?;
+        waiting.extend(claimed);
         waiting.sort_by_key(|j| (j.scheduled_at, j.id));
         let problems = jobs(vec![JobState::Discarded, JobState::Retryable], 50).await?;
         let paused: BTreeMap<String, bool> = store
@@ -612,8 +617,13 @@ fn activity(c: &Ctx, d: &PanelData) -> String {
             "<li class=job data-job=\"{}\" data-state=\"{}\"><div class=line>\
              <span class=\"badge\">{}</span> <strong>{}</strong> <span class=muted>job {}</span></div>{}</li>",
             j.id,
-            j.state.as_str(),
-            if j.state == JobState::Available {
+            // `running` but not started: claimed ahead of a free slot.
+            if j.state == JobState::Running {
+                "claimed"
+            } else {
+                j.state.as_str()
+            },
+            if matches!(j.state, JobState::Available | JobState::Running) {
                 "Queued"
             } else {
                 "Waiting"

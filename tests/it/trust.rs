@@ -1131,3 +1131,48 @@ async fn home_assistant_is_told_when_a_backup_keeps_failing() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_panel_shows_a_claimed_ahead_job_as_queued_not_running() {
+    let mut h = Harness::start().await;
+    // Claimed by another worker's dispatcher (one serving a queue this one does not), not yet
+    // started by any of its workers.
+    let job = h
+        .store()
+        .enqueue(&NewJob {
+            queue: "spare".into(),
+            ..plain_job(&[])
+        })
+        .await
+        .unwrap()
+        .job;
+    let claimed = h
+        .store()
+        .finish_and_claim(
+            &[],
+            &[],
+            &[("spare".into(), 1)],
+            "elsewhere",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(claimed[0].id, job.id);
+    let html = reqwest::get(format!("{}/", h.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = format!("data-job=\"{}\" data-state=", job.id);
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("job not on the panel: {html}"));
+    assert!(
+        html[at + marker.len()..].starts_with("\"claimed\""),
+        "{}",
+        &html[at..at + 200]
+    );
+    h.stop().await;
+}
