@@ -389,10 +389,15 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     format!(
                         "http://{}/api/v1{}",
                         c.api.listen,
-                        if c.api.token.is_some() {
-                            " (token required)"
-                        } else {
-                            ""
+                        // A token is always required: configured, or generated on first start.
+                        match (&c.api.token, c.api.trust_loopback) {
+                            (Some(_), false) => " (api.token required)".to_string(),
+                            (Some(_), true) => " (api.token required; loopback trusted)".to_string(),
+                            (None, trusted) => format!(
+                                " (token required: {}{})",
+                                c.data_dir.join(crate::api::auth::TOKEN_FILE).display(),
+                                if trusted { "; loopback trusted" } else { "" }
+                            ),
                         }
                     )
                 } else {
