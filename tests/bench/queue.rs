@@ -47,6 +47,7 @@ fn config(dir: &Path, api: bool) -> Config {
     c.jobs_dir = dir.join("jobs");
     c.api.enabled = api;
     c.api.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.token = Some(offsite::config::Secret::new(BENCH_TOKEN));
     c.instance_id = Some("bench".into());
     c.queues.get_mut("default").unwrap().concurrency = 4;
     c.snapshots = None;
@@ -124,6 +125,8 @@ async fn enqueue_batch(store: &Store, n: usize, batch: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+const BENCH_TOKEN: &str = "queue-bench-token-0123456789";
+
 async fn enqueue_api(dir: &Path, n: usize) -> f64 {
     let setup = Setup::new(config(dir, true)).unwrap();
     // Paused so the measurement is the API and the enqueue alone.
@@ -140,6 +143,7 @@ async fn enqueue_api(dir: &Path, n: usize) -> f64 {
     for _ in 0..n {
         let r = client
             .post(&url)
+            .bearer_auth(BENCH_TOKEN)
             .json(&json!({"kind": "noop"}))
             .send()
             .await
