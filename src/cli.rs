@@ -392,7 +392,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                         // A token is always required: configured, or generated on first start.
                         match (&c.api.token, c.api.trust_loopback) {
                             (Some(_), false) => " (api.token required)".to_string(),
-                            (Some(_), true) => " (api.token required; loopback trusted)".to_string(),
+                            (Some(_), true) =>
+                                " (api.token required; loopback trusted)".to_string(),
                             (None, trusted) => format!(
                                 " (token required: {}{})",
                                 c.data_dir.join(crate::api::auth::TOKEN_FILE).display(),

@@ -316,17 +316,15 @@ pub async fn wanted_notifications(
             });
         }
     }
+    let in_state = |state: JobState| async move {
+        let filter = JobFilter {
+            states: vec![state],
+            ..Default::default()
+        };
+        store.list_jobs(&filter, 200, None).await
+    };
     let discarded = store.count_in_state(JobState::Discarded).await?;
-    let failed = store
-        .list_jobs(
-            &JobFilter {
-                states: vec![JobState::Discarded],
-                ..Default::default()
-            },
-            200,
-            None,
-        )
-        .await?;
+    let failed = in_state(JobState::Discarded).await?;
     if !failed.is_empty() {
         let mut lines: Vec<String> = failed
             .iter()
@@ -360,16 +358,7 @@ pub async fn wanted_notifications(
     // Jobs still being retried but failing again and again: most often the environment (a
     // full or unplugged disk, a permission), which the user must fix; they continue by
     // themselves once it is. Shown from the second failure in a row.
-    let retrying = store
-        .list_jobs(
-            &JobFilter {
-                states: vec![JobState::Retryable],
-                ..Default::default()
-            },
-            200,
-            None,
-        )
-        .await?;
+    let retrying = in_state(JobState::Retryable).await?;
     let struggling: Vec<_> = retrying
         .iter()
         .filter(|j| j.attempt >= STRUGGLING_AFTER)

@@ -54,10 +54,23 @@ pub(crate) fn snapshots(source: &str, destinations: &[&str]) -> SnapshotsConfig 
     }
 }
 
-/// A worker with an inbox folder source and the given destinations.
+/// A worker with an inbox folder source and the given destinations, scanned by `[snapshots]`.
 pub(crate) async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, PathBuf) {
-    let inbox = tempfile::tempdir().unwrap().keep();
     let names: Vec<String> = dests.iter().map(|(n, _)| n.to_string()).collect();
+    harness_with(dests, move |c| {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.snapshots = Some(snapshots("inbox", &refs));
+    })
+    .await
+}
+
+/// A worker with an inbox folder source and the given destinations (uploads one at a time),
+/// with `tweak` applied to its configuration; returns it and the inbox.
+pub(crate) async fn harness_with(
+    dests: Vec<(&str, DestinationConfig)>,
+    tweak: impl FnOnce(&mut offsite::config::Config),
+) -> (Harness, PathBuf) {
+    let inbox = tempfile::tempdir().unwrap().keep();
     let inbox_path = inbox.clone();
     let h = Harness::start_with(move |c| {
         c.sources
@@ -65,12 +78,11 @@ pub(crate) async fn harness(dests: Vec<(&str, DestinationConfig)>) -> (Harness, 
         for (name, d) in dests {
             c.destinations.insert(name.into(), d);
         }
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        c.snapshots = Some(snapshots("inbox", &refs));
         c.queues.insert(
             "uploads".into(),
             offsite::config::QueueConfig { concurrency: 1 },
         );
+        tweak(c);
     })
     .await;
     (h, inbox)

@@ -12,7 +12,7 @@ use std::{
 
 use offsite::{
     app::{self, Setup},
-    config::{DestinationConfig, KindConfig, SourceConfig},
+    config::KindConfig,
     queue::{
         JobState, Store,
         state::now_ms,
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::{
     cli::{offsite, write_config},
     common::{Harness, data, services, test_config, wait_for},
-    snapshots::{MIB, dropbox_dest, folder_dest, wait_uploads},
+    snapshots::{MIB, dropbox_dest, folder_dest, harness_with, wait_uploads},
     support::dropbox::{FakeDropbox, content_hash},
 };
 
@@ -117,29 +117,6 @@ impl Ext4 {
     }
 }
 
-/// A worker with a folder source `inbox` and the given destinations, uploads one at a time.
-async fn worker(
-    dests: Vec<(&str, DestinationConfig)>,
-    tweak: impl FnOnce(&mut offsite::config::Config),
-) -> (Harness, PathBuf) {
-    let inbox = tempfile::tempdir().unwrap().keep();
-    let inbox_path = inbox.clone();
-    let h = Harness::start_with(move |c| {
-        c.sources
-            .insert("inbox".into(), SourceConfig::Folder { path: inbox_path });
-        for (name, d) in dests {
-            c.destinations.insert(name.into(), d);
-        }
-        c.queues.insert(
-            "uploads".into(),
-            offsite::config::QueueConfig { concurrency: 1 },
-        );
-        tweak(c);
-    })
-    .await;
-    (h, inbox)
-}
-
 async fn scan(h: &Harness, destinations: &[&str]) -> JobRecord {
     let scan = h
         .enqueue(
@@ -201,7 +178,7 @@ fn no_upload_limit(c: &mut offsite::config::Config) {
 /// there is room.
 async fn full_destination_case(outbox: &Path, backup_len: usize, make_room: impl FnOnce()) {
     let outbox = outbox.to_path_buf();
-    let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], |_| {}).await;
+    let (mut h, inbox) = harness_with(vec![("outbox", folder_dest(&outbox, 0))], |_| {}).await;
     let bytes = data(backup_len, backup_len as u64);
     std::fs::write(inbox.join("big.tar"), &bytes).unwrap();
     scan(&h, &["outbox"]).await;
@@ -373,7 +350,7 @@ async fn a_full_database_disk_is_reported_and_the_worker_carries_on_once_there_i
 #[tokio::test]
 async fn a_dropbox_commit_whose_answer_was_lost_is_recorded_without_sending_it_again() {
     let fake = FakeDropbox::start().await;
-    let (mut h, inbox) = worker(vec![("dropbox", dropbox_dest(&fake, 0))], |_| {}).await;
+    let (mut h, inbox) = harness_with(vec![("dropbox", dropbox_dest(&fake, 0))], |_| {}).await;
     crate::snapshots::authorize(&h.base_url(), &fake, "dropbox").await;
     let bytes = data(10 * MIB + 5, 21);
     std::fs::write(inbox.join("nightly.tar"), &bytes).unwrap();
@@ -403,7 +380,7 @@ async fn a_dropbox_commit_whose_answer_was_lost_is_recorded_without_sending_it_a
 async fn a_folder_upload_renamed_but_not_recorded_is_recorded_without_writing_it_again() {
     use std::os::unix::fs::MetadataExt;
     let outbox = tempfile::tempdir().unwrap().keep();
-    let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], |_| {}).await;
+    let (mut h, inbox) = harness_with(vec![("outbox", folder_dest(&outbox, 0))], |_| {}).await;
     let bytes = data(9 * MIB + 7, 22);
     std::fs::write(inbox.join("nightly.tar"), &bytes).unwrap();
     scan(&h, &["outbox"]).await;
@@ -561,7 +538,8 @@ async fn another_programs_database_is_refused_and_offsites_own_is_private() {
 #[tokio::test]
 async fn an_upload_that_gave_up_is_tried_again_by_the_next_scan() {
     let outbox = tempfile::tempdir().unwrap().keep();
-    let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], no_upload_limit).await;
+    let (mut h, inbox) =
+        harness_with(vec![("outbox", folder_dest(&outbox, 0))], no_upload_limit).await;
     let bytes = data(5 * MIB, 23);
     std::fs::write(inbox.join("nightly.tar"), &bytes).unwrap();
     // The destination is unusable (a file where its folder should be).
@@ -596,7 +574,7 @@ async fn an_upload_that_gave_up_is_tried_again_by_the_next_scan() {
 async fn a_vanished_backup_leaves_no_partial_file_and_opens_no_dropbox_session() {
     let fake = FakeDropbox::start().await;
     let outbox = tempfile::tempdir().unwrap().keep();
-    let (mut h, _inbox) = worker(
+    let (mut h, _inbox) = harness_with(
         vec![
             ("outbox", folder_dest(&outbox, 0)),
             ("dropbox", dropbox_dest(&fake, 0)),
@@ -635,7 +613,7 @@ async fn partial_files_go_when_their_upload_is_discarded_and_orphans_go_at_start
     // Just made by another instance on the same database: left alone.
     let fresh = outbox.join(".other-instance_2026-11-01T04-00-00Z.tar.offsite-partial");
     std::fs::write(&fresh, b"").unwrap();
-    let (mut h, inbox) = worker(vec![("outbox", folder_dest(&outbox, 0))], |c| {
+    let (mut h, inbox) = harness_with(vec![("outbox", folder_dest(&outbox, 0))], |c| {
         no_upload_limit(c);
         c.destinations
             .get_mut("outbox")
@@ -813,6 +791,23 @@ async fn kill_9_with_claimed_ahead_jobs_discards_none_that_never_started() {
     crate::snapshots::stop(worker);
 }
 
+/// The attempt of `job` ends waiting an hour "for authorization" (no attempt used).
+async fn snooze_an_hour(store: &Store, job: &offsite::queue::store::ClaimedJob) {
+    let snooze = Finish {
+        job_id: job.id,
+        lease_token: job.lease_token,
+        at: now_ms(),
+        how: FinishKind::Snooze {
+            at: now_ms() + 3_600_000,
+            reason: "the destination is waiting for authorization".into(),
+        },
+    };
+    store
+        .finish_and_claim(&[], &[snooze], &[], "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_snooze_as_its_destination_is_authorized_is_not_parked() {
     let dir = tempfile::tempdir().unwrap();
@@ -827,19 +822,7 @@ async fn a_snooze_as_its_destination_is_authorized_is_not_parked() {
     start(&store, "w", &[&claimed[0]]).await;
     // The attempt found `b` unauthorized; `b` is authorized before its snooze is written.
     assert_eq!(store.wake_tag("destination:b").await.unwrap(), 0);
-    let snooze = Finish {
-        job_id: job.id,
-        lease_token: claimed[0].lease_token,
-        at: now_ms(),
-        how: FinishKind::Snooze {
-            at: now_ms() + 3_600_000,
-            reason: "destination b is waiting for authorization".into(),
-        },
-    };
-    store
-        .finish_and_claim(&[], &[snooze], &[], "w", Duration::from_secs(60))
-        .await
-        .unwrap();
+    snooze_an_hour(&store, &claimed[0]).await;
     let parked = store.job(job.id).await.unwrap().unwrap();
     assert!(
         parked.scheduled_at <= now_ms(),
@@ -859,19 +842,7 @@ async fn a_snooze_as_its_destination_is_authorized_is_not_parked() {
     let claimed = claim(&store, "w", 1).await;
     assert_eq!(claimed[0].id, earlier.id);
     start(&store, "w", &[&claimed[0]]).await;
-    let snooze = Finish {
-        job_id: earlier.id,
-        lease_token: claimed[0].lease_token,
-        at: now_ms(),
-        how: FinishKind::Snooze {
-            at: now_ms() + 3_600_000,
-            reason: "destination d is waiting for authorization".into(),
-        },
-    };
-    store
-        .finish_and_claim(&[], &[snooze], &[], "w", Duration::from_secs(60))
-        .await
-        .unwrap();
+    snooze_an_hour(&store, &claimed[0]).await;
     let parked = store.job(earlier.id).await.unwrap().unwrap();
     assert!(parked.scheduled_at > now_ms() + 3_000_000, "{parked:?}");
 
