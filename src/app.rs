@@ -129,19 +129,12 @@ struct Identity {
 
 fn identity(config: &Config) -> Result<Identity, StartError> {
     let dir = &config.data_dir;
-    let lock_path = dir.join("worker.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StartError::Other(format!("cannot open {}: {e}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = exclusive_lock(&dir.join("worker.lock"))? else {
         return Err(StartError::Other(format!(
             "another offsite worker is already running with data directory {}",
             dir.display()
         )));
-    }
+    };
     let id = match &config.instance_id {
         Some(id) => id.clone(),
         None => stored_instance_id(&dir.join("instance-id"))?,
@@ -155,23 +148,29 @@ fn identity(config: &Config) -> Result<Identity, StartError> {
         name.push(format!(".worker-{}.lock", hex_id(&id)));
         db.with_file_name(name)
     };
-    let id_lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&id_lock_path)
-        .map_err(|e| StartError::Other(format!("cannot open {}: {e}", id_lock_path.display())))?;
-    if id_lock.try_lock().is_err() {
+    let Some(id_lock) = exclusive_lock(&id_lock_path)? else {
         return Err(StartError::Other(format!(
             "another offsite worker with instance id {id:?} is already running on database {}; \
              give each worker its own `instance_id` (or leave it unset)",
             db.display()
         )));
-    }
+    };
     Ok(Identity {
         id,
         _locks: [lock, id_lock],
     })
+}
+
+/// Takes the lock on `path` (created if missing) for as long as the file is open; None when
+/// another process holds it.
+fn exclusive_lock(path: &Path) -> Result<Option<File>, StartError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| StartError::Other(format!("cannot open {}: {e}", path.display())))?;
+    Ok(file.try_lock().is_ok().then_some(file))
 }
 
 /// A file-name-safe form of an instance id.
