@@ -1,5 +1,5 @@
 //! The faults found when offsite was tried as a full disk, a crash at the worst moment and a
-//! careless operator would: each test fails on the code that had the fault.
+//! careless operator would: each test asserts the behaviour the fault broke.
 //!
 //! Tests that need a small real file system mount a tmpfs, which needs root (CI runs as root);
 //! elsewhere they say they were skipped, and under CI they fail instead.
@@ -289,14 +289,9 @@ async fn a_full_database_disk_is_reported_and_the_worker_carries_on_once_there_i
         let _ = f.sync_all();
     }
     let job = |i: usize| NewJob {
-        kind: "noop".into(),
-        queue: "default".into(),
         args: json!({"steps": 0, "pad": "x".repeat(2000), "i": i}).to_string(),
-        priority: 2,
-        max_attempts: 3,
         scheduled_at: Some(now_ms() + 3_600_000),
-        idempotency_key: None,
-        tags: Vec::new(),
+        ..plain_job(&[])
     };
     let mut error = None;
     for round in 0..200 {
@@ -426,14 +421,9 @@ async fn every_command_refuses_a_corrupted_database_before_writing() {
         let store = Store::open(&db).await.unwrap();
         let jobs: Vec<NewJob> = (0..400)
             .map(|i| NewJob {
-                kind: "noop".into(),
-                queue: "default".into(),
                 args: json!({"steps": 1, "i": i, "pad": "y".repeat(300)}).to_string(),
-                priority: 2,
-                max_attempts: 3,
-                scheduled_at: None,
                 idempotency_key: Some(format!("k{i}")),
-                tags: Vec::new(),
+                ..plain_job(&[])
             })
             .collect();
         store.enqueue_batch(&jobs).await.unwrap();
