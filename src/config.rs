@@ -107,34 +107,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A value that must never be printed: `Debug` shows `***`, and every secret made is
-/// registered with [`crate::redact`], which masks it in logs, stored errors and API answers.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(from = "String")]
-pub struct Secret(String);
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret::new(s)
-    }
-}
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        let s = s.into();
-        crate::redact::register(&s);
-        Secret(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use crate::redact::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,64 +289,109 @@ fn default_supervisor_url() -> String {
     "http://supervisor".into()
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+/// What a destination is, with the settings only that kind has (`type = "…"`). Each kind's
+/// module owns its settings and their checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum DestinationKind {
-    Folder,
-    Dropbox,
+    Folder(crate::destinations::folder::FolderConfig),
+    Dropbox(crate::destinations::dropbox::DropboxConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl DestinationKind {
+    /// The kind's own checks: the field they name and what is wrong with it.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            DestinationKind::Folder(c) => c.validate(),
+            DestinationKind::Dropbox(c) => c.validate(),
+        }
+    }
+}
+
+/// `[destinations.<name>]`: the kind's own settings plus what every destination has.
+#[derive(Debug, Clone)]
 pub struct DestinationConfig {
-    #[serde(rename = "type")]
     pub kind: DestinationKind,
-    /// folder: the directory; dropbox: the remote folder, e.g. `/HomeAssistant/Backups`.
-    pub path: String,
-    /// Bytes per request/write, in MiB: a multiple of 4, at most 148 (Dropbox's limits).
-    #[serde(default = "default_chunk_mib")]
+    /// Bytes per request/write, in MiB (Dropbox: a multiple of 4, at most 148; S3: at least 5).
     pub chunk_mib: u64,
     /// Keep the newest N backups offsite uploaded here (0: keep all).
-    #[serde(default)]
     pub max_backups: u32,
     /// Generational retention on top of `max_backups`: keep the newest backup of each of the
     /// last N days / ISO weeks / months / years.
-    #[serde(default)]
     pub keep_daily: u32,
-    #[serde(default)]
     pub keep_weekly: u32,
-    #[serde(default)]
     pub keep_monthly: u32,
-    #[serde(default)]
     pub keep_yearly: u32,
     /// Upload at most this many bytes per second (0: no limit).
-    #[serde(default)]
     pub throttle_bytes_per_sec: u64,
-    /// Dropbox app key (an app of your own, "App folder" or "Full Dropbox").
-    pub app_key: Option<String>,
-    /// Optional with PKCE.
-    pub app_secret: Option<Secret>,
-    /// A redirect URI registered with the app, for the redirect flow (`…/callback`).
-    pub redirect_uri: Option<String>,
-    #[serde(default = "default_dropbox_api")]
-    pub api_url: String,
-    #[serde(default = "default_dropbox_content")]
-    pub content_url: String,
-    #[serde(default = "default_dropbox_authorize")]
-    pub authorize_url: String,
+}
+
+/// The settings every kind of destination has.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonDestinationConfig {
+    #[serde(default = "default_chunk_mib")]
+    chunk_mib: u64,
+    #[serde(default)]
+    max_backups: u32,
+    #[serde(default)]
+    keep_daily: u32,
+    #[serde(default)]
+    keep_weekly: u32,
+    #[serde(default)]
+    keep_monthly: u32,
+    #[serde(default)]
+    keep_yearly: u32,
+    #[serde(default)]
+    throttle_bytes_per_sec: u64,
+}
+
+const COMMON_DESTINATION_KEYS: [&str; 7] = [
+    "chunk_mib",
+    "max_backups",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "throttle_bytes_per_sec",
+];
+
+impl<'de> Deserialize<'de> for DestinationConfig {
+    /// The common settings are taken out first; what is left must be exactly the kind's own
+    /// (an S3 destination with an `app_key` is refused, naming the field).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut own = toml::Table::deserialize(d)?;
+        let mut common = toml::Table::new();
+        for key in COMMON_DESTINATION_KEYS {
+            if let Some(v) = own.remove(key) {
+                common.insert(key.to_string(), v);
+            }
+        }
+        let common: CommonDestinationConfig = common
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        if !own.contains_key("type") {
+            return Err(D::Error::missing_field("type"));
+        }
+        let kind: DestinationKind = toml::Value::Table(own)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        Ok(DestinationConfig {
+            kind,
+            chunk_mib: common.chunk_mib,
+            max_backups: common.max_backups,
+            keep_daily: common.keep_daily,
+            keep_weekly: common.keep_weekly,
+            keep_monthly: common.keep_monthly,
+            keep_yearly: common.keep_yearly,
+            throttle_bytes_per_sec: common.throttle_bytes_per_sec,
+        })
+    }
 }
 
 pub(crate) fn default_chunk_mib() -> u64 {
     8
-}
-fn default_dropbox_api() -> String {
-    "https://api.dropboxapi.com".into()
-}
-fn default_dropbox_content() -> String {
-    "https://content.dropboxapi.com".into()
-}
-fn default_dropbox_authorize() -> String {
-    "https://www.dropbox.com/oauth2/authorize".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -828,22 +846,21 @@ impl Config {
         }
         for (name, d) in &self.destinations {
             let key = |k: &str| format!("destinations.{name}.{k}");
-            if d.chunk_mib == 0 || d.chunk_mib % 4 != 0 || d.chunk_mib > 148 {
-                return Err(self.err(&key("chunk_mib"), "must be a multiple of 4 from 4 to 148"));
+            match &d.kind {
+                DestinationKind::Dropbox(_)
+                    if d.chunk_mib == 0 || d.chunk_mib % 4 != 0 || d.chunk_mib > 148 =>
+                {
+                    return Err(
+                        self.err(&key("chunk_mib"), "must be a multiple of 4 from 4 to 148")
+                    );
+                }
+                _ if d.chunk_mib == 0 || d.chunk_mib > 5120 => {
+                    return Err(self.err(&key("chunk_mib"), "must be from 1 to 5120"));
+                }
+                _ => {}
             }
-            if d.kind == DestinationKind::Dropbox {
-                if d.app_key.as_deref().is_none_or(str::is_empty) {
-                    return Err(self.err(
-                        &key("app_key"),
-                        "a Dropbox destination needs the app key of your Dropbox app",
-                    ));
-                }
-                if !d.path.starts_with('/') {
-                    return Err(self.err(
-                        &key("path"),
-                        "a Dropbox folder starts with '/', e.g. /HomeAssistant/Backups",
-                    ));
-                }
+            if let Err((field, message)) = d.kind.validate() {
+                return Err(self.err(&key(field), message));
             }
         }
         if let Some(s) = self.snapshots.as_ref().filter(|s| s.enabled) {
@@ -1020,7 +1037,10 @@ mod tests {
             panic!("the example reads a folder")
         };
         assert_eq!(path, Path::new("offsite-data/inbox"));
-        assert_eq!(c.destinations["outbox"].path, "offsite-data/outbox");
+        let DestinationKind::Folder(outbox) = &c.destinations["outbox"].kind else {
+            panic!("the example writes to a folder")
+        };
+        assert_eq!(outbox.path, Path::new("offsite-data/outbox"));
         let b = builtin(Path::new("/srv/offsite"));
         assert_eq!(
             b["sources"]["inbox"]["path"].as_str(),

@@ -2,11 +2,10 @@
 //! is registered here when it is made (from configuration, a credential file, a token
 //! endpoint's answer), and the sinks — the log writer, the error texts the store keeps, the API's
 //! problem details — pass their text through [`redact`]. No call site has to remember.
-//!
-//! [`Secret`]: crate::config::Secret
 
 use std::{
     borrow::Cow,
+    fmt,
     io::{self, Write},
     sync::{LazyLock, RwLock},
 };
@@ -90,6 +89,35 @@ impl<W: Write> Write for RedactingWriter<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
+    }
+}
+
+/// A value that must never be printed: `Debug` shows `***`, and every secret made is
+/// registered with this module, which masks it in logs, stored errors and API answers.
+#[derive(Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(from = "String")]
+pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret::new(s)
+    }
+}
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        let s = s.into();
+        register(&s);
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 

@@ -584,6 +584,17 @@ fn pax_records(data: &[u8]) -> Vec<(&str, &str)> {
     records
 }
 
+#[async_trait::async_trait]
+impl super::BackupSource for FolderSource {
+    async fn list(&self) -> Result<Vec<BackupInfo>, TransferError> {
+        FolderSource::list(self).await
+    }
+
+    async fn open(&self, slug: &str, offset: u64) -> Result<(BackupStream, u64), TransferError> {
+        FolderSource::open(self, slug, offset).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

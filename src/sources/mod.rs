@@ -13,7 +13,9 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::transfer::TransferError;
+use std::sync::Arc;
+
+use crate::transfer::{ByteSource, ByteStream, TransferError};
 
 pub mod folder;
 pub mod supervisor;
@@ -39,50 +41,59 @@ pub struct BackupInfo {
 /// A failure in the middle (connection dropped, file unreadable, body shorter
 /// than announced) surfaces as an `io::Error` from the reader; callers treat
 /// that as temporary and resume from their last checkpoint.
-pub type BackupStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+pub type BackupStream = ByteStream;
 
-/// Where backups come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    Folder(FolderSource),
-    Supervisor(SupervisorSource),
-}
-
-impl Source {
+/// Where backups come from: one file per kind of source, behind this trait.
+#[async_trait::async_trait]
+pub trait BackupSource: Send + Sync {
     /// The backups available now, oldest first.
-    pub async fn list(&self) -> Result<Vec<BackupInfo>, TransferError> {
-        match self {
-            Source::Folder(s) => s.list().await,
-            Source::Supervisor(s) => s.list().await,
-        }
-    }
+    async fn list(&self) -> Result<Vec<BackupInfo>, TransferError>;
 
     /// Open backup `slug` for reading from byte `offset` on. Returns the
     /// stream and the backup's total size in bytes (not the remaining
     /// length), so callers can check the checkpoint against it.
     ///
     /// A backup that no longer exists is [`TransferError::NotFound`].
-    pub async fn open(
-        &self,
-        slug: &str,
-        offset: u64,
-    ) -> Result<(BackupStream, u64), TransferError> {
-        match self {
-            Source::Folder(s) => s.open(slug, offset).await,
-            Source::Supervisor(s) => s.open(slug, offset).await,
+    async fn open(&self, slug: &str, offset: u64) -> Result<(BackupStream, u64), TransferError>;
+}
+
+/// A configured source, shared by the jobs that read from it.
+#[derive(Clone)]
+pub struct Source(Arc<dyn BackupSource>);
+
+impl<T: BackupSource + 'static> From<T> for Source {
+    fn from(s: T) -> Self {
+        Source(Arc::new(s))
+    }
+}
+
+impl std::ops::Deref for Source {
+    type Target = dyn BackupSource;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl Source {
+    /// One backup of this source as a transfer reads it.
+    pub fn backup(&self, slug: &str) -> Backup {
+        Backup {
+            source: self.clone(),
+            slug: slug.to_string(),
         }
     }
 }
 
-impl From<FolderSource> for Source {
-    fn from(s: FolderSource) -> Self {
-        Source::Folder(s)
-    }
+/// One backup, opened at an offset by the copy loop.
+pub struct Backup {
+    source: Source,
+    slug: String,
 }
 
-impl From<SupervisorSource> for Source {
-    fn from(s: SupervisorSource) -> Self {
-        Source::Supervisor(s)
+#[async_trait::async_trait]
+impl ByteSource for Backup {
+    async fn open_at(&self, offset: u64) -> Result<(ByteStream, u64), TransferError> {
+        self.source.open(&self.slug, offset).await
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::io::StreamReader;
 use tracing::{debug, warn};
 
 use super::{BackupInfo, BackupStream, listing_order, parse_ha_date};
-use crate::config::Secret;
+use crate::redact::Secret;
 use crate::transfer::TransferError;
 
 /// How much of an error body is read, and how many characters of it go
@@ -471,6 +471,17 @@ impl Stream for ExactBody {
                 }
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::BackupSource for SupervisorSource {
+    async fn list(&self) -> Result<Vec<BackupInfo>, TransferError> {
+        SupervisorSource::list(self).await
+    }
+
+    async fn open(&self, slug: &str, offset: u64) -> Result<(BackupStream, u64), TransferError> {
+        SupervisorSource::open(self, slug, offset).await
     }
 }
 
