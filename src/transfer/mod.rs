@@ -1,6 +1,30 @@
-//! Errors of moving bytes between sources and destinations, classified for the retry decision.
+//! Moving bytes from a source to a destination: the errors, classified for the retry decision;
+//! the byte stream and the source trait every producer implements; the resumable SHA-256; the
+//! spool for producers that cannot seek; and (`copy`, `checkpoint`) the one resumable copy
+//! loop every job kind uses.
+//!
+//! Layering inside: `copy` and `checkpoint` sit above `destinations`; everything else here sits
+//! below it (destinations and sources use the errors, streams and hashes).
+
+pub mod checkpoint;
+pub mod copy;
+mod hash;
+pub mod spool;
 
 use std::time::Duration;
+
+pub use hash::{Sha256State, hex, sha256_hex, sha256_of};
+
+/// Bytes read sequentially; a failure in the middle (a dropped connection, an unreadable file,
+/// a body shorter than announced) is an `io::Error` from the reader.
+pub type ByteStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// What a transfer reads from: opened at an offset, it gives the stream from there and the
+/// total size (not the remaining length), so a resume can check its checkpoint against it.
+#[async_trait::async_trait]
+pub trait ByteSource: Send + Sync {
+    async fn open_at(&self, offset: u64) -> Result<(ByteStream, u64), TransferError>;
+}
 
 use crate::queue::JobError;
 

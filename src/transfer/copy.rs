@@ -1,0 +1,478 @@
+//! The one resumable copy loop: a source's bytes into a destination's upload session, in the
+//! destination's chunks, with the checkpoint saved after every acknowledged chunk. Every job
+//! kind that moves bytes calls [`copy`]; what differs between destinations lives behind
+//! [`Destination`], what differs between producers behind [`ByteSource`].
+//!
+//! - One chunk in flight while the next is read and the sent one hashed: the read does not
+//!   wait for the send.
+//! - A destination further along than the checkpoint (it took a chunk whose answer never came)
+//!   is caught up to, not restarted; a session that is gone starts over, once per attempt,
+//!   after checking whether the destination already has the file.
+//! - The SHA-256 of every byte read from the source is carried in the checkpoint, so the
+//!   transfer ends with the hash of the whole file even across restarts, and the destination is
+//!   asked to check what it stored against it.
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use super::{ByteSource, ByteStream, Sha256State, TransferError, checkpoint::CopyCheckpoint};
+use crate::{
+    destinations::{Destination, RemoteFile, Sent, Session},
+    queue::{JobContext, JobError, Progress},
+};
+
+/// How often one attempt may start an upload over after losing its session. Past that the
+/// attempt fails and backs off: a destination that keeps losing what it was given must not be
+/// fed the same bytes in a tight loop.
+const RESTARTS_PER_ATTEMPT: u32 = 1;
+
+/// One transfer to make.
+pub struct Copy<'a> {
+    pub source: &'a dyn ByteSource,
+    pub dest: &'a dyn Destination,
+    /// Where the file goes, in the destination's path syntax.
+    pub remote: String,
+    /// The chunk size asked for; fitted to the destination's rules and the file's size.
+    pub chunk: u64,
+    /// Shown with the progress: what goes where.
+    pub label: String,
+}
+
+/// A transfer that ended with the file committed and checked.
+#[derive(Debug, Clone)]
+pub struct Copied {
+    pub stored: RemoteFile,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes read from the source.
+    pub sha256: String,
+    /// The destination had the file already (committed before the last attempt heard back).
+    pub already_there: bool,
+}
+
+/// Runs the transfer, resuming from the job's checkpoint.
+pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
+    let dest = job.dest;
+    let mut cp: CopyCheckpoint = ctx
+        .checkpoint()
+        .filter(|c: &CopyCheckpoint| c.usable_for(&job.remote))
+        .unwrap_or_else(|| CopyCheckpoint::fresh(&job.remote));
+    let mut restarts = 0;
+
+    'session: loop {
+        // A later attempt of an upload that had begun: if the last one died after the
+        // destination committed the file but before the answer came, the file is there.
+        if cp.session.is_some()
+            && ctx.attempt() > 1
+            && restarts == 0
+            && let Some(done) = committed(ctx, &job).await?
+        {
+            return Ok(done);
+        }
+        let (mut session, mut reader, total) = match cp.session.clone() {
+            Some(mut session) => {
+                let at = match dest.position(&mut session, cp.dst_offset).await {
+                    Ok(at) => at,
+                    Err(TransferError::SessionGone(why)) => {
+                        warn!(%why, "upload session is gone");
+                        cp = start_over(ctx, &mut restarts, &job.remote).await?;
+                        continue 'session;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let (stream, total) = job.source.open_at(cp.src_offset).await?;
+                info!(
+                    offset = cp.dst_offset,
+                    "resuming upload from its checkpoint"
+                );
+                let mut reader = ChunkReader::new(stream);
+                if at > cp.dst_offset {
+                    if at > total {
+                        warn!(
+                            theirs = at,
+                            total, "the destination has more than the whole file"
+                        );
+                        cp = start_over(ctx, &mut restarts, &job.remote).await?;
+                        continue 'session;
+                    }
+                    catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await?;
+                }
+                (session, reader, total)
+            }
+            None => {
+                if let Some(done) = committed(ctx, &job).await? {
+                    return Ok(done);
+                }
+                // The source first: a backup that vanished opens no destination session.
+                let (stream, total) = job.source.open_at(0).await?;
+                let chunk = dest.chunk_rules().chunk_for(job.chunk, total)?;
+                let session = dest.begin(&job.remote, total, chunk).await?;
+                cp = CopyCheckpoint {
+                    chunk,
+                    session: Some(session.clone()),
+                    ..CopyCheckpoint::fresh(&job.remote)
+                };
+                ctx.save_checkpoint(&cp).await?;
+                (session, ChunkReader::new(stream), total)
+            }
+        };
+        let chunk = cp.chunk as usize;
+        let mut current = reader.read(chunk).await?;
+        loop {
+            let offset = cp.dst_offset;
+            let end = offset + current.len() as u64;
+            if end > total || (end < total && current.len() < chunk) {
+                return Err(JobError::retryable(format!(
+                    "the source changed size while reading: {end} of {total} bytes"
+                )));
+            }
+            // Paced before it is sent: a stop during the wait loses nothing.
+            tokio::select! {
+                _ = dest.pace(current.len() as u64) => {}
+                _ = ctx.stopping() => return Err(JobError::Interrupted),
+            }
+            let before = cp.sha256.clone();
+            let hashing = {
+                let (mut sha, bytes) = (before.clone(), current.clone());
+                tokio::task::spawn_blocking(move || {
+                    sha.update(&bytes);
+                    sha
+                })
+            };
+            // A slow chunk is progress too: the client watches the request itself.
+            let keepalive = ctx.keep_alive();
+            let (sent, next) = if end == total {
+                let sha = joined(hashing).await?;
+                let hex = sha.hex();
+                let sent = Sent {
+                    size: total,
+                    sha256: &hex,
+                };
+                let stored = dest
+                    .finish(&mut session, offset, current.clone(), &job.remote, &sent)
+                    .await;
+                drop(keepalive);
+                match stored {
+                    Ok(stored) => {
+                        return Ok(Copied {
+                            stored,
+                            size: total,
+                            sha256: hex,
+                            already_there: false,
+                        });
+                    }
+                    Err(e) => (Err((e, before)), Bytes::new()),
+                }
+            } else {
+                let (sent, next, sha) = tokio::join!(
+                    dest.append(&mut session, offset, current.clone()),
+                    reader.read(chunk),
+                    joined(hashing)
+                );
+                drop(keepalive);
+                let next = next?;
+                match sent {
+                    Ok(()) => {
+                        cp.sha256 = sha?;
+                        (Ok(()), next)
+                    }
+                    Err(e) => (Err((e, before)), next),
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    cp.dst_offset = end;
+                    cp.src_offset = end;
+                    cp.session = Some(session.clone());
+                    ctx.save_checkpoint(&cp).await?;
+                    ctx.progress(Progress {
+                        done: end,
+                        total: Some(total),
+                        unit: "bytes",
+                        message: Some(job.label.clone()),
+                    })
+                    .await?;
+                    reader.recycle(std::mem::replace(&mut current, next));
+                }
+                // The destination got more than our checkpoint knows (it took a chunk we never
+                // heard back about): count the bytes it has and go on from there.
+                Err((TransferError::IncorrectOffset(at), before)) if at > offset && at <= total => {
+                    warn!(
+                        ours = offset,
+                        theirs = at,
+                        "destination is further along; continuing from its offset"
+                    );
+                    cp.sha256 = before;
+                    reader.unread(next);
+                    reader.unread(std::mem::take(&mut current));
+                    catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await?;
+                    current = reader.read(chunk).await?;
+                }
+                Err((
+                    e @ (TransferError::IncorrectOffset(_) | TransferError::SessionGone(_)),
+                    _,
+                )) => {
+                    warn!(error = %e, "upload session lost or inconsistent");
+                    cp = start_over(ctx, &mut restarts, &job.remote).await?;
+                    continue 'session;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Reads, hashes and hands to the destination's integrity state the bytes up to `at`, which
+/// the destination has already; checkpoints the new position.
+async fn catch_up(
+    ctx: &JobContext,
+    dest: &dyn Destination,
+    reader: &mut ChunkReader,
+    session: &mut Session,
+    cp: &mut CopyCheckpoint,
+    at: u64,
+) -> Result<(), JobError> {
+    while cp.dst_offset < at {
+        let want = (at - cp.dst_offset).min(cp.chunk.max(1)) as usize;
+        let piece = reader.read(want).await?;
+        if piece.is_empty() {
+            return Err(JobError::retryable(
+                "the source ended before the destination's offset",
+            ));
+        }
+        dest.caught_up(session, cp.dst_offset, &piece)?;
+        let (sha, piece) = {
+            let mut sha = cp.sha256.clone();
+            tokio::task::spawn_blocking(move || {
+                sha.update(&piece);
+                (sha, piece)
+            })
+            .await
+            .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))?
+        };
+        cp.sha256 = sha;
+        cp.dst_offset += piece.len() as u64;
+        cp.src_offset = cp.dst_offset;
+        ctx.touch();
+    }
+    cp.session = Some(session.clone());
+    ctx.save_checkpoint(cp).await
+}
+
+/// Begins the upload again from byte 0, at most `RESTARTS_PER_ATTEMPT` times an attempt.
+async fn start_over(
+    ctx: &JobContext,
+    restarts: &mut u32,
+    remote: &str,
+) -> Result<CopyCheckpoint, JobError> {
+    *restarts += 1;
+    if *restarts > RESTARTS_PER_ATTEMPT {
+        return Err(JobError::retryable(
+            "the destination lost the upload session again; trying later",
+        ));
+    }
+    warn!("starting the upload again from the beginning");
+    let cp = CopyCheckpoint::fresh(remote);
+    ctx.save_checkpoint(&cp).await?;
+    Ok(cp)
+}
+
+/// A crash after the destination committed the file but before we heard back leaves it there
+/// unrecorded: take it if it is the source's bytes exactly (the destination compares, reading
+/// costs far less than sending), instead of sending it all again.
+async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, JobError> {
+    let Some(found) = job.dest.stat(&job.remote).await? else {
+        return Ok(None);
+    };
+    let (stream, total) = job.source.open_at(0).await?;
+    if found.size != total {
+        warn!(
+            remote = %job.remote,
+            theirs = found.size,
+            ours = total,
+            "a file of another size is already at the upload's path"
+        );
+        return Ok(None);
+    }
+    // Reading a large file back (a folder on a slow NAS) is progress too.
+    let _keepalive = ctx.keep_alive();
+    let (stream, seen) = HashingReader::wrap(stream);
+    if !job.dest.same_content(&found, stream, total).await? {
+        warn!(remote = %job.remote, "a file with other content is already at the upload's path");
+        return Ok(None);
+    }
+    let sha256 = match seen.take() {
+        (len, sha) if len == total => sha.hex(),
+        // The destination compared without reading all of the source.
+        _ => {
+            let (stream, _) = job.source.open_at(0).await?;
+            super::sha256_of(stream).await?.1
+        }
+    };
+    info!(remote = %found.path, "the destination already has this file, complete and intact");
+    Ok(Some(Copied {
+        stored: found,
+        size: total,
+        sha256,
+        already_there: true,
+    }))
+}
+
+async fn joined(task: tokio::task::JoinHandle<Sha256State>) -> Result<Sha256State, JobError> {
+    task.await
+        .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))
+}
+
+/// Reads a stream in chunks into reused buffers; bytes read but not used go back in front.
+struct ChunkReader {
+    stream: ByteStream,
+    unread: VecDeque<Bytes>,
+    /// A sent chunk's buffer, taken back: allocating a fresh chunk for every request
+    /// fragments the heap and lets memory creep up over a long upload.
+    spare: Option<BytesMut>,
+}
+
+impl ChunkReader {
+    fn new(stream: ByteStream) -> Self {
+        ChunkReader {
+            stream,
+            unread: VecDeque::new(),
+            spare: None,
+        }
+    }
+
+    /// Up to `size` bytes (fewer only at the end of the stream).
+    async fn read(&mut self, size: usize) -> Result<Bytes, TransferError> {
+        if let Some(front) = self.unread.front_mut()
+            && front.len() >= size
+        {
+            let out = front.split_to(size);
+            if front.is_empty() {
+                self.unread.pop_front();
+            }
+            return Ok(out);
+        }
+        let mut buf = match self.spare.take() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(size);
+                b
+            }
+            None => BytesMut::with_capacity(size),
+        };
+        while buf.len() < size {
+            let room = size - buf.len();
+            if let Some(mut front) = self.unread.pop_front() {
+                let take = room.min(front.len());
+                buf.extend_from_slice(&front.split_to(take));
+                if !front.is_empty() {
+                    self.unread.push_front(front);
+                }
+                continue;
+            }
+            // A reused buffer may have room for more than one chunk: never read past `size`.
+            let n = self
+                .stream
+                .read_buf(&mut (&mut buf).limit(room))
+                .await
+                .map_err(|e| TransferError::Temporary(format!("reading the source failed: {e}")))?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Puts `bytes` back in front of what comes next.
+    fn unread(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.unread.push_front(bytes);
+        }
+    }
+
+    /// Takes a sent chunk's buffer back once nobody else holds it.
+    fn recycle(&mut self, chunk: Bytes) {
+        if let Ok(b) = chunk.try_into_mut() {
+            self.spare = Some(b);
+        }
+    }
+}
+
+/// Hashes what passes through: the SHA-256 of the source, computed while a destination reads
+/// it for its own comparison.
+struct HashingReader {
+    inner: ByteStream,
+    seen: std::sync::Arc<std::sync::Mutex<(u64, Sha256State)>>,
+}
+
+struct Seen(std::sync::Arc<std::sync::Mutex<(u64, Sha256State)>>);
+
+impl Seen {
+    fn take(&self) -> (u64, Sha256State) {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl HashingReader {
+    fn wrap(inner: ByteStream) -> (ByteStream, Seen) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Sha256State::new())));
+        (
+            Box::pin(HashingReader {
+                inner,
+                seen: seen.clone(),
+            }),
+            Seen(seen),
+        )
+    }
+}
+
+impl tokio::io::AsyncRead for HashingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.inner.as_mut().poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let new = &buf.filled()[before..];
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.0 += new.len() as u64;
+                seen.1.update(new);
+            }
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_chunk_reader_gives_back_what_was_put_back_first() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut r = ChunkReader::new(Box::pin(std::io::Cursor::new(data.clone())));
+        let a = r.read(30).await.unwrap();
+        let b = r.read(30).await.unwrap();
+        r.unread(b);
+        r.unread(a.slice(10..));
+        let again = r.read(25).await.unwrap();
+        assert_eq!(&again[..], &data[10..35]);
+        let rest = r.read(1000).await.unwrap();
+        assert_eq!(&rest[..], &data[35..]);
+        assert!(r.read(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_hashing_reader_sees_every_byte() {
+        let data = vec![7u8; 3 * 1024 * 1024 + 5];
+        let (stream, seen) = HashingReader::wrap(Box::pin(std::io::Cursor::new(data.clone())));
+        let (len, hex) = super::super::sha256_of(stream).await.unwrap();
+        let (n, sha) = seen.take();
+        assert_eq!((n, sha.hex()), (len, hex.clone()));
+        assert_eq!(hex, super::super::sha256_hex(&data));
+    }
+}
