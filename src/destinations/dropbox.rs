@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -31,11 +29,13 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::config::Secret;
-use crate::transfer::TransferError;
+pub use super::auth::Pkce;
+use super::content_hash::{BLOCK, ContentHasher};
+use super::{RemoteFile, Session};
+use crate::redact::Secret;
+use crate::transfer::{ByteStream, TransferError};
 
 pub const DEFAULT_API_URL: &str = "https://api.dropboxapi.com";
 pub const DEFAULT_CONTENT_URL: &str = "https://content.dropboxapi.com";
@@ -101,42 +101,6 @@ impl DropboxSettings {
             content_url: base.to_owned(),
             authorize_url: format!("{base}/oauth2/authorize"),
         }
-    }
-}
-
-/// A PKCE (RFC 7636) verifier and its S256 challenge.
-#[derive(Clone)]
-pub struct Pkce {
-    pub verifier: String,
-    pub challenge: String,
-}
-
-impl Pkce {
-    /// 48 random bytes give a 64-character base64url verifier (RFC 7636 allows 43..=128 of
-    /// exactly these unreserved characters).
-    pub fn generate() -> Self {
-        use rand::RngCore;
-        let mut raw = [0u8; 48];
-        rand::rng().fill_bytes(&mut raw);
-        Self::from_verifier(URL_SAFE_NO_PAD.encode(raw))
-    }
-
-    pub fn from_verifier(verifier: String) -> Self {
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        Self {
-            verifier,
-            challenge,
-        }
-    }
-}
-
-impl fmt::Debug for Pkce {
-    // The verifier turns an intercepted code into tokens, so it stays out of logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pkce")
-            .field("verifier", &"***")
-            .field("challenge", &self.challenge)
-            .finish()
     }
 }
 
@@ -338,10 +302,11 @@ impl DropboxClient {
         };
         let path = self.inner.token_file.clone();
         let data = serde_json::to_vec_pretty(&stored).expect("a struct of strings serializes");
-        let written = tokio::task::spawn_blocking(move || write_private_file(&path, &data))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+        let written =
+            tokio::task::spawn_blocking(move || super::auth::write_private_file(&path, &data))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
         if let Err(e) = written {
             // The code is single-use, so a retry cannot succeed: the user must authorize again.
             return Err(TransferError::Permanent(format!(
@@ -420,6 +385,74 @@ impl DropboxClient {
         self.content("files/upload_session/finish", &arg, data)
             .await
             .map_err(|e| e.resolve(session_error))
+    }
+
+    /// The file at `path` from byte `offset` on, streamed (never held in memory).
+    pub async fn download(&self, path: &str, offset: u64) -> Result<ByteStream, TransferError> {
+        let route = "files/download";
+        let arg = header_safe_json(&json!({"path": path}).to_string());
+        let url = format!(
+            "{}/2/{route}",
+            self.inner.settings.content_url.trim_end_matches('/')
+        );
+        let mut token = self.access_token().await?;
+        let mut renewed = false;
+        loop {
+            let mut request = self
+                .inner
+                .http
+                .post(&url)
+                .bearer_auth(token.expose())
+                .header("Dropbox-API-Arg", arg.as_str());
+            if offset > 0 {
+                request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_error(route, &e))?;
+            let status = response.status();
+            if status.is_success() {
+                let body = response
+                    .bytes_stream()
+                    .map(|r| r.map_err(std::io::Error::other));
+                return Ok(Box::pin(tokio_util::io::StreamReader::new(body)));
+            }
+            let reply = read_reply(response)
+                .await
+                .map_err(|e| transport_error(route, &e))?;
+            if status == StatusCode::UNAUTHORIZED {
+                let tag = ErrorBody::parse(&reply.body)
+                    .and_then(|e| first_tag(&e.error).map(str::to_owned));
+                if !renewed
+                    && matches!(
+                        tag.as_deref(),
+                        Some("expired_access_token" | "invalid_access_token")
+                    )
+                {
+                    renewed = true;
+                    token = self.renew_after_rejection(&token).await?;
+                    continue;
+                }
+                return Err(self.unauthorized(route, &reply, renewed));
+            }
+            if status == StatusCode::CONFLICT
+                && let Some(error) = ErrorBody::parse(&reply.body)
+            {
+                let e = EndpointError {
+                    route,
+                    summary: self.redact(&tidy_summary(&error.error_summary)),
+                    error: error.error,
+                };
+                if e.tags().starts_with(&["path", "not_found"]) {
+                    return Err(TransferError::NotFound(format!(
+                        "Dropbox has no file {path}"
+                    )));
+                }
+                return Err(e.into_transfer());
+            }
+            return Err(self.failure(route, &reply));
+        }
     }
 
     /// Direct children of `path` ("" or "/" for the root). A missing folder lists as empty.
@@ -1192,6 +1225,372 @@ async fn watch_progress(
     }
 }
 
+// -- the destination ----------------------------------------------------------------------
+
+/// `type = "dropbox"` in `[destinations.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropboxConfig {
+    /// The remote folder, e.g. `/HomeAssistant/Backups`.
+    pub path: String,
+    /// Dropbox app key (an app of your own, "App folder" or "Full Dropbox").
+    #[serde(default)]
+    pub app_key: String,
+    /// Optional with PKCE.
+    pub app_secret: Option<Secret>,
+    /// A redirect URI registered with the app, for the redirect flow (`…/callback`).
+    pub redirect_uri: Option<String>,
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    #[serde(default = "default_content_url")]
+    pub content_url: String,
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: String,
+}
+
+fn default_api_url() -> String {
+    DEFAULT_API_URL.into()
+}
+fn default_content_url() -> String {
+    DEFAULT_CONTENT_URL.into()
+}
+fn default_authorize_url() -> String {
+    DEFAULT_AUTHORIZE_URL.into()
+}
+
+impl DropboxConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.app_key.is_empty() {
+            return Err((
+                "app_key",
+                "a Dropbox destination needs the app key of your Dropbox app".into(),
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err((
+                "path",
+                "a Dropbox folder starts with '/', e.g. /HomeAssistant/Backups".into(),
+            ));
+        }
+        for (field, url) in [
+            ("api_url", &self.api_url),
+            ("content_url", &self.content_url),
+            ("authorize_url", &self.authorize_url),
+        ] {
+            if url::Url::parse(url).is_err() {
+                return Err((field, format!("{url:?} is not a URL")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dropbox as a destination: upload sessions checked against Dropbox's content hash.
+pub struct DropboxDestination {
+    client: DropboxClient,
+    root: String,
+    redirect_uri: Option<String>,
+}
+
+/// A Dropbox upload session, with the content hash of the acknowledged bytes (the block
+/// digests: every acknowledged offset is on a 4 MiB boundary).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "dropbox")]
+struct DropboxSession {
+    session_id: String,
+    /// Hex of the 32-byte digests of the acknowledged 4 MiB blocks.
+    #[serde(default)]
+    blocks: String,
+}
+
+impl DropboxSession {
+    fn hasher(&self) -> Result<ContentHasher, TransferError> {
+        ContentHasher::resume(&self.blocks).ok_or_else(|| {
+            TransferError::SessionGone("the checkpointed content hash is unreadable".into())
+        })
+    }
+}
+
+impl DropboxDestination {
+    pub fn new(config: &DropboxConfig, token_file: PathBuf, http: reqwest::Client) -> Self {
+        let client = DropboxClient::new(
+            DropboxSettings {
+                app_key: config.app_key.clone(),
+                app_secret: config.app_secret.clone(),
+                api_url: config.api_url.trim_end_matches('/').to_string(),
+                content_url: config.content_url.trim_end_matches('/').to_string(),
+                authorize_url: config.authorize_url.clone(),
+            },
+            token_file,
+            http,
+        );
+        DropboxDestination {
+            client,
+            root: config.path.trim_end_matches('/').to_string(),
+            redirect_uri: config.redirect_uri.clone(),
+        }
+    }
+
+    pub fn client(&self) -> &DropboxClient {
+        &self.client
+    }
+}
+
+/// Hashes `bytes` onto `hasher` off the async threads.
+async fn hashed(mut hasher: ContentHasher, bytes: Bytes) -> Result<ContentHasher, TransferError> {
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&bytes);
+        hasher
+    })
+    .await
+    .map_err(|e| TransferError::Temporary(format!("hashing failed: {e}")))
+}
+
+fn remote_file(meta: FileMetadata) -> RemoteFile {
+    RemoteFile {
+        path: meta.path_display,
+        size: meta.size,
+        content_hash: meta.content_hash,
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Destination for DropboxDestination {
+    fn info(&self) -> super::DestinationInfo {
+        super::DestinationInfo {
+            kind: "dropbox",
+            location: if self.root.is_empty() {
+                "/".into()
+            } else {
+                self.root.clone()
+            },
+        }
+    }
+
+    /// Appends take whole 4 MiB blocks (so the content hash resumes at any acknowledged
+    /// offset), at most 148 MiB (under the 150 MiB request limit).
+    fn chunk_rules(&self) -> super::ChunkRules {
+        super::ChunkRules {
+            multiple: BLOCK as u64,
+            min: BLOCK as u64,
+            max: 148 * 1024 * 1024,
+            max_chunks: None,
+        }
+    }
+
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn authorization(&self) -> Option<&dyn super::Authorization> {
+        Some(self)
+    }
+
+    async fn list(&self) -> Result<Vec<RemoteFile>, TransferError> {
+        Ok(self
+            .client
+            .list_folder(&self.root)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::File(f) => Some(remote_file(f)),
+                Entry::Folder { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+        Ok(self.client.metadata(remote).await?.map(remote_file))
+    }
+
+    async fn open_at(&self, remote: &str, offset: u64) -> Result<ByteStream, TransferError> {
+        self.client.download(remote, offset).await
+    }
+
+    async fn delete(&self, remote: &str) -> Result<(), TransferError> {
+        self.client.delete(remote).await
+    }
+
+    async fn begin(
+        &self,
+        _remote: &str,
+        _size: u64,
+        _chunk: u64,
+    ) -> Result<Session, TransferError> {
+        Ok(Session::new(&DropboxSession {
+            session_id: self.client.upload_start().await?,
+            blocks: String::new(),
+        }))
+    }
+
+    /// Dropbox has no call that says where a session is: the next append answers
+    /// `incorrect_offset` if it is elsewhere.
+    async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError> {
+        let state: DropboxSession = session.get()?;
+        if state
+            .hasher()?
+            .state()
+            .map(|b| b.len() as u64 / 64 * BLOCK as u64)
+            != Some(ours)
+        {
+            return Err(TransferError::SessionGone(
+                "the checkpointed content hash does not cover the acknowledged bytes".into(),
+            ));
+        }
+        Ok(ours)
+    }
+
+    async fn append(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        chunk: Bytes,
+    ) -> Result<(), TransferError> {
+        let mut state: DropboxSession = session.get()?;
+        let hashing = hashed(state.hasher()?, chunk.clone());
+        let (sent, hasher) = tokio::join!(
+            self.client.upload_append(&state.session_id, offset, chunk),
+            hashing
+        );
+        sent?;
+        state.blocks = hasher?.state().ok_or_else(|| {
+            TransferError::Permanent(format!(
+                "internal error: a Dropbox chunk ending at {offset} is not whole 4 MiB blocks"
+            ))
+        })?;
+        session.set(&state);
+        Ok(())
+    }
+
+    fn caught_up(
+        &self,
+        session: &mut Session,
+        _offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), TransferError> {
+        let mut state: DropboxSession = session.get()?;
+        let mut hasher = state.hasher()?;
+        hasher.update(bytes);
+        // Dropbox acknowledges whole appends, which are whole blocks; anything else cannot be
+        // checkpointed and the upload starts over.
+        state.blocks = hasher.state().ok_or_else(|| {
+            TransferError::SessionGone("Dropbox is at an offset inside a 4 MiB block".into())
+        })?;
+        session.set(&state);
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        chunk: Bytes,
+        remote: &str,
+        sent: &super::Sent<'_>,
+    ) -> Result<RemoteFile, TransferError> {
+        let state: DropboxSession = session.get()?;
+        let hashing = hashed(state.hasher()?, chunk.clone());
+        let (meta, hasher) = tokio::join!(
+            self.client
+                .upload_finish(&state.session_id, offset, chunk, remote),
+            hashing
+        );
+        let stored = remote_file(meta?);
+        let ours = hasher?.finalize();
+        if stored.size != sent.size || stored.content_hash.as_deref() != Some(ours.as_str()) {
+            // Do not leave a file that looks like a good backup.
+            if let Err(e) = self.client.delete(&stored.path).await {
+                tracing::warn!(path = %stored.path, error = %e, "could not remove the mismatched upload");
+            }
+            return Err(TransferError::Permanent(format!(
+                "Dropbox stored {} as {} bytes with content hash {}, but {} bytes hashing to \
+                 {ours} were sent; removed it, not recorded as backed up",
+                stored.path,
+                stored.size,
+                stored.content_hash.as_deref().unwrap_or("(none)"),
+                sent.size
+            )));
+        }
+        Ok(stored)
+    }
+
+    /// Dropbox forgets sessions by itself after a week and offers no call to close one early.
+    async fn abandon(&self, _session: &Session) -> Result<(), TransferError> {
+        Ok(())
+    }
+
+    /// Compares Dropbox's own content hash with that of `source`: no download needed.
+    async fn same_content(
+        &self,
+        stored: &RemoteFile,
+        mut source: ByteStream,
+        size: u64,
+    ) -> Result<bool, TransferError> {
+        let Some(theirs) = stored.content_hash.as_deref() else {
+            return Ok(false);
+        };
+        if stored.size != size {
+            return Ok(false);
+        }
+        let mut hasher = ContentHasher::new();
+        let mut len = 0u64;
+        loop {
+            let mut buf = bytes::BytesMut::with_capacity(BLOCK);
+            while buf.len() < BLOCK {
+                use tokio::io::AsyncReadExt;
+                let n = source
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| TransferError::Temporary(format!("reading failed: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            len += buf.len() as u64;
+            hasher = hashed(hasher, buf.freeze()).await?;
+        }
+        Ok(len == size && hasher.finalize() == theirs)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Authorization for DropboxDestination {
+    fn is_authorized(&self) -> bool {
+        self.client.is_authorized()
+    }
+
+    fn redirect_uri(&self) -> Option<&str> {
+        self.redirect_uri.as_deref()
+    }
+
+    fn authorize_url(
+        &self,
+        pkce: &Pkce,
+        redirect_uri: Option<&str>,
+        state: Option<&str>,
+    ) -> String {
+        self.client.authorize_url(pkce, redirect_uri, state)
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: Option<&str>,
+    ) -> Result<(), TransferError> {
+        self.client
+            .exchange_code(code, verifier, redirect_uri)
+            .await
+    }
+
+    async fn forget(&self) -> std::io::Result<()> {
+        self.client.forget().await
+    }
+}
+
 // -- token file -------------------------------------------------------------------------------
 
 fn read_token_file(path: &Path) -> Result<Option<StoredToken>, String> {
@@ -1207,46 +1606,6 @@ fn read_token_file(path: &Path) -> Result<Option<StoredToken>, String> {
         return Err("the token file holds an empty refresh token".to_owned());
     }
     Ok(Some(stored))
-}
-
-/// Replace `path` atomically with owner-only `data`: a crash leaves the old or the new file,
-/// never a torn one, and the rename is synced so it survives a power cut.
-fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the token file path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".tmp-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -1421,8 +1780,8 @@ mod tests {
     fn token_file_is_private_and_replaced_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/dropbox.json");
-        write_private_file(&path, b"{\"refresh_token\":\"a\"}").unwrap();
-        write_private_file(&path, b"{\"refresh_token\":\"b\"}").unwrap();
+        crate::destinations::auth::write_private_file(&path, b"{\"refresh_token\":\"a\"}").unwrap();
+        crate::destinations::auth::write_private_file(&path, b"{\"refresh_token\":\"b\"}").unwrap();
         let stored = read_token_file(&path).unwrap().unwrap();
         assert_eq!(stored.refresh_token, "b");
         #[cfg(unix)]

@@ -1,6 +1,6 @@
 //! A local folder (a mounted NAS, a USB disk): the backup is written to a hidden temporary name,
 //! fsynced after every chunk (that is what "acknowledged" means here), checked on disk (length
-//! and content hash against what was sent) and only then renamed into place. A resumed upload
+//! and SHA-256 against what was read from the source) and only then renamed into place. A resumed upload
 //! cuts the temporary file back to the checkpointed offset.
 //!
 //! Writes go through `std::fs` on a blocking thread, not `tokio::fs::File`: tokio's file
@@ -15,9 +15,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use super::{RemoteFile, content_hash::ContentHasher};
-use crate::transfer::{TransferError, io_error};
+use super::{ChunkRules, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session};
+use crate::transfer::{ByteStream, Sha256State, TransferError, io_error};
 
 /// Files whose name ends so are offsite's unfinished uploads.
 pub const PARTIAL_SUFFIX: &str = ".offsite-partial";
@@ -59,10 +60,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| TransferError::Temporary(format!("file task failed: {e}")))?
 }
 
-/// Length and content hash of what is on disk at `path`, read back from the file.
+/// Length and SHA-256 of what is on disk at `path`, read back from the file.
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;
-    let mut hasher = ContentHasher::new();
+    let mut hasher = Sha256State::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut len = 0u64;
     loop {
@@ -73,7 +74,7 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
         hasher.update(&buf[..n]);
         len += n as u64;
     }
-    Ok((len, hasher.finalize()))
+    Ok((len, hasher.hex()))
 }
 
 fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), TransferError> {
@@ -110,6 +111,30 @@ fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), Transfe
     Ok(())
 }
 
+/// The folder's upload session: the hidden file being written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "folder")]
+struct FolderSession {
+    temp: PathBuf,
+}
+
+/// `type = "folder"` in `[destinations.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// The directory backups go to (a mounted NAS, a USB disk).
+    pub path: PathBuf,
+}
+
+impl FolderConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.path.as_os_str().is_empty() {
+            return Err(("path", "name the folder backups go to".into()));
+        }
+        Ok(())
+    }
+}
+
 impl LocalFolder {
     pub fn new(root: PathBuf) -> Self {
         LocalFolder { root }
@@ -129,7 +154,116 @@ impl LocalFolder {
         target.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
     }
 
-    pub async fn begin(&self, remote: &str) -> Result<PathBuf, TransferError> {
+    async fn entries(
+        &self,
+        folder: &str,
+    ) -> Result<Vec<(String, std::fs::Metadata)>, TransferError> {
+        let dir = self.target(folder);
+        blocking(move || {
+            let mut out = Vec::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(io_err("cannot list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
+                if let Ok(meta) = entry.metadata()
+                    && meta.is_file()
+                {
+                    out.push((entry.file_name().to_string_lossy().into_owned(), meta));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for LocalFolder {
+    fn info(&self) -> DestinationInfo {
+        DestinationInfo {
+            kind: "folder",
+            location: self.root.display().to_string(),
+        }
+    }
+
+    fn chunk_rules(&self) -> ChunkRules {
+        ChunkRules::ANY
+    }
+
+    fn root(&self) -> &str {
+        ""
+    }
+
+    async fn prepare(&self) -> Result<(), TransferError> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&root).map_err(|e| {
+                TransferError::Permanent(format!("cannot create folder {}: {e}", root.display()))
+            })
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<RemoteFile>, TransferError> {
+        Ok(self
+            .entries("")
+            .await?
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with('.'))
+            .map(|(name, meta)| RemoteFile {
+                path: format!("/{name}"),
+                size: meta.len(),
+                content_hash: None,
+            })
+            .collect())
+    }
+
+    async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+        let path = self.target(remote);
+        let remote = remote.to_string();
+        blocking(move || match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(RemoteFile {
+                path: remote,
+                size: m.len(),
+                content_hash: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot stat", &path, e)),
+        })
+        .await
+    }
+
+    async fn open_at(&self, remote: &str, offset: u64) -> Result<ByteStream, TransferError> {
+        let path = self.target(remote);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TransferError::NotFound(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(io_err("cannot open", &path, e)),
+        };
+        use tokio::io::AsyncSeekExt;
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_err("cannot seek in", &path, e))?;
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(
+            1024 * 1024,
+            file,
+        )))
+    }
+
+    async fn delete(&self, remote: &str) -> Result<(), TransferError> {
+        remove(self.target(remote)).await
+    }
+
+    async fn begin(&self, remote: &str, _size: u64, _chunk: u64) -> Result<Session, TransferError> {
         let temp = self.temp_path(remote);
         let path = temp.clone();
         blocking(move || {
@@ -140,12 +274,13 @@ impl LocalFolder {
             Ok(())
         })
         .await?;
-        Ok(temp)
+        Ok(Session::new(&FolderSession { temp }))
     }
 
-    /// Cuts the temporary file back to `offset`; a file shorter than that is gone for our purpose.
-    pub async fn resume(&self, temp: &Path, offset: u64) -> Result<(), TransferError> {
-        let temp = temp.to_path_buf();
+    /// Cuts the temporary file back to `ours`: bytes past the checkpoint were never
+    /// acknowledged and are not trusted. A file shorter than that is gone for our purpose.
+    async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError> {
+        let FolderSession { temp } = session.get()?;
         blocking(move || {
             let file = match OpenOptions::new().write(true).open(&temp) {
                 Ok(f) => f,
@@ -161,55 +296,56 @@ impl LocalFolder {
                 .metadata()
                 .map_err(|e| io_err("cannot stat", &temp, e))?
                 .len();
-            if len < offset {
+            if len < ours {
                 return Err(TransferError::SessionGone(format!(
-                    "{} has {len} bytes, fewer than the {offset} acknowledged",
+                    "{} has {len} bytes, fewer than the {ours} acknowledged",
                     temp.display()
                 )));
             }
-            file.set_len(offset)
+            file.set_len(ours)
                 .map_err(|e| io_err("cannot truncate", &temp, e))?;
             file.sync_all()
                 .map_err(|e| io_err("cannot sync", &temp, e))?;
-            Ok(())
+            Ok(ours)
         })
         .await
     }
 
-    pub async fn append(
+    async fn append(
         &self,
-        temp: &Path,
+        session: &mut Session,
         offset: u64,
-        chunk: &Bytes,
+        chunk: Bytes,
     ) -> Result<(), TransferError> {
-        let temp = temp.to_path_buf();
-        let chunk = chunk.clone();
+        let FolderSession { temp } = session.get()?;
         blocking(move || append_blocking(&temp, offset, &chunk)).await
     }
 
-    /// Appends the last chunk, reads the whole file back and compares its length and content
-    /// hash with what was sent (`expected_hash`); only a file that matches is renamed into place.
-    pub async fn finish(
+    /// Appends the last chunk, reads the whole file back and compares its length and SHA-256
+    /// with what was read from the source; only a file that matches is renamed into place. A
+    /// mismatch removes the file and starts the upload over (`SessionGone`).
+    async fn finish(
         &self,
-        temp: &Path,
+        session: &mut Session,
         offset: u64,
-        chunk: &Bytes,
+        chunk: Bytes,
         remote: &str,
-        expected_hash: &str,
+        sent: &Sent<'_>,
     ) -> Result<RemoteFile, TransferError> {
-        self.append(temp, offset, chunk).await?;
-        let temp = temp.to_path_buf();
-        let target = self.target(remote);
         let expected_len = offset + chunk.len() as u64;
-        let expected_hash = expected_hash.to_string();
+        let FolderSession { temp } = session.get()?;
+        let target = self.target(remote);
+        let expected_hash = sent.sha256.to_string();
+        let sent_size = sent.size;
         let remote = remote.to_string();
         blocking(move || {
+            append_blocking(&temp, offset, &chunk)?;
             let (len, hash) = hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?;
-            if len != expected_len || hash != expected_hash {
+            if len != expected_len || len != sent_size || hash != expected_hash {
                 let _ = std::fs::remove_file(&temp);
                 return Err(TransferError::SessionGone(format!(
-                    "{} read back as {len} bytes with content hash {hash}, but {expected_len} \
-                     bytes hashing to {expected_hash} were written; removed it",
+                    "{} read back as {len} bytes with SHA-256 {hash}, but {sent_size} bytes \
+                     hashing to {expected_hash} were written; removed it",
                     temp.display()
                 )));
             }
@@ -230,84 +366,31 @@ impl LocalFolder {
         .await
     }
 
-    /// The file at `remote`, if there is one, with its length; its content hash too (read
-    /// back, which takes a while) only when its length is `hash_if_size`.
-    pub async fn stat(
-        &self,
-        remote: &str,
-        hash_if_size: Option<u64>,
-    ) -> Result<Option<RemoteFile>, TransferError> {
-        let path = self.target(remote);
-        let remote = remote.to_string();
-        blocking(move || {
-            let size = match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => m.len(),
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_err("cannot stat", &path, e)),
-            };
-            let content_hash = match hash_if_size {
-                Some(wanted) if wanted == size => {
-                    let (len, hash) =
-                        hash_file(&path).map_err(|e| io_err("cannot read", &path, e))?;
-                    (len == size).then_some(hash)
-                }
-                _ => None,
-            };
-            Ok(Some(RemoteFile {
-                path: remote,
-                size,
-                content_hash,
-            }))
-        })
-        .await
+    async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
+        let FolderSession { temp } = session.get()?;
+        remove(temp).await
     }
 
-    /// Files directly in the folder (not the hidden partial ones).
-    pub async fn list(&self, folder: &str) -> Result<Vec<String>, TransferError> {
+    /// The hidden partial files directly in the folder.
+    async fn partials(&self) -> Result<Vec<Partial>, TransferError> {
         Ok(self
-            .entries(folder)
+            .entries("")
             .await?
             .into_iter()
-            .filter(|name| !name.starts_with('.'))
-            .map(|name| format!("{}/{name}", folder.trim_end_matches('/')))
-            .collect())
-    }
-
-    /// Unfinished uploads (hidden partial files) directly in the folder.
-    pub async fn partials(&self, folder: &str) -> Result<Vec<PathBuf>, TransferError> {
-        let dir = self.target(folder);
-        Ok(self
-            .entries(folder)
-            .await?
-            .into_iter()
-            .filter(|name| name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX))
-            .map(|name| dir.join(name))
-            .collect())
-    }
-
-    async fn entries(&self, folder: &str) -> Result<Vec<String>, TransferError> {
-        let dir = self.target(folder);
-        blocking(move || {
-            let mut out = Vec::new();
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-                Err(e) => return Err(io_err("cannot list", &dir, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
-                    out.push(entry.file_name().to_string_lossy().into_owned());
+            .filter(|(name, _)| name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX))
+            .map(|(name, meta)| {
+                let temp = self.root.join(&name);
+                Partial {
+                    label: temp.display().to_string(),
+                    session: Session::new(&FolderSession { temp }),
+                    age: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .unwrap_or_default(),
                 }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn delete(&self, remote: &str) -> Result<(), TransferError> {
-        remove(self.target(remote)).await
+            })
+            .collect())
     }
 }
 
@@ -435,37 +518,53 @@ mod tests {
     async fn a_file_that_reads_back_wrong_is_not_renamed_into_place() {
         let dir = tempfile::tempdir().unwrap();
         let folder = LocalFolder::new(dir.path().into());
-        let temp = folder.begin("/b/x.tar").await.unwrap();
+        let mut session = folder.begin("/x.tar", 8192, 4096).await.unwrap();
+        let FolderSession { temp } = session.get().unwrap();
         let chunk = Bytes::from(vec![1u8; 4096]);
-        let mut h = ContentHasher::new();
-        h.update(&chunk);
-        h.update(&chunk);
-        let good = h.finalize();
-        folder.append(&temp, 0, &chunk).await.unwrap();
+        let good = crate::transfer::sha256_hex(&[1u8; 8192]);
+        let sent = Sent {
+            size: 8192,
+            sha256: &good,
+        };
+        folder.append(&mut session, 0, chunk.clone()).await.unwrap();
         // Something else changes the acknowledged bytes behind our back.
         std::fs::write(&temp, vec![2u8; 4096]).unwrap();
         let err = folder
-            .finish(&temp, 4096, &chunk, "/b/x.tar", &good)
+            .finish(&mut session, 4096, chunk.clone(), "/x.tar", &sent)
             .await
             .unwrap_err();
         assert!(matches!(err, TransferError::SessionGone(_)), "{err:?}");
-        assert!(!folder.target("/b/x.tar").exists());
+        assert!(!folder.target("/x.tar").exists());
         assert!(!temp.exists());
         // The same bytes as sent pass.
-        let temp = folder.begin("/b/x.tar").await.unwrap();
-        folder.append(&temp, 0, &chunk).await.unwrap();
+        let mut session = folder.begin("/x.tar", 8192, 4096).await.unwrap();
+        folder.append(&mut session, 0, chunk.clone()).await.unwrap();
         let stored = folder
-            .finish(&temp, 4096, &chunk, "/b/x.tar", &good)
+            .finish(&mut session, 4096, chunk, "/x.tar", &sent)
             .await
             .unwrap();
         assert_eq!(stored.size, 8192);
         assert_eq!(stored.content_hash.as_deref(), Some(good.as_str()));
-        assert_eq!(
-            folder.stat("/b/x.tar", Some(8192)).await.unwrap(),
-            Some(stored)
+        let found = folder.stat("/x.tar").await.unwrap().unwrap();
+        assert_eq!((found.path, found.size), (stored.path, 8192));
+        assert_eq!(folder.list().await.unwrap().len(), 1);
+        assert_eq!(folder.stat("/y.tar").await.unwrap(), None);
+        let same = |bytes: Vec<u8>| {
+            let stream: ByteStream = Box::pin(std::io::Cursor::new(bytes));
+            stream
+        };
+        let found = folder.stat("/x.tar").await.unwrap().unwrap();
+        assert!(
+            folder
+                .same_content(&found, same(vec![1u8; 8192]), 8192)
+                .await
+                .unwrap()
         );
-        let unhashed = folder.stat("/b/x.tar", Some(1)).await.unwrap().unwrap();
-        assert_eq!((unhashed.size, unhashed.content_hash), (8192, None));
-        assert_eq!(folder.stat("/b/y.tar", None).await.unwrap(), None);
+        assert!(
+            !folder
+                .same_content(&found, same(vec![3u8; 8192]), 8192)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -1,224 +1,255 @@
-//! Where backups go. Every destination speaks the same resumable upload: begin a session,
-//! append chunks at known offsets, finish with the last chunk; the session state is serde so
-//! the job can checkpoint it after every acknowledged chunk.
+//! Where backups go. Every destination is one file behind one trait: what it is, how it wants
+//! its bytes cut, list / stat / read back / delete, and a resumable upload session (begin,
+//! append, finish, "where does the server say we are") whose state is its own serde struct,
+//! checkpointed by the job after every acknowledged chunk. Each destination also keeps its own
+//! integrity state in that session and checks it at finish; the copy loop (`transfer::copy`)
+//! separately vouches for the SHA-256 of the bytes it read from the source.
+//!
+//! What wraps a destination (throttling, dry runs) implements the same trait: see `layers`.
 
+pub mod auth;
 pub mod content_hash;
 pub mod dropbox;
-pub mod local;
+pub mod folder;
+pub mod layers;
 
-use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::transfer::TransferError;
-use dropbox::DropboxClient;
-use local::LocalFolder;
+pub use crate::transfer::ByteStream;
+use crate::transfer::{Sha256State, TransferError};
+pub use auth::Authorization;
+
+/// What a destination is, for people: the API, the panel and Home Assistant show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationInfo {
+    /// `folder`, `dropbox`, `s3`, …
+    pub kind: &'static str,
+    /// Where backups land, as a user would write it: `/media/backups` (a folder),
+    /// `/HomeAssistant/Backups` (a Dropbox folder), `s3://bucket/prefix`.
+    pub location: String,
+}
+
+/// How a destination wants its bytes cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRules {
+    /// Every chunk but the last is a multiple of this many bytes.
+    pub multiple: u64,
+    /// Every chunk but the last is at least this long.
+    pub min: u64,
+    /// No chunk is longer.
+    pub max: u64,
+    /// At most this many chunks per upload (S3's part limit), if limited.
+    pub max_chunks: Option<u64>,
+}
+
+impl ChunkRules {
+    /// Any size, one byte at a time if need be.
+    pub const ANY: ChunkRules = ChunkRules {
+        multiple: 1,
+        min: 1,
+        max: u64::MAX,
+        max_chunks: None,
+    };
+
+    /// The chunk size for a `total`-byte upload: `preferred` fitted to the rules, raised until
+    /// `max_chunks` chunks hold `total`.
+    pub fn chunk_for(&self, preferred: u64, total: u64) -> Result<u64, TransferError> {
+        let multiple = self.multiple.max(1);
+        let round_up = |n: u64| n.div_ceil(multiple).saturating_mul(multiple);
+        let mut chunk = round_up(preferred.max(self.min).max(1));
+        if let Some(limit) = self.max_chunks.filter(|l| *l > 0) {
+            chunk = chunk.max(round_up(total.div_ceil(limit)));
+        }
+        let largest = self.max / multiple * multiple;
+        if chunk > largest {
+            if self.max_chunks.is_some() && round_up(preferred.max(self.min)) <= largest {
+                return Err(TransferError::Permanent(format!(
+                    "{total} bytes do not fit in {} pieces of at most {largest} bytes",
+                    self.max_chunks.unwrap_or_default()
+                )));
+            }
+            chunk = largest;
+        }
+        Ok(chunk.max(1))
+    }
+
+    /// Whether a chunk of `len` bytes that is not the last one is allowed.
+    pub fn allows(&self, len: u64) -> bool {
+        len >= self.min && len <= self.max && len.is_multiple_of(self.multiple.max(1))
+    }
+}
+
+/// An open upload's state, owned by its destination and opaque to the copy loop; serde so the
+/// job checkpoints it after every acknowledged chunk. Each destination keeps its own struct in
+/// it, tagged `"type": "<kind>"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Session(pub serde_json::Value);
+
+impl Session {
+    pub fn new<T: Serialize>(state: &T) -> Session {
+        Session(serde_json::to_value(state).expect("session state serializes"))
+    }
+
+    /// The destination's own state; a checkpoint of another destination's session is gone
+    /// for this one.
+    pub fn get<T: DeserializeOwned>(&self) -> Result<T, TransferError> {
+        serde_json::from_value(self.0.clone()).map_err(|e| {
+            TransferError::SessionGone(format!(
+                "the checkpoint holds another destination's upload ({e})"
+            ))
+        })
+    }
+
+    pub fn set<T: Serialize>(&mut self, state: &T) {
+        *self = Session::new(state);
+    }
+}
 
 /// A stored file as the destination reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteFile {
     pub path: String,
     pub size: u64,
-    /// Dropbox's content hash when the destination computes one.
+    /// The destination's own hash of the content, in its own notation, when it keeps one:
+    /// Dropbox's content hash, an S3 checksum, a folder's SHA-256 of what it read back.
     pub content_hash: Option<String>,
 }
 
-/// An open upload, checkpointed with the job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Session {
-    Folder { temp: PathBuf },
-    Dropbox { session_id: String },
+/// What the copy loop vouches for at finish: the plain bytes it read from the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub size: u64,
+    /// Hex SHA-256 of those bytes.
+    pub sha256: &'a str,
 }
 
-#[derive(Clone)]
-pub enum Destination {
-    Folder {
-        folder: LocalFolder,
-        path: String,
-        chunk_size: usize,
-    },
-    Dropbox {
-        client: DropboxClient,
-        path: String,
-        chunk_size: usize,
-    },
+/// An unfinished upload a destination holds on its own (a folder's hidden partial file, an S3
+/// multipart upload), for the sweep that removes those no job will resume.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    pub session: Session,
+    /// Since it was last written (since it was begun, where that is all the server says).
+    pub age: Duration,
+    /// For the log: a path or an upload id.
+    pub label: String,
 }
 
-impl Destination {
-    /// The folder backups go to, as the destination names it.
-    pub fn folder(&self) -> &str {
-        match self {
-            Destination::Folder { path, .. } | Destination::Dropbox { path, .. } => path,
-        }
+#[async_trait::async_trait]
+pub trait Destination: Send + Sync {
+    fn info(&self) -> DestinationInfo;
+
+    fn chunk_rules(&self) -> ChunkRules;
+
+    /// The folder or prefix backups go under, in the destination's own path syntax; upload
+    /// paths are [`remote_path`]`(root, name, date)`.
+    fn root(&self) -> &str;
+
+    /// OAuth destinations: the user has to grant access first.
+    fn authorization(&self) -> Option<&dyn Authorization> {
+        None
     }
 
-    pub fn chunk_size(&self) -> usize {
-        match self {
-            Destination::Folder { chunk_size, .. } | Destination::Dropbox { chunk_size, .. } => {
-                *chunk_size
-            }
-        }
+    /// Once at start-up: checks the destination can be used, and logs what a user should fix.
+    async fn prepare(&self) -> Result<(), TransferError> {
+        Ok(())
     }
 
-    /// False when the user has to authorize it first.
-    pub fn is_authorized(&self) -> bool {
-        match self {
-            Destination::Folder { .. } => true,
-            Destination::Dropbox { client, .. } => client.is_authorized(),
-        }
-    }
+    /// Waits until `bytes` more may be sent (a throttle); the copy loop calls it before each
+    /// chunk, where a stop can interrupt it without losing anything.
+    async fn pace(&self, _bytes: u64) {}
 
-    pub fn dropbox(&self) -> Option<&DropboxClient> {
-        match self {
-            Destination::Dropbox { client, .. } => Some(client),
-            Destination::Folder { .. } => None,
-        }
-    }
+    /// The files directly under `root` (not unfinished uploads).
+    async fn list(&self) -> Result<Vec<RemoteFile>, TransferError>;
 
-    pub async fn begin(&self, remote: &str) -> Result<Session, TransferError> {
-        match self {
-            Destination::Folder { folder, .. } => Ok(Session::Folder {
-                temp: folder.begin(remote).await?,
-            }),
-            Destination::Dropbox { client, .. } => Ok(Session::Dropbox {
-                session_id: client.upload_start().await?,
-            }),
-        }
-    }
+    /// The committed file at `remote`, if there is one.
+    async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError>;
 
-    /// Prepares to continue a checkpointed session at `offset`.
-    pub async fn resume(&self, session: &Session, offset: u64) -> Result<(), TransferError> {
-        match (self, session) {
-            (Destination::Folder { folder, .. }, Session::Folder { temp }) => {
-                folder.resume(temp, offset).await
-            }
-            // Dropbox says where it is when we append (incorrect_offset).
-            (Destination::Dropbox { .. }, Session::Dropbox { .. }) => Ok(()),
-            _ => Err(TransferError::SessionGone(
-                "the checkpoint belongs to another kind of destination".into(),
-            )),
-        }
-    }
+    /// Reads a committed file from byte `offset` on (verify, restore, and the check of a file
+    /// committed before its job heard back).
+    async fn open_at(&self, remote: &str, offset: u64) -> Result<ByteStream, TransferError>;
 
-    pub async fn append(
+    /// Removes a committed file; one already gone is fine.
+    async fn delete(&self, remote: &str) -> Result<(), TransferError>;
+
+    /// Opens an upload of `size` bytes, to be sent in `chunk`-byte pieces (see
+    /// [`ChunkRules::chunk_for`]).
+    async fn begin(&self, remote: &str, size: u64, chunk: u64) -> Result<Session, TransferError>;
+
+    /// Before a checkpointed session is resumed: where the destination says it is, given that
+    /// the checkpoint has `ours` bytes acknowledged. `ours`, or more when the server took a chunk
+    /// whose answer never came (the session is updated to match); `SessionGone` when it is gone.
+    async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError>;
+
+    /// Sends bytes `[offset, offset + chunk.len())`, not the last chunk. `IncorrectOffset(at)`
+    /// when the server is elsewhere.
+    async fn append(
         &self,
-        session: &Session,
+        session: &mut Session,
         offset: u64,
         chunk: Bytes,
+    ) -> Result<(), TransferError>;
+
+    /// The server holds bytes `[offset, offset + bytes.len())` that were never acknowledged
+    /// (it answered further along): fold them into the session's integrity state.
+    fn caught_up(
+        &self,
+        _session: &mut Session,
+        _offset: u64,
+        _bytes: &[u8],
     ) -> Result<(), TransferError> {
-        match (self, session) {
-            (Destination::Folder { folder, .. }, Session::Folder { temp }) => {
-                folder.append(temp, offset, &chunk).await
-            }
-            (Destination::Dropbox { client, .. }, Session::Dropbox { session_id }) => {
-                client.upload_append(session_id, offset, chunk).await
-            }
-            _ => Err(TransferError::SessionGone(
-                "session of another destination kind".into(),
-            )),
-        }
+        Ok(())
     }
 
-    /// Sends the last chunk and commits the file. `expected_hash` is the content hash of
-    /// everything sent; a destination that can check it before the file becomes visible does.
-    pub async fn finish(
+    /// Sends the last chunk (perhaps empty) and commits the file at `remote`, after checking
+    /// its own integrity state and what `sent` vouches for. On a mismatch nothing that looks
+    /// like a good backup is left, and the error is permanent.
+    async fn finish(
         &self,
-        session: &Session,
+        session: &mut Session,
         offset: u64,
         chunk: Bytes,
         remote: &str,
-        expected_hash: &str,
-    ) -> Result<RemoteFile, TransferError> {
-        match (self, session) {
-            (Destination::Folder { folder, .. }, Session::Folder { temp }) => {
-                folder
-                    .finish(temp, offset, &chunk, remote, expected_hash)
-                    .await
-            }
-            (Destination::Dropbox { client, .. }, Session::Dropbox { session_id }) => {
-                let meta = client
-                    .upload_finish(session_id, offset, chunk, remote)
-                    .await?;
-                Ok(RemoteFile {
-                    path: meta.path_display,
-                    size: meta.size,
-                    content_hash: meta.content_hash,
-                })
-            }
-            _ => Err(TransferError::SessionGone(
-                "session of another destination kind".into(),
-            )),
-        }
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, TransferError>;
+
+    /// Throws away an unfinished upload (a cancelled or discarded job's).
+    async fn abandon(&self, session: &Session) -> Result<(), TransferError>;
+
+    /// Unfinished uploads this destination holds on its own under `root`.
+    async fn partials(&self) -> Result<Vec<Partial>, TransferError> {
+        Ok(Vec::new())
     }
 
-    /// The committed file at `remote` with its size, if it exists, and its content hash where
-    /// that is cheap (Dropbox keeps one) or its size is `hash_if_size` (a folder reads the file
-    /// back for it).
-    pub async fn stat(
+    /// Whether `stored` holds exactly `source` (`size` bytes): a file committed before its job
+    /// heard back. This reads the file back and compares SHA-256; a destination that keeps a
+    /// hash of its own computes that from `source` instead.
+    async fn same_content(
         &self,
-        remote: &str,
-        hash_if_size: Option<u64>,
-    ) -> Result<Option<RemoteFile>, TransferError> {
-        match self {
-            Destination::Folder { folder, .. } => folder.stat(remote, hash_if_size).await,
-            Destination::Dropbox { client, .. } => {
-                Ok(client.metadata(remote).await?.map(|m| RemoteFile {
-                    path: m.path_display,
-                    size: m.size,
-                    content_hash: m.content_hash,
-                }))
-            }
+        stored: &RemoteFile,
+        source: ByteStream,
+        size: u64,
+    ) -> Result<bool, TransferError> {
+        if stored.size != size {
+            return Ok(false);
         }
-    }
-
-    /// Throws away an unfinished upload (a cancelled or discarded job's). Dropbox forgets
-    /// sessions by itself after a week and offers no call to close one early.
-    pub async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
-        match session {
-            Session::Folder { temp } => local::remove(temp.clone()).await,
-            Session::Dropbox { .. } => Ok(()),
-        }
-    }
-
-    /// Unfinished uploads this destination holds on its own (the folder's hidden partial
-    /// files); Dropbox keeps its sessions out of sight and drops them by itself.
-    pub async fn partials(&self) -> Result<Vec<Session>, TransferError> {
-        match self {
-            Destination::Folder { folder, path, .. } => Ok(folder
-                .partials(path)
-                .await?
-                .into_iter()
-                .map(|temp| Session::Folder { temp })
-                .collect()),
-            Destination::Dropbox { .. } => Ok(Vec::new()),
-        }
-    }
-
-    /// Paths of the files directly in the backup folder.
-    pub async fn list(&self) -> Result<Vec<String>, TransferError> {
-        match self {
-            Destination::Folder { folder, path, .. } => folder.list(path).await,
-            Destination::Dropbox { client, path, .. } => Ok(client
-                .list_folder(path)
-                .await?
-                .into_iter()
-                .filter_map(|e| match e {
-                    dropbox::Entry::File(f) => Some(f.path_display),
-                    dropbox::Entry::Folder { .. } => None,
-                })
-                .collect()),
-        }
-    }
-
-    pub async fn delete(&self, remote: &str) -> Result<(), TransferError> {
-        match self {
-            Destination::Folder { folder, .. } => folder.delete(remote).await,
-            Destination::Dropbox { client, .. } => client.delete(remote).await,
-        }
+        let theirs = self.open_at(&stored.path, 0).await?;
+        let (a, b) = tokio::try_join!(
+            crate::transfer::sha256_of(source),
+            crate::transfer::sha256_of(theirs)
+        )?;
+        Ok(a.0 == size && b.0 == size && a.1 == b.1)
     }
 }
+
+/// Shared by the jobs, the operator actions and the sweeps.
+pub type SharedDestination = std::sync::Arc<dyn Destination>;
+
+/// A hash state as checkpoints keep it: SHA-256 in progress, serialized.
+pub type HashState = Sha256State;
 
 /// `{folder}/{name}_{date}.tar` with the name made safe for any file system.
 pub fn remote_path(folder: &str, name: &str, date: &chrono::DateTime<chrono::Utc>) -> String {
@@ -259,5 +290,45 @@ mod tests {
             remote_path("", "../..", &date),
             "/.._.._2026-11-22T03-00-05Z.tar"
         );
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn chunk_sizes_follow_each_destinations_rules() {
+        let dropbox = ChunkRules {
+            multiple: 4 * MIB,
+            min: 4 * MIB,
+            max: 148 * MIB,
+            max_chunks: None,
+        };
+        assert_eq!(
+            dropbox.chunk_for(8 * MIB, 10 * 1024 * MIB).unwrap(),
+            8 * MIB
+        );
+        assert_eq!(dropbox.chunk_for(5 * MIB, 1).unwrap(), 8 * MIB);
+        assert_eq!(dropbox.chunk_for(500 * MIB, 1).unwrap(), 148 * MIB);
+        let graph = ChunkRules {
+            multiple: 320 * 1024,
+            min: 320 * 1024,
+            max: 60 * MIB - 1,
+            max_chunks: None,
+        };
+        let c = graph.chunk_for(8 * MIB, 1).unwrap();
+        assert!(graph.allows(c) && c >= 8 * MIB, "{c}");
+        assert_eq!(graph.chunk_for(100 * MIB, 1).unwrap(), 191 * 320 * 1024);
+        // S3-compatible with 1,000 parts: 20 GiB needs parts larger than the preferred 8 MiB.
+        let s3 = ChunkRules {
+            multiple: 1,
+            min: 5 * MIB,
+            max: 5 * 1024 * MIB,
+            max_chunks: Some(1000),
+        };
+        let total = 20 * 1024 * MIB;
+        let c = s3.chunk_for(8 * MIB, total).unwrap();
+        assert!(total.div_ceil(c) <= 1000 && c < 21 * MIB, "{c}");
+        assert_eq!(s3.chunk_for(1, 10).unwrap(), 5 * MIB);
+        assert!(s3.chunk_for(8 * MIB, 6 * 1024 * 1024 * MIB).is_err());
+        assert_eq!(ChunkRules::ANY.chunk_for(3, 100).unwrap(), 3);
     }
 }
