@@ -321,12 +321,15 @@ mod tests {
         let c = load(&write(dir.path(), SEED), Path::new("/data")).unwrap();
         assert_eq!(c.data_dir, Path::new("/data"));
         let d = &c.destinations["dropbox"];
-        assert_eq!(d.app_key.as_deref(), Some("abc123"));
+        let crate::config::DestinationKind::Dropbox(dropbox) = &d.kind else {
+            panic!("the add-on's destination is Dropbox")
+        };
+        assert_eq!(dropbox.app_key, "abc123");
         assert!(
-            d.app_secret.is_none(),
+            dropbox.app_secret.is_none(),
             "an empty secret means PKCE without one"
         );
-        assert_eq!(d.path, "/HomeAssistant/Backups");
+        assert_eq!(dropbox.path, "/HomeAssistant/Backups");
         assert_eq!(d.max_backups, 5);
         let s = c.snapshots.as_ref().unwrap();
         assert!(s.enabled);

@@ -256,14 +256,19 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     if let Err(e) = jobs::snapshot::sweep_partials(&setup.services, &store, true).await {
         warn!(error = %e, "could not look for unfinished uploads to remove");
     }
-    for (name, d) in &config.destinations {
-        if d.kind == crate::config::DestinationKind::Folder {
-            std::fs::create_dir_all(&d.path).map_err(|e| {
-                StartError::Other(format!(
-                    "cannot create folder {} of destination {name}: {e}",
-                    d.path
-                ))
-            })?;
+    // Each destination checks it can be used (a folder is created, a bucket looked at); what
+    // only the user can fix stops the start, a network that is down for now does not.
+    for name in setup.services.destination_names() {
+        let dest = setup
+            .services
+            .destination(name)
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        match dest.prepare().await {
+            Ok(()) => {}
+            Err(crate::transfer::TransferError::Permanent(why)) => {
+                return Err(StartError::Other(format!("destination {name}: {why}")));
+            }
+            Err(e) => warn!(destination = %name, error = %e, "could not check the destination now"),
         }
     }
     for s in config.sources.values() {

@@ -350,10 +350,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 .services
                 .destination(&destination)
                 .map_err(|e| usage(e.to_string()))?;
-            let client = dest.dropbox().ok_or_else(|| {
+            let client = dest.authorization().ok_or_else(|| {
                 usage(format!("destination {destination} needs no authorization"))
             })?;
-            let pkce = crate::destinations::dropbox::Pkce::generate();
+            let pkce = crate::destinations::auth::Pkce::generate();
             println!(
                 "1. Open this link and allow access:\n\n   {}\n",
                 client.authorize_url(&pkce, None, None)

@@ -303,7 +303,7 @@ pub async fn wanted_notifications(
         let Ok(dest) = services.destination(name) else {
             continue;
         };
-        if dest.dropbox().is_some() && !dest.is_authorized() {
+        if dest.authorization().is_some_and(|a| !a.is_authorized()) {
             out.push(Notification {
                 id: format!("{NOTIFICATION_PREFIX}reauthorize_{name}"),
                 title: format!("offsite: Dropbox destination \"{name}\" needs authorization"),
@@ -466,7 +466,7 @@ pub async fn wanted_sensors(
                 "state_class": "measurement",
                 "icon": "mdi:archive",
                 "destination": name,
-                "authorized": services.destination(name).map(|d| d.is_authorized()).unwrap_or(false),
+                "authorized": services.is_authorized(name),
                 "newest": stored.iter().map(|u| u.backup_date).max().map(iso),
                 "bytes": stored.iter().map(|u| u.size).sum::<i64>(),
             }),

@@ -118,19 +118,9 @@ pub(crate) fn view_from(
     };
     Ok(DestinationView {
         name: name.into(),
-        kind: if dest.dropbox().is_some() {
-            "dropbox"
-        } else {
-            "folder"
-        }
-        .into(),
-        folder: match dest {
-            crate::destinations::Destination::Folder { folder, .. } => {
-                folder.root.display().to_string()
-            }
-            _ => dest.folder().to_string(),
-        },
-        authorized: dest.is_authorized(),
+        kind: dest.info().kind.into(),
+        folder: dest.info().location,
+        authorized: dest.authorization().is_none_or(|a| a.is_authorized()),
         backups: stored().count(),
         last_upload_at: stored().map(|u| u.uploaded_at).max(),
     })
@@ -175,7 +165,7 @@ pub(crate) fn begin_authorization(state: &AppState, name: &str) -> Result<String
     let nonce = format!("{:032x}", rand::random::<u128>());
     // With a registered redirect URI Dropbox sends the user back to /callback; without one it
     // shows a code to paste.
-    let redirect = state.services.redirect_uri(name);
+    let redirect = client.redirect_uri().map(str::to_owned);
     let url = client.authorize_url(
         &pkce,
         redirect.as_deref(),
@@ -204,12 +194,12 @@ pub(crate) fn pending_authorization(state: &AppState, name: &str) -> Option<Pend
 fn dropbox_of<'a>(
     state: &'a AppState,
     name: &str,
-) -> Result<&'a crate::destinations::dropbox::DropboxClient, ApiError> {
+) -> Result<&'a dyn crate::destinations::Authorization, ApiError> {
     state
         .services
         .destination(name)
         .map_err(|_| ApiError::NotFound(format!("destination {name:?} is not configured")))?
-        .dropbox()
+        .authorization()
         .ok_or_else(|| ApiError::Conflict(format!("destination {name:?} needs no authorization")))
 }
 
@@ -243,7 +233,7 @@ pub(crate) async fn finish_authorization(
     name: &str,
     code: &str,
 ) -> Result<(), ApiError> {
-    let client = dropbox_of(state, name)?.clone();
+    let client = dropbox_of(state, name)?;
     let code = code.trim();
     if code.is_empty() {
         return Err(ApiError::Validation(vec![FieldError::new(
@@ -341,7 +331,7 @@ pub async fn callback(
     let Ok(client) = dropbox_of(&state, &name) else {
         return page(StatusCode::NOT_FOUND, "Unknown destination", &name);
     };
-    let redirect = state.services.redirect_uri(&name);
+    let redirect = client.redirect_uri().map(str::to_owned);
     if let Err(e) = client
         .exchange_code(&code, &pending.pkce.verifier, redirect.as_deref())
         .await

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::services::Services;
 use crate::{
     config::DestinationConfig,
+    destinations::{Destination, layers::DryRun},
     queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Worker, store::UploadRecord},
 };
 
@@ -115,14 +116,20 @@ pub struct RetentionPruneWorker(pub Arc<Services>);
 
 impl Worker<RetentionPruneArgs> for RetentionPruneWorker {
     async fn work(&self, ctx: JobContext, args: RetentionPruneArgs) -> Result<(), JobError> {
-        let dest = self.0.destination(&args.destination)?;
+        let inner = self.0.destination(&args.destination)?;
+        // A dry run goes through the same steps against a destination that deletes nothing.
+        let dry_run = args.dry_run.then(|| DryRun::new(inner.clone()));
+        let dest: &dyn Destination = match &dry_run {
+            Some(d) => d,
+            None => &**inner,
+        };
         let policy = self.0.retention(&args.destination);
         // A failed listing fails the job before anything is deleted.
         let listed: HashSet<String> = dest
             .list()
             .await?
             .into_iter()
-            .map(|p| p.to_lowercase())
+            .map(|f| f.path.to_lowercase())
             .collect();
         let ours = ctx
             .store()
@@ -141,15 +148,6 @@ impl Worker<RetentionPruneArgs> for RetentionPruneWorker {
             .filter(|(i, _)| !keep.contains(i))
             .map(|(_, u)| u)
             .collect();
-        let paths: Vec<&str> = doomed.iter().map(|u| u.remote_path.as_str()).collect();
-        if args.dry_run {
-            info!(destination = %args.destination, would_delete = ?paths, "retention dry run");
-            return ctx
-                .save_checkpoint(
-                    &json!({"dry_run": true, "kept": keep.len(), "would_delete": paths}),
-                )
-                .await;
-        }
         // Two records can name one file (same name and second): never delete a kept one.
         let kept_paths: HashSet<String> = present
             .iter()
@@ -158,31 +156,35 @@ impl Worker<RetentionPruneArgs> for RetentionPruneWorker {
             .map(|(_, u)| u.remote_path.to_lowercase())
             .collect();
         let mut deleted = Vec::new();
+        let done = |deleted: &Vec<String>| match &dry_run {
+            Some(d) => {
+                json!({"dry_run": true, "kept": keep.len(), "would_delete": d.would_delete()})
+            }
+            None => json!({"dry_run": false, "kept": keep.len(), "deleted": deleted}),
+        };
         for upload in doomed {
-            if kept_paths.contains(&upload.remote_path.to_lowercase()) {
+            if !kept_paths.contains(&upload.remote_path.to_lowercase()) {
+                if let Err(e) = dest.delete(&upload.remote_path).await {
+                    warn!(path = %upload.remote_path, error = %e, "could not delete an old copy");
+                    ctx.save_checkpoint(&done(&deleted)).await?;
+                    return Err(e.into());
+                }
+                if dry_run.is_none() {
+                    info!(path = %upload.remote_path, "deleted old copy");
+                }
+                deleted.push(upload.remote_path.clone());
+            }
+            if dry_run.is_none() {
                 ctx.store()
                     .mark_upload_deleted(upload.id, ctx.job_id())
                     .await
                     .map_err(JobError::retryable)?;
-                continue;
             }
-            if let Err(e) = dest.delete(&upload.remote_path).await {
-                warn!(path = %upload.remote_path, error = %e, "could not delete an old copy");
-                ctx.save_checkpoint(
-                    &json!({"dry_run": false, "kept": keep.len(), "deleted": deleted}),
-                )
-                .await?;
-                return Err(e.into());
-            }
-            ctx.store()
-                .mark_upload_deleted(upload.id, ctx.job_id())
-                .await
-                .map_err(JobError::retryable)?;
-            info!(path = %upload.remote_path, "deleted old copy");
-            deleted.push(upload.remote_path.clone());
         }
-        ctx.save_checkpoint(&json!({"dry_run": false, "kept": keep.len(), "deleted": deleted}))
-            .await
+        if dry_run.is_some() {
+            info!(destination = %args.destination, would_delete = ?deleted, "retention dry run");
+        }
+        ctx.save_checkpoint(&done(&deleted)).await
     }
 }
 
@@ -206,6 +208,7 @@ mod tests {
                 size: 1,
                 remote_path: format!("/b{i}.tar"),
                 content_hash: None,
+                sha256: None,
                 job_id: None,
                 uploaded_at: *d,
                 deleted_at: None,

@@ -1,14 +1,14 @@
 //! The sources and destinations named in the configuration, built once and shared by the
-//! jobs that move backups.
+//! jobs that move backups. This is the one place that picks a destination's implementation
+//! from its `type`, and wraps it in the layers its settings ask for.
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use crate::{
     config::{Config, ConfigError, DestinationConfig, DestinationKind, Secret, SourceConfig},
     destinations::{
-        Destination,
-        dropbox::{DropboxClient, DropboxSettings},
-        local::LocalFolder,
+        SharedDestination, auth::credential_file, dropbox::DropboxDestination, folder::LocalFolder,
+        layers::Throttle,
     },
     jobs::retention::RetentionPolicy,
     sources::{Source, folder::FolderSource, supervisor::SupervisorSource},
@@ -17,7 +17,7 @@ use crate::{
 
 pub struct Services {
     sources: BTreeMap<String, Source>,
-    destinations: BTreeMap<String, (Destination, DestinationConfig)>,
+    destinations: BTreeMap<String, (SharedDestination, DestinationConfig)>,
 }
 
 fn http_client() -> Result<reqwest::Client, ConfigError> {
@@ -27,11 +27,9 @@ fn http_client() -> Result<reqwest::Client, ConfigError> {
         .map_err(|e| ConfigError::new(format!("cannot set up HTTPS: {e}")))
 }
 
-/// Where a destination's credentials are kept (owner-only permissions).
+/// Where a Dropbox destination's credentials are kept (owner-only permissions).
 pub fn token_file(data_dir: &Path, destination: &str) -> std::path::PathBuf {
-    data_dir
-        .join("credentials")
-        .join(format!("dropbox-{destination}.json"))
+    credential_file(data_dir, "dropbox", destination)
 }
 
 impl Services {
@@ -40,7 +38,7 @@ impl Services {
         let mut sources = BTreeMap::new();
         for (name, s) in &config.sources {
             let source = match s {
-                SourceConfig::Folder { path } => Source::Folder(FolderSource::new(path.clone())),
+                SourceConfig::Folder { path } => Source::from(FolderSource::new(path.clone())),
                 SourceConfig::Supervisor { url, token } => {
                     let token = token
                         .clone()
@@ -51,36 +49,24 @@ impl Services {
                                 "not set, and SUPERVISOR_TOKEN is not in the environment (is this running as a Home Assistant add-on?)",
                             )
                         })?;
-                    Source::Supervisor(SupervisorSource::new(url.clone(), token, http.clone()))
+                    Source::from(SupervisorSource::new(url.clone(), token, http.clone()))
                 }
             };
             sources.insert(name.clone(), source);
         }
         let mut destinations = BTreeMap::new();
         for (name, d) in &config.destinations {
-            let chunk_size = (d.chunk_mib * 1024 * 1024) as usize;
-            let destination = match d.kind {
-                DestinationKind::Folder => Destination::Folder {
-                    folder: LocalFolder::new(d.path.clone().into()),
-                    path: String::new(),
-                    chunk_size,
-                },
-                DestinationKind::Dropbox => Destination::Dropbox {
-                    client: DropboxClient::new(
-                        DropboxSettings {
-                            app_key: d.app_key.clone().unwrap_or_default(),
-                            app_secret: d.app_secret.clone(),
-                            api_url: d.api_url.trim_end_matches('/').to_string(),
-                            content_url: d.content_url.trim_end_matches('/').to_string(),
-                            authorize_url: d.authorize_url.clone(),
-                        },
-                        token_file(&config.data_dir, name),
-                        http.clone(),
-                    ),
-                    path: d.path.trim_end_matches('/').to_string(),
-                    chunk_size,
-                },
+            let mut destination: SharedDestination = match &d.kind {
+                DestinationKind::Folder(c) => Arc::new(LocalFolder::new(c.path.clone())),
+                DestinationKind::Dropbox(c) => Arc::new(DropboxDestination::new(
+                    c,
+                    token_file(&config.data_dir, name),
+                    http.clone(),
+                )),
             };
+            if d.throttle_bytes_per_sec > 0 {
+                destination = Arc::new(Throttle::new(destination, d.throttle_bytes_per_sec));
+            }
             destinations.insert(name.clone(), (destination, d.clone()));
         }
         Ok(Services {
@@ -95,7 +81,7 @@ impl Services {
             .ok_or_else(|| TransferError::Permanent(format!("source {name:?} is not configured")))
     }
 
-    pub fn destination(&self, name: &str) -> Result<&Destination, TransferError> {
+    pub fn destination(&self, name: &str) -> Result<&SharedDestination, TransferError> {
         self.destinations.get(name).map(|(d, _)| d).ok_or_else(|| {
             TransferError::Permanent(format!("destination {name:?} is not configured"))
         })
@@ -113,10 +99,13 @@ impl Services {
         self.destinations.contains_key(name)
     }
 
-    pub fn throttle(&self, name: &str) -> u64 {
+    /// The chunk size the destination's settings ask for, in bytes.
+    pub fn chunk_size(&self, name: &str) -> u64 {
         self.destinations
             .get(name)
-            .map_or(0, |(_, c)| c.throttle_bytes_per_sec)
+            .map_or(crate::config::default_chunk_mib(), |(_, c)| c.chunk_mib)
+            * 1024
+            * 1024
     }
 
     pub fn retention(&self, name: &str) -> RetentionPolicy {
@@ -130,10 +119,11 @@ impl Services {
         !self.retention(name).keeps_everything()
     }
 
-    pub fn redirect_uri(&self, name: &str) -> Option<String> {
-        self.destinations
-            .get(name)
-            .and_then(|(_, c)| c.redirect_uri.clone())
+    /// Whether the destination waits for the user to grant access.
+    pub fn is_authorized(&self, name: &str) -> bool {
+        self.destination(name)
+            .map(|d| d.authorization().is_none_or(|a| a.is_authorized()))
+            .unwrap_or(false)
     }
 }
 

@@ -2,24 +2,25 @@
 //! files) to each destination, once per (backup, destination), resumable from the last
 //! acknowledged chunk after a crash.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use super::services::Services;
 use crate::{
-    destinations::{Session, content_hash::ContentHasher, remote_path},
+    destinations::{Session, remote_path},
     queue::{
         EnqueueRequest, FieldError, JobArgs, JobContext, JobError, KindSettings, Progress, Worker,
         store::UploadRecord,
     },
-    sources::BackupStream,
-    transfer::TransferError,
+    transfer::{
+        TransferError,
+        checkpoint::CopyCheckpoint,
+        copy::{Copied, Copy, copy},
+    },
 };
 
 // ------------------------------------------------------------------ snapshot_scan
@@ -170,306 +171,40 @@ impl JobArgs for SnapshotUploadArgs {
     }
 }
 
-/// Saved after every acknowledged chunk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UploadCheckpoint {
-    pub remote_path: String,
-    pub session: Option<Session>,
-    /// Bytes the destination has acknowledged.
-    pub offset: u64,
-    /// Content-hash state at `offset`: the block digests so far (hex).
-    pub hash: String,
-}
-
-impl UploadCheckpoint {
-    /// The hash state covers exactly the acknowledged bytes.
-    fn is_consistent(&self) -> bool {
-        ContentHasher::resume(&self.hash).is_some()
-            && (self.hash.len() / 64) as u64 * crate::destinations::content_hash::BLOCK as u64
-                == self.offset
-    }
-}
-
 pub struct SnapshotUploadWorker(pub Arc<Services>);
-
-/// Chunk buffers, reused: allocating a fresh chunk for every request fragments the heap and
-/// lets memory creep up over a long upload.
-#[derive(Default)]
-struct Buffers(Option<BytesMut>);
-
-impl Buffers {
-    fn take(&mut self, size: usize) -> BytesMut {
-        match self.0.take() {
-            Some(mut b) => {
-                b.clear();
-                b.reserve(size);
-                b
-            }
-            None => BytesMut::with_capacity(size),
-        }
-    }
-
-    /// Takes a sent chunk back once nobody else holds it.
-    fn recycle(&mut self, chunk: Bytes) {
-        if let Ok(b) = chunk.try_into_mut() {
-            self.0 = Some(b);
-        }
-    }
-}
-
-/// Reads up to `size` bytes (fewer only at the end of the stream).
-async fn read_chunk(
-    stream: &mut BackupStream,
-    size: usize,
-    buffers: &mut Buffers,
-) -> Result<Bytes, TransferError> {
-    let mut buf = buffers.take(size);
-    while buf.len() < size {
-        // A reused buffer may have room for more than one chunk: never read past `size`.
-        let room = size - buf.len();
-        let n = stream
-            .read_buf(&mut (&mut buf).limit(room))
-            .await
-            .map_err(|e| TransferError::Temporary(format!("reading the backup failed: {e}")))?;
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(buf.freeze())
-}
-
-/// Paces uploads to `rate` bytes per second over the attempt.
-struct Throttle {
-    rate: u64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Throttle {
-    async fn sent(&mut self, n: usize, ctx: &JobContext) -> Result<(), JobError> {
-        if self.rate == 0 {
-            return Ok(());
-        }
-        self.sent += n as u64;
-        let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            ctx.touch();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = ctx.stopping() => return Err(JobError::Interrupted),
-            }
-            ctx.touch();
-        }
-        Ok(())
-    }
-}
-
-/// How often one attempt may start an upload over after losing its session. Past that the
-/// attempt fails and backs off: a destination that keeps losing what it was given must not be
-/// fed the same bytes in a tight loop.
-const RESTARTS_PER_ATTEMPT: u32 = 1;
 
 impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
     async fn work(&self, ctx: JobContext, args: SnapshotUploadArgs) -> Result<(), JobError> {
         let services = &self.0;
         let source = services.source(&args.source)?;
         let dest = services.destination(&args.destination)?;
-        if !dest.is_authorized() {
+        if let Some(auth) = dest.authorization()
+            && !auth.is_authorized()
+        {
             return Err(TransferError::Unauthorized(format!(
                 "destination {} is waiting for authorization (offsite auth {})",
                 args.destination, args.destination
             ))
             .into());
         }
-        let remote = remote_path(dest.folder(), &args.name, &args.date);
-        let chunk = dest.chunk_size();
-        let fresh = || UploadCheckpoint {
-            remote_path: remote.clone(),
-            ..Default::default()
-        };
-        let mut cp: UploadCheckpoint = ctx
-            .checkpoint()
-            .filter(|c: &UploadCheckpoint| c.remote_path == remote && c.is_consistent())
-            .unwrap_or_else(fresh);
-        let mut throttle = Throttle {
-            rate: services.throttle(&args.destination),
-            started: Instant::now(),
-            sent: 0,
-        };
-        let mut restarts = 0;
-
-        'session: loop {
-            // A later attempt of an upload that had begun: if the last one died after the
-            // destination committed the file but before the answer came, the file is there.
-            if cp.session.is_some()
-                && ctx.attempt() > 1
-                && restarts == 0
-                && let Some(done) = self.take_committed(&ctx, &args, &remote).await?
-            {
-                return done;
-            }
-            if let Some(session) = &cp.session {
-                match dest.resume(session, cp.offset).await {
-                    Ok(()) => info!(offset = cp.offset, "resuming upload from its checkpoint"),
-                    Err(TransferError::SessionGone(why)) => {
-                        warn!(%why, "upload session is gone");
-                        cp = self.start_over(&ctx, &mut restarts, &remote).await?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let (session, mut stream, total) = match cp.session.clone() {
-                Some(session) => {
-                    let (stream, total) = source.open(&args.backup, cp.offset).await?;
-                    (session, stream, total)
-                }
-                None => {
-                    if let Some(done) = self.take_committed(&ctx, &args, &remote).await? {
-                        return done;
-                    }
-                    // The source first: a backup that vanished opens no destination session.
-                    let (stream, total) = source.open(&args.backup, 0).await?;
-                    let session = dest.begin(&remote).await?;
-                    cp = UploadCheckpoint {
-                        session: Some(session.clone()),
-                        ..fresh()
-                    };
-                    ctx.save_checkpoint(&cp).await?;
-                    (session, stream, total)
-                }
-            };
-            let mut hasher = ContentHasher::resume(&cp.hash).unwrap_or_default();
-            let mut offset = cp.offset;
-            let mut buffers = Buffers::default();
-            let mut current = read_chunk(&mut stream, chunk, &mut buffers).await?;
-            loop {
-                let end = offset + current.len() as u64;
-                if end > total || (end < total && current.len() < chunk) {
-                    return Err(JobError::retryable(format!(
-                        "the source changed size while reading: {end} of {total} bytes"
-                    )));
-                }
-                let last = end == total;
-                // Hash the chunk on another thread while the destination takes it.
-                let hashing = {
-                    let bytes = current.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let mut h = ContentHasher::new();
-                        h.update(&bytes);
-                        h
-                    })
-                };
-                // A slow chunk is progress too: the client watches the request itself.
-                let keepalive = ctx.keep_alive();
-                let (sent, chunk_hash) = if last {
-                    // The destination checks what it stored against everything sent.
-                    let chunk_hash = joined(hashing).await?;
-                    let mut all = hasher.clone();
-                    if !all.append(chunk_hash.clone()) {
-                        all.update(&current);
-                    }
-                    let sent = dest
-                        .finish(&session, offset, current.clone(), &remote, &all.finalize())
-                        .await
-                        .map(Some);
-                    (sent, chunk_hash)
-                } else {
-                    let sent = dest
-                        .append(&session, offset, current.clone())
-                        .await
-                        .map(|()| None);
-                    (sent, joined(hashing).await?)
-                };
-                drop(keepalive);
-                match sent {
-                    Ok(stored) => {
-                        if !hasher.append(chunk_hash) {
-                            hasher.update(&current);
-                        }
-                        offset = end;
-                        if let Some(stored) = stored {
-                            return self
-                                .finished(&ctx, &args, hasher.finalize(), stored, total)
-                                .await;
-                        }
-                        let Some(hash) = hasher.state() else {
-                            return Err(JobError::Permanent(format!(
-                                "internal error: chunk end {offset} is not on a 4 MiB block boundary"
-                            )));
-                        };
-                        // Checkpoint first, then wait: a kill during the wait re-sends nothing.
-                        cp.offset = offset;
-                        cp.hash = hash;
-                        ctx.save_checkpoint(&cp).await?;
-                        ctx.progress(Progress {
-                            done: offset,
-                            total: Some(total),
-                            unit: "bytes",
-                            message: Some(format!("{} → {}", args.name, args.destination)),
-                        })
-                        .await?;
-                        throttle.sent(current.len(), &ctx).await?;
-                        buffers.recycle(std::mem::take(&mut current));
-                        current = read_chunk(&mut stream, chunk, &mut buffers).await?;
-                    }
-                    // The destination got more than our checkpoint knows (it acknowledged a
-                    // chunk we never heard back about): hash the bytes it has and go on from there.
-                    Err(TransferError::IncorrectOffset(at)) if at > offset && at <= total => {
-                        warn!(
-                            ours = offset,
-                            theirs = at,
-                            "destination is further along; continuing from its offset"
-                        );
-                        let mut pending = current.clone();
-                        while offset < at {
-                            if pending.is_empty() {
-                                pending = read_chunk(&mut stream, chunk, &mut buffers).await?;
-                                if pending.is_empty() {
-                                    return Err(JobError::retryable(
-                                        "the source ended before the destination's offset",
-                                    ));
-                                }
-                            }
-                            let take = ((at - offset) as usize).min(pending.len());
-                            hasher.update(&pending[..take]);
-                            pending = pending.slice(take..);
-                            offset += take as u64;
-                            ctx.touch();
-                        }
-                        // Only a block boundary can be checkpointed (the hash state is per block).
-                        if let Some(hash) = hasher.state() {
-                            cp.offset = offset;
-                            cp.hash = hash;
-                            ctx.save_checkpoint(&cp).await?;
-                        }
-                        current = if pending.len() >= chunk
-                            || offset + pending.len() as u64 == total
-                        {
-                            pending
-                        } else {
-                            let mut joined = BytesMut::from(&pending[..]);
-                            let more = read_chunk(&mut stream, chunk - pending.len(), &mut buffers)
-                                .await?;
-                            joined.extend_from_slice(&more);
-                            joined.freeze()
-                        };
-                    }
-                    Err(
-                        e @ (TransferError::IncorrectOffset(_) | TransferError::SessionGone(_)),
-                    ) => {
-                        warn!(error = %e, "upload session lost or inconsistent");
-                        cp = self.start_over(&ctx, &mut restarts, &remote).await?;
-                        continue 'session;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+        let backup = source.backup(&args.backup);
+        let copied = copy(
+            &ctx,
+            Copy {
+                source: &backup,
+                dest: &**dest,
+                remote: remote_path(dest.root(), &args.name, &args.date),
+                chunk: services.chunk_size(&args.destination),
+                label: format!("{} → {}", args.name, args.destination),
+            },
+        )
+        .await?;
+        self.finished(&ctx, &args, copied).await
     }
 
     async fn abandoned(&self, args: SnapshotUploadArgs, checkpoint: Option<serde_json::Value>) {
         let Some(session) = checkpoint
-            .and_then(|v| serde_json::from_value::<UploadCheckpoint>(v).ok())
+            .and_then(|v| serde_json::from_value::<CopyCheckpoint>(v).ok())
             .and_then(|cp| cp.session)
         else {
             return;
@@ -501,7 +236,7 @@ pub async fn sweep_partials(
     let sessions = |checkpoints: Vec<serde_json::Value>| -> Vec<Session> {
         checkpoints
             .into_iter()
-            .filter_map(|v| serde_json::from_value::<UploadCheckpoint>(v).ok()?.session)
+            .filter_map(|v| serde_json::from_value::<CopyCheckpoint>(v).ok()?.session)
             .collect()
     };
     let kind = SnapshotUploadArgs::KIND;
@@ -517,6 +252,13 @@ pub async fn sweep_partials(
             .await
             .map_err(JobError::retryable)?,
     );
+    // At start-up no worker of this process runs yet, but another instance on the same
+    // database may have just created a partial it has not checkpointed yet.
+    let orphan_age = if at_start {
+        STARTUP_ORPHAN_AGE
+    } else {
+        ORPHAN_AGE
+    };
     let mut removed = 0;
     for name in services.destination_names() {
         let dest = services.destination(name)?;
@@ -529,32 +271,17 @@ pub async fn sweep_partials(
             }
         };
         for partial in partials {
-            if live.contains(&partial) {
+            if live.contains(&partial.session) {
                 continue;
             }
-            let Session::Folder { temp } = &partial else {
-                continue;
-            };
-            let age = std::fs::metadata(temp)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            // At start-up no worker of this process runs yet, but another instance on the
-            // same database may have just created a partial it has not checkpointed yet.
-            let orphan_age = if at_start {
-                STARTUP_ORPHAN_AGE
-            } else {
-                ORPHAN_AGE
-            };
-            if age >= orphan_age || ended.contains(&partial) {
-                match dest.abandon(&partial).await {
+            if partial.age >= orphan_age || ended.contains(&partial.session) {
+                match dest.abandon(&partial.session).await {
                     Ok(()) => {
-                        info!(file = %temp.display(), "removed an unfinished upload no job will resume");
+                        info!(upload = %partial.label, "removed an unfinished upload no job will resume");
                         removed += 1;
                     }
                     Err(e) => {
-                        warn!(file = %temp.display(), error = %e, "could not remove an unfinished upload")
+                        warn!(upload = %partial.label, error = %e, "could not remove an unfinished upload")
                     }
                 }
             }
@@ -563,157 +290,14 @@ pub async fn sweep_partials(
     Ok(removed)
 }
 
-async fn joined(task: tokio::task::JoinHandle<ContentHasher>) -> Result<ContentHasher, JobError> {
-    task.await
-        .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))
-}
-
-/// Reads the whole stream for its length and content hash, as a destination would compute it.
-async fn hash_stream(
-    ctx: &JobContext,
-    stream: &mut BackupStream,
-) -> Result<(u64, String), TransferError> {
-    let mut hasher = ContentHasher::new();
-    let mut buffers = Buffers::default();
-    let mut len = 0u64;
-    loop {
-        let chunk = read_chunk(
-            stream,
-            crate::destinations::content_hash::BLOCK,
-            &mut buffers,
-        )
-        .await?;
-        if chunk.is_empty() {
-            return Ok((len, hasher.finalize()));
-        }
-        len += chunk.len() as u64;
-        let (h, chunk) = tokio::task::spawn_blocking(move || {
-            let mut h = ContentHasher::new();
-            h.update(&chunk);
-            (h, chunk)
-        })
-        .await
-        .map_err(|e| TransferError::Temporary(format!("hashing failed: {e}")))?;
-        if !hasher.append(h) {
-            hasher.update(&chunk);
-        }
-        buffers.recycle(chunk);
-        ctx.touch();
-    }
-}
-
 impl SnapshotUploadWorker {
-    /// Begins the upload again from byte 0, at most `RESTARTS_PER_ATTEMPT` times an attempt.
-    async fn start_over(
-        &self,
-        ctx: &JobContext,
-        restarts: &mut u32,
-        remote: &str,
-    ) -> Result<UploadCheckpoint, JobError> {
-        *restarts += 1;
-        if *restarts > RESTARTS_PER_ATTEMPT {
-            return Err(JobError::retryable(
-                "the destination lost the upload session again; trying later",
-            ));
-        }
-        warn!("starting the upload again from the beginning");
-        let cp = UploadCheckpoint {
-            remote_path: remote.to_string(),
-            ..Default::default()
-        };
-        ctx.save_checkpoint(&cp).await?;
-        Ok(cp)
-    }
-
-    /// A crash after the destination committed the file but before we heard back leaves it
-    /// there unrecorded: record it (and finish) if it is this backup, byte for byte, instead
-    /// of sending it all again.
-    async fn take_committed(
-        &self,
-        ctx: &JobContext,
-        args: &SnapshotUploadArgs,
-        remote: &str,
-    ) -> Result<Option<Result<(), JobError>>, JobError> {
-        let Some((stored, ours)) = self.committed_copy(ctx, args, remote).await? else {
-            return Ok(None);
-        };
-        info!(remote = %stored.path, "the destination already has this backup, complete and intact");
-        let size = stored.size;
-        Ok(Some(self.finished(ctx, args, ours, stored, size).await))
-    }
-
-    /// The file already at `remote`, with the content hash of the source, when it is this
-    /// backup exactly: the same length and the same content hash as the source read locally
-    /// (reading costs far less than sending).
-    async fn committed_copy(
-        &self,
-        ctx: &JobContext,
-        args: &SnapshotUploadArgs,
-        remote: &str,
-    ) -> Result<Option<(crate::destinations::RemoteFile, String)>, JobError> {
-        let dest = self.0.destination(&args.destination)?;
-        let Some(found) = dest.stat(remote, None).await? else {
-            return Ok(None);
-        };
-        let (mut stream, total) = self.0.source(&args.source)?.open(&args.backup, 0).await?;
-        if found.size != total {
-            warn!(
-                remote,
-                theirs = found.size,
-                ours = total,
-                "a file of another size is already at the upload's path"
-            );
-            return Ok(None);
-        }
-        // Reading a large file back (a folder on a slow NAS) is progress too.
-        let keepalive = ctx.keep_alive();
-        let found = match found.content_hash {
-            Some(_) => found,
-            None => match dest.stat(remote, Some(total)).await? {
-                Some(found) => found,
-                None => return Ok(None),
-            },
-        };
-        let (len, ours) = hash_stream(ctx, &mut stream).await?;
-        drop(keepalive);
-        if len != total || found.content_hash.as_deref() != Some(ours.as_str()) {
-            warn!(
-                remote,
-                "a file with other content is already at the upload's path"
-            );
-            return Ok(None);
-        }
-        Ok(Some((found, ours)))
-    }
-
-    /// Records a stored file whose content hash the destination reported as `theirs`; `ours` is
-    /// the hash of the bytes read from the source.
+    /// Records the stored, checked copy and asks for retention.
     async fn finished(
         &self,
         ctx: &JobContext,
         args: &SnapshotUploadArgs,
-        ours: String,
-        stored: crate::destinations::RemoteFile,
-        total: u64,
+        copied: Copied,
     ) -> Result<(), JobError> {
-        let hash_differs = stored
-            .content_hash
-            .as_ref()
-            .is_some_and(|theirs| *theirs != ours);
-        if stored.size != total || hash_differs {
-            let theirs = stored.content_hash.as_deref().unwrap_or("(none)");
-            // Do not leave a file that looks like a good backup.
-            if let Ok(dest) = self.0.destination(&args.destination)
-                && let Err(e) = dest.delete(&stored.path).await
-            {
-                warn!(path = %stored.path, error = %e, "could not remove the mismatched upload");
-            }
-            return Err(JobError::Permanent(format!(
-                "the stored copy differs from the backup: {} has {} bytes with content hash \
-                 {theirs}, the {total} bytes read hash to {ours}; not recorded as backed up",
-                stored.path, stored.size
-            )));
-        }
         let record = UploadRecord {
             id: 0,
             destination: args.destination.clone(),
@@ -721,9 +305,10 @@ impl SnapshotUploadWorker {
             backup_slug: args.backup.clone(),
             backup_name: args.name.clone(),
             backup_date: args.date,
-            size: total as i64,
-            remote_path: stored.path.clone(),
-            content_hash: Some(ours.clone()),
+            size: copied.size as i64,
+            remote_path: copied.stored.path.clone(),
+            content_hash: copied.stored.content_hash.clone(),
+            sha256: Some(copied.sha256.clone()),
             job_id: Some(ctx.job_id()),
             uploaded_at: Utc::now(),
             deleted_at: None,
@@ -733,13 +318,13 @@ impl SnapshotUploadWorker {
             .await
             .map_err(JobError::retryable)?;
         ctx.progress(Progress {
-            done: total,
-            total: Some(total),
+            done: copied.size,
+            total: Some(copied.size),
             unit: "bytes",
             message: None,
         })
         .await?;
-        info!(remote = %stored.path, bytes = total, content_hash = %ours, "uploaded");
+        info!(remote = %copied.stored.path, bytes = copied.size, sha256 = %copied.sha256, "uploaded");
         if self.0.has_retention(&args.destination) {
             let prune = super::retention::RetentionPruneArgs {
                 destination: args.destination.clone(),

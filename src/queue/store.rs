@@ -1533,7 +1533,12 @@ pub struct UploadRecord {
     pub backup_date: chrono::DateTime<chrono::Utc>,
     pub size: i64,
     pub remote_path: String,
+    /// The destination's own hash of the stored copy, in its own notation.
     pub content_hash: Option<String>,
+    /// SHA-256 (hex) of the bytes read from the source; none for uploads recorded before
+    /// offsite kept it.
+    #[serde(default)]
+    pub sha256: Option<String>,
     pub job_id: Option<i64>,
     pub uploaded_at: chrono::DateTime<chrono::Utc>,
     pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -1551,6 +1556,7 @@ fn upload_from_row(r: &SqliteRow) -> Result<UploadRecord, sqlx::Error> {
         size: r.try_get("size")?,
         remote_path: r.try_get("remote_path")?,
         content_hash: r.try_get("content_hash")?,
+        sha256: r.try_get("sha256")?,
         job_id: r.try_get("job_id")?,
         uploaded_at: to_datetime(r.try_get("uploaded_at")?),
         deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(to_datetime),
@@ -1562,11 +1568,11 @@ impl Store {
     pub async fn record_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
         sqlx::query(
             "insert into uploads (destination, source, backup_slug, backup_name, backup_date, size, \
-                 remote_path, content_hash, job_id, uploaded_at) \
-             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 remote_path, content_hash, job_id, uploaded_at, sha256) \
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              on conflict (destination, backup_slug) do update set source = ?2, backup_name = ?4, \
                  backup_date = ?5, size = ?6, remote_path = ?7, content_hash = ?8, job_id = ?9, \
-                 uploaded_at = ?10, deleted_at = null, deleted_by_job = null",
+                 uploaded_at = ?10, sha256 = ?11, deleted_at = null, deleted_by_job = null",
         )
         .bind(&u.destination)
         .bind(&u.source)
@@ -1578,6 +1584,7 @@ impl Store {
         .bind(&u.content_hash)
         .bind(u.job_id)
         .bind(u.uploaded_at.timestamp_millis())
+        .bind(&u.sha256)
         .execute(&self.writer)
         .await?;
         Ok(())

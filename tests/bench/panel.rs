@@ -110,6 +110,7 @@ async fn main() {
                     size: 1 << 30,
                     remote_path: format!("/Backups/Backup_{i}.tar"),
                     content_hash: None,
+                    sha256: None,
                     job_id: None,
                     uploaded_at: date,
                     deleted_at: None,

@@ -657,13 +657,12 @@ async fn authorizing_while_dropbox_is_unreachable_is_a_bad_gateway() {
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let h = Harness::start_with(|c| {
-        let mut dest: offsite::config::DestinationConfig = toml::from_str(&format!(
+        let dest: offsite::config::DestinationConfig = toml::from_str(&format!(
             "type = \"dropbox\"\npath = \"/Backups\"\napp_key = \"key\"\n\
              api_url = \"{dead}\"\ncontent_url = \"{dead}\"\n\
              authorize_url = \"{dead}/oauth2/authorize\"\n"
         ))
         .unwrap();
-        dest.kind = offsite::config::DestinationKind::Dropbox;
         c.destinations.insert("dropbox".into(), dest);
     })
     .await;

@@ -9,8 +9,7 @@ use std::{
 
 use offsite::{
     config::{
-        DestinationConfig, DestinationKind, HomeAssistantConfig, KindConfig, Secret,
-        SnapshotsConfig, SourceConfig,
+        DestinationConfig, HomeAssistantConfig, KindConfig, Secret, SnapshotsConfig, SourceConfig,
     },
     queue::{
         JobState,
@@ -57,7 +56,7 @@ impl World {
         dropbox.set_client_secret(Some(APP_SECRET));
         let sup = FakeSupervisor::start(SUPERVISOR_TOKEN).await;
         let base = dropbox.base_url();
-        let mut dest: DestinationConfig = toml::from_str(&format!(
+        let dest: DestinationConfig = toml::from_str(&format!(
             "type = \"dropbox\"\npath = \"/HomeAssistant/Backups\"\nchunk_mib = 4\n\
              app_key = \"{DEFAULT_CLIENT_ID}\"\napp_secret = \"{APP_SECRET}\"\n\
              api_url = \"{base}\"\ncontent_url = \"{base}\"\n\
@@ -65,7 +64,6 @@ impl World {
             opts.throttle_bytes_per_sec
         ))
         .unwrap();
-        dest.kind = DestinationKind::Dropbox;
         let sup_url = sup.base_url();
         let h = Harness::start_with(move |c| {
             c.sources.insert(

@@ -35,12 +35,11 @@ pub(crate) fn folder_dest(path: &Path, max_backups: u32) -> DestinationConfig {
 
 pub(crate) fn dropbox_dest(fake: &FakeDropbox, max_backups: u32) -> DestinationConfig {
     let base = fake.base_url();
-    let mut d: DestinationConfig = toml::from_str(&format!(
+    let d: DestinationConfig = toml::from_str(&format!(
         "type = \"dropbox\"\npath = \"/HomeAssistant/Backups\"\nchunk_mib = 4\nmax_backups = {max_backups}\n\
          app_key = \"{DEFAULT_CLIENT_ID}\"\napi_url = \"{base}\"\ncontent_url = \"{base}\"\nauthorize_url = \"{base}/oauth2/authorize\"\n"
     ))
     .unwrap();
-    d.kind = DestinationKind::Dropbox;
     d
 }
 
@@ -440,8 +439,8 @@ async fn folder_to_folder_through_the_binary_is_byte_identical() {
     let copied = outbox.join(list[0].remote_path.trim_start_matches('/'));
     assert_eq!(std::fs::read(&copied).unwrap(), bytes);
     assert_eq!(
-        list[0].content_hash.as_deref(),
-        Some(content_hash(&bytes).as_str())
+        list[0].sha256.as_deref(),
+        Some(offsite::transfer::sha256_hex(&bytes).as_str())
     );
     let leftovers: Vec<_> = std::fs::read_dir(&outbox)
         .unwrap()
@@ -569,7 +568,11 @@ async fn each_backup_goes_to_every_destination_once() {
         std::fs::read(out.join(by("nas").remote_path.trim_start_matches('/'))).unwrap(),
         bytes
     );
-    assert_eq!(by("dropbox").content_hash, by("nas").content_hash);
+    assert_eq!(by("dropbox").sha256, by("nas").sha256);
+    assert_eq!(
+        by("nas").sha256.as_deref(),
+        Some(offsite::transfer::sha256_hex(&bytes).as_str())
+    );
     let keys: Vec<String> = h
         .store()
         .list_jobs(&Default::default(), 20, None)
@@ -592,7 +595,10 @@ async fn each_backup_goes_to_every_destination_once() {
 async fn redirect_flow_authorizes_through_callback_and_rejects_a_forged_state() {
     let fake = FakeDropbox::start().await;
     let mut dest = dropbox_dest(&fake, 0);
-    dest.redirect_uri = Some("https://ha.example/api/hassio_ingress/x/callback".into());
+    let DestinationKind::Dropbox(dropbox) = &mut dest.kind else {
+        unreachable!()
+    };
+    dropbox.redirect_uri = Some("https://ha.example/api/hassio_ingress/x/callback".into());
     let (mut h, _) = harness(vec![("dropbox", dest)]).await;
     let base = h.base_url();
     let c = Client::new();

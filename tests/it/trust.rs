@@ -208,8 +208,8 @@ async fn full_destination_case(outbox: &Path, backup_len: usize, make_room: impl
     let stored = outbox.join(list[0].remote_path.trim_start_matches('/'));
     assert_eq!(std::fs::read(&stored).unwrap(), bytes);
     assert_eq!(
-        list[0].content_hash.as_deref(),
-        Some(content_hash(&bytes).as_str())
+        list[0].sha256.as_deref(),
+        Some(offsite::transfer::sha256_hex(&bytes).as_str())
     );
     h.wait_state(upload.id, JobState::Completed).await;
     let visible: Vec<String> = files_in(&outbox)
@@ -396,8 +396,8 @@ async fn a_folder_upload_renamed_but_not_recorded_is_recorded_without_writing_it
     h.running().state.executor.wake();
     let list = wait_uploads(h.store(), 1).await;
     assert_eq!(
-        list[0].content_hash.as_deref(),
-        Some(content_hash(&bytes).as_str())
+        list[0].sha256.as_deref(),
+        Some(offsite::transfer::sha256_hex(&bytes).as_str())
     );
     assert_eq!(
         std::fs::metadata(&stored).unwrap().ino(),

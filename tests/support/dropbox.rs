@@ -737,6 +737,7 @@ fn router(shared: AppState) -> Router {
         .route("/2/files/list_folder/continue", post(list_folder_continue))
         .route("/2/files/delete_v2", post(delete_v2))
         .route("/2/files/get_metadata", post(get_metadata))
+        .route("/2/files/download", post(download))
         .route("/2/users/get_current_account", post(get_current_account))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -2171,6 +2172,63 @@ async fn get_metadata(State(shared): State<AppState>, headers: HeaderMap, body: 
         Some(entry) => Json(Entry::tagged(entry)).into_response(),
         None => lookup_path_error("path", "not_found"),
     }
+}
+
+#[derive(Deserialize)]
+struct DownloadArg {
+    path: String,
+}
+
+/// `files/download`: the content as the body, the metadata in `Dropbox-API-Result`; a `Range:
+/// bytes=N-` answers 206 with the rest from N (what Dropbox does for ranged downloads).
+async fn download(State(shared): State<AppState>, headers: HeaderMap) -> Response {
+    let route = "files/download";
+    let arg: DownloadArg = match content_arg(&headers, route) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if check_path(&arg.path).is_err() {
+        return lookup_path_error("path", "malformed_path");
+    }
+    let file = match shared.lock().tree.get(&arg.path.to_lowercase()) {
+        Some(Entry::File(f)) => f.clone(),
+        Some(Entry::Folder(_)) => return lookup_path_error("path", "not_file"),
+        None => return lookup_path_error("path", "not_found"),
+    };
+    let data = std::fs::read(&file.disk_path).expect("read fake Dropbox file");
+    let from = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok());
+    let meta = header_safe(&file_metadata(&file).to_string());
+    match from {
+        Some(from) if from > data.len() => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        Some(from) => (
+            StatusCode::PARTIAL_CONTENT,
+            [("Dropbox-API-Result", meta)],
+            data[from..].to_vec(),
+        )
+            .into_response(),
+        None => (StatusCode::OK, [("Dropbox-API-Result", meta)], data).into_response(),
+    }
+}
+
+/// JSON for an HTTP header: non-ASCII escaped as \uXXXX, as Dropbox does.
+fn header_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 async fn list_folder(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
