@@ -7,116 +7,38 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use crate::ops::{Setup, StartError};
 use crate::{
-    api::{self, AppState},
-    config::{Config, ConfigError},
-    jobs::{self, services::Services},
+    api,
+    cli::{self, Cli, Command, Failure},
+    config::Config,
+    http::{self, AppState},
+    jobs, logging,
     metrics::Metrics,
     queue::{
-        Registry, Store,
-        executor::{EngineSettings, Executor, ExecutorHandle, QueueSettings},
+        executor::{EngineSettings, Executor, ExecutorHandle, Observer, QueueSettings},
         maintenance::{self, MaintenanceSettings},
         scheduler::{self, Scheduler},
-        store::{PruneAges, ScheduleDef, StoreError},
+        store::PruneAges,
     },
 };
 
-/// The name of the schedule made from `[snapshots]`.
-pub const SNAPSHOTS: &str = "snapshots";
+use crate::jobs::SNAPSHOTS;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Other(String),
-}
-
-impl StartError {
-    /// 2 for a configuration problem, 1 for anything else.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StartError::Config(_) => 2,
-            _ => 1,
+/// Runs the parsed command line: `run` starts the worker, every other command is the CLI's.
+pub async fn execute(cli: Cli) -> Result<(), Failure> {
+    let setup = cli::setup(&cli)?;
+    match cli.command {
+        Command::Run => {
+            logging::init(&setup.config.log);
+            run(setup).await?;
+            Ok(())
         }
-    }
-}
-
-/// What every command shares: validated config, the job kinds, the schedules.
-pub struct Setup {
-    pub config: Arc<Config>,
-    pub registry: Arc<Registry>,
-    pub schedules: Vec<ScheduleDef>,
-    pub services: Arc<Services>,
-}
-
-impl Setup {
-    /// Validates everything that can be validated without touching the database.
-    pub fn new(config: Config) -> Result<Setup, ConfigError> {
-        let services = Arc::new(Services::new(&config)?);
-        let registry = jobs::registry_with(&config, services.clone())?;
-        Self::with(config, registry, services)
-    }
-
-    /// With a registry of one's own (tests add kinds); schedules are loaded and checked.
-    pub fn with(
-        config: Config,
-        registry: Registry,
-        services: Arc<Services>,
-    ) -> Result<Setup, ConfigError> {
-        let mut schedules = scheduler::load_dir(&config.jobs_dir, &registry, &config.timezone())?;
-        if let Some(snapshots) = config.snapshots.as_ref().filter(|s| s.enabled) {
-            if schedules.iter().any(|s| s.name == SNAPSHOTS) {
-                return Err(config.error(
-                    "snapshots",
-                    format!("a schedule file already defines {SNAPSHOTS:?}"),
-                ));
-            }
-            schedules.push(scheduler::snapshots_schedule(
-                snapshots, &registry, &config,
-            )?);
+        Command::Openapi => {
+            print!("{}", api::openapi_json());
+            Ok(())
         }
-        Ok(Setup {
-            config: Arc::new(config),
-            registry: Arc::new(registry),
-            schedules,
-            services,
-        })
-    }
-
-    pub fn create_data_dir(&self) -> Result<(), StartError> {
-        std::fs::create_dir_all(&self.config.data_dir).map_err(|e| {
-            StartError::Other(format!(
-                "cannot create data directory {}: {e}",
-                self.config.data_dir.display()
-            ))
-        })
-    }
-
-    /// Where `db-snapshot` writes the consistent copy.
-    pub fn snapshot_path(&self) -> std::path::PathBuf {
-        self.config.database_path().with_extension("db.snapshot")
-    }
-
-    /// Opens the database (creating it on first use). After a restore of the add-on's data
-    /// (which holds only the snapshot, not the live files) the snapshot becomes the database.
-    pub async fn open_store(&self) -> Result<Store, StartError> {
-        self.create_data_dir()?;
-        let db = self.config.database_path();
-        let snapshot = self.snapshot_path();
-        if !db.exists() && snapshot.is_file() {
-            std::fs::copy(&snapshot, &db).map_err(|e| {
-                StartError::Other(format!(
-                    "cannot restore {} from {}: {e}",
-                    db.display(),
-                    snapshot.display()
-                ))
-            })?;
-            tracing::warn!(database = %db.display(), "restored the database from its backup snapshot");
-        }
-        Ok(Store::open(&self.config.database_path()).await?)
+        command => cli::command(setup, command).await,
     }
 }
 
@@ -304,7 +226,7 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         identity.id.clone(),
         engine_settings(&config),
         queues,
-        metrics.clone(),
+        Observer::new(metrics.clone()),
     );
     let executor_handle = executor.start();
     let stop = CancellationToken::new();
@@ -341,10 +263,10 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     // The API and panel always have a token: the configured one, else one generated on first
     // start and kept owner-only in the data directory.
     let (api_config, token_source) = if config.api.enabled {
-        let (token, source) = api::auth::load_or_create_token(&config).map_err(|e| {
+        let (token, source) = http::auth::load_or_create_token(&config).map_err(|e| {
             StartError::Other(format!(
                 "cannot keep the API token in {}: {e}",
-                config.data_dir.join(api::auth::TOKEN_FILE).display()
+                config.data_dir.join(http::auth::TOKEN_FILE).display()
             ))
         })?;
         let mut c = (*config).clone();
@@ -357,13 +279,12 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         store: store.clone(),
         registry: setup.registry.clone(),
         executor: executor.clone(),
-        metrics,
         config: api_config.clone(),
         instance_id: identity.id.clone(),
         services: setup.services.clone(),
         auth: Default::default(),
         panel_key: Arc::new(
-            crate::web::PanelKey::load_or_create(&config.data_dir).map_err(|e| {
+            http::PanelKey::load_or_create(&config.data_dir).map_err(|e| {
                 StartError::Other(format!(
                     "cannot keep the panel key in {}: {e}",
                     config.data_dir.display()
@@ -371,9 +292,9 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
             })?,
         ),
         sign_in: Arc::new(if config.api.enabled && config.api.allow_from.is_empty() {
-            api::auth::SignInCode::generate()
+            http::auth::SignInCode::generate()
         } else {
-            api::auth::SignInCode::none()
+            http::auth::SignInCode::none()
         }),
     };
 
@@ -385,7 +306,14 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
             ))
         })?;
         let addr = listener.local_addr().ok();
-        let app = api::router(state.clone());
+        let routes = api::router()
+            .merge(crate::web::router(state.clone()))
+            .merge(crate::metrics::router(
+                metrics,
+                store.clone(),
+                setup.registry.queues().to_vec(),
+            ));
+        let app = http::serve(state.clone(), routes);
         let stop_server = stop.clone();
         let server = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -408,10 +336,10 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     );
     if let (Some(addr), Some(source)) = (addr, token_source) {
         let token_is = match source {
-            api::auth::TokenSource::Configured => "api.token".to_string(),
+            http::auth::TokenSource::Configured => "api.token".to_string(),
             _ => format!(
                 "in {}",
-                config.data_dir.join(api::auth::TOKEN_FILE).display()
+                config.data_dir.join(http::auth::TOKEN_FILE).display()
             ),
         };
         match state.sign_in.peek() {
@@ -419,7 +347,7 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
             // token: the log never holds a credential that still works.
             Some(code) => info!(
                 "sign in to the panel: {} (works once; then sign in with the API token, {token_is})",
-                api::auth::sign_in_link(addr, &code),
+                http::auth::sign_in_link(addr, &code),
             ),
             // Only api.allow_from may connect (the add-on: Home Assistant's ingress, which
             // signs users in itself): a link to this machine would open nothing.

@@ -8,13 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    api::{
-        jobs::{AttemptView, JobView, parse_states},
-        schedules::ScheduleInfo,
-    },
-    app::{self, Setup, StartError},
     config::Config,
-    logging,
+    http::error::ApiError,
+    ops::{
+        self, OpsError, Setup, StartError,
+        views::{AttemptView, EnqueueResponse, JobDetail, JobView, ScheduleInfo, parse_states},
+    },
     queue::{
         EnqueueRequest,
         scheduler::{self, RunNowError},
@@ -272,21 +271,22 @@ fn print_job(job: &JobView, attempts: &[AttemptView]) {
     }
 }
 
-/// Runs the parsed command line.
-pub async fn execute(cli: Cli) -> Result<(), Failure> {
+/// The configuration the command line names (the add-on's options in the add-on), validated.
+pub fn setup(cli: &Cli) -> Result<Setup, Failure> {
     let config = match (&cli.config, crate::addon::options_file()) {
         // Home Assistant add-on: the options from the Configuration tab.
         (None, Some(options)) => crate::addon::load(&options, std::path::Path::new("/data")),
         (file, _) => Config::load(file.as_deref()),
     }
     .map_err(|e| usage(e.to_string()))?;
-    let setup = Setup::new(config).map_err(|e| usage(e.to_string()))?;
-    match cli.command {
-        Command::Run => {
-            logging::init(&setup.config.log);
-            app::run(setup).await?;
-        }
-        Command::Openapi => print!("{}", crate::api::openapi_json()),
+    Setup::new(config).map_err(|e| usage(e.to_string()))
+}
+
+/// Runs a command other than `run` (the composition root starts the worker).
+pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
+    match command {
+        // The composition root's: it starts the worker, and the API describes itself.
+        Command::Run | Command::Openapi => unreachable!("app::execute runs these"),
         Command::DbSnapshot => {
             let store = setup.open_store().await?;
             let target = setup.snapshot_path();
@@ -300,10 +300,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 .sync_schedules(&setup.schedules)
                 .await
                 .map_err(runtime)?;
-            let enq = scheduler::run_now(&store, &setup.registry, app::SNAPSHOTS)
+            let enq = ops::back_up_now(&store, &setup.registry)
                 .await
                 .map_err(|e| match e {
-                    RunNowError::NotFound(_) => {
+                    OpsError::NotFound(_) => {
                         usage("no snapshot schedule is configured ([snapshots])")
                     }
                     other => runtime(other),
@@ -346,29 +346,27 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Auth { destination } => {
-            let dest = setup
-                .services
-                .destination(&destination)
-                .map_err(|e| usage(e.to_string()))?;
-            let client = dest.authorization().ok_or_else(|| {
-                usage(format!("destination {destination} needs no authorization"))
-            })?;
-            let pkce = crate::destinations::auth::Pkce::generate();
+            let started = ops::authorization::start(&setup.services, &destination, None).map_err(
+                |e| match e {
+                    OpsError::Conflict(_) => {
+                        usage(format!("destination {destination} needs no authorization"))
+                    }
+                    other => usage(other.to_string()),
+                },
+            )?;
             println!(
                 "1. Open this link and allow access:\n\n   {}\n",
-                client.authorize_url(&pkce, None, None)
+                started.url
             );
             println!("2. Paste the code Dropbox shows here and press Enter:");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(runtime)?;
             let code = line.trim().to_string();
-            client
-                .exchange_code(&code, &pkce.verifier, None)
+            ops::authorization::exchange(&setup.services, &destination, &started, &code, None)
                 .await
                 .map_err(runtime)?;
             let store = setup.open_store().await?;
-            let woken = store
-                .wake_tag(&crate::jobs::destination_tag(&destination))
+            let woken = ops::authorization::authorized(&store, &Default::default(), &destination)
                 .await
                 .map_err(runtime)?;
             println!("destination {destination} is authorized; {woken} waiting jobs continue");
@@ -396,7 +394,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                                 " (api.token required; loopback trusted)".to_string(),
                             (None, trusted) => format!(
                                 " (token required: {}{})",
-                                c.data_dir.join(crate::api::auth::TOKEN_FILE).display(),
+                                c.data_dir.join(crate::http::auth::TOKEN_FILE).display(),
                                 if trusted { "; loopback trusted" } else { "" }
                             ),
                         }
@@ -465,7 +463,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             let enqueued = store.enqueue(&job).await.map_err(runtime)?;
             let view: JobView = enqueued.job.into();
             if a.json {
-                print_json(&crate::api::jobs::EnqueueResponse {
+                print_json(&EnqueueResponse {
                     job: view,
                     deduplicated: enqueued.deduplicated,
                 });
@@ -492,9 +490,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     json,
                 } => {
                     let states = match state {
-                        Some(s) => {
-                            parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?
-                        }
+                        Some(s) => parse_states(&s, "--state")
+                            .map_err(|e| usage(ApiError::from(e).problem().detail))?,
                         None => Vec::new(),
                     };
                     let jobs: Vec<JobView> = store
@@ -533,7 +530,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                         .collect();
                     let view: JobView = job.into();
                     if json {
-                        print_json(&crate::api::jobs::JobDetail {
+                        print_json(&JobDetail {
                             job: view,
                             attempts,
                         });
@@ -556,9 +553,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     state, kind, queue, ..
                 } => {
                     let states = match state {
-                        Some(s) => {
-                            parse_states(&s, "--state").map_err(|e| usage(e.problem().detail))?
-                        }
+                        Some(s) => parse_states(&s, "--state")
+                            .map_err(|e| usage(ApiError::from(e).problem().detail))?,
                         None => vec![crate::queue::JobState::Discarded],
                     };
                     let n = store

@@ -907,7 +907,7 @@ impl Config {
             }
             let mut seen: BTreeMap<String, &String> = BTreeMap::new();
             for name in self.destinations.keys() {
-                let part = crate::homeassistant::entity_part(name);
+                let part = crate::naming::entity_part(name);
                 if let Some(other) = seen.insert(part.clone(), name) {
                     return Err(self.err(
                         &format!("destinations.{name}"),

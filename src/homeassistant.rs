@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    app::SNAPSHOTS,
     config::{Config, ConfigError, HomeAssistantConfig, Secret},
+    jobs::SNAPSHOTS,
     jobs::services::Services,
     queue::{JobState, Store, state::to_datetime, store::JobFilter},
 };
@@ -300,10 +300,7 @@ pub async fn wanted_notifications(
 ) -> Result<Vec<Notification>, crate::queue::store::StoreError> {
     let mut out = Vec::new();
     for name in services.destination_names() {
-        let Ok(dest) = services.destination(name) else {
-            continue;
-        };
-        if dest.authorization().is_some_and(|a| !a.is_authorized()) {
+        if crate::ops::authorization::needs_authorization(services, name) {
             out.push(Notification {
                 id: format!("{NOTIFICATION_PREFIX}reauthorize_{name}"),
                 title: format!("offsite: Dropbox destination \"{name}\" needs authorization"),
@@ -458,7 +455,10 @@ pub async fn wanted_sensors(
             .filter(|u| &u.destination == name && u.deleted_at.is_none())
             .collect();
         out.push(Sensor {
-            entity_id: format!("sensor.{prefix}_backups_{}", entity_part(name)),
+            entity_id: format!(
+                "sensor.{prefix}_backups_{}",
+                crate::naming::entity_part(name)
+            ),
             state: stored.len().to_string(),
             attributes: json!({
                 "friendly_name": format!("offsite backups on {name}"),
@@ -496,25 +496,6 @@ pub async fn wanted_sensors(
     Ok(out)
 }
 
-/// A destination name as it may appear in an entity id: lower-case letters, digits and single
-/// underscores inside (Home Assistant refuses `__` and a leading or trailing `_`).
-pub fn entity_part(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.is_empty() && !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    let out = out.trim_end_matches('_');
-    if out.is_empty() {
-        "destination".into()
-    } else {
-        out.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,12 +505,5 @@ mod tests {
         assert!(news("1,2", "1,2,3"));
         assert!(!news("1,2,3", "1,3"));
         assert!(news("1,2", "3"));
-    }
-
-    #[test]
-    fn entity_ids_stay_valid() {
-        assert_eq!(entity_part("My Dropbox-2"), "my_dropbox_2");
-        assert_eq!(entity_part("-my--box-"), "my_box");
-        assert_eq!(entity_part("ä"), "destination");
     }
 }

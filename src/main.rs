@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = offsite::cli::Cli::parse();
-    match offsite::cli::execute(cli).await {
+    match offsite::app::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", failure.message);

@@ -1,5 +1,6 @@
-//! Prometheus metrics: attempts and their durations counted in process, job counts by state
-//! read from the database at scrape time (so they include every process's work).
+//! Prometheus metrics at `/metrics`: attempts and their durations counted in process (the
+//! executor reports them as an [`AttemptObserver`]), job counts by state read from the database
+//! at scrape time (so they include every process's work).
 
 use std::{
     sync::{Arc, Mutex},
@@ -12,7 +13,17 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::queue::{state::JobState, store::Store};
+use axum::{
+    Router,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    http::error::ApiError,
+    queue::{executor::AttemptObserver, store::Store},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
@@ -82,50 +93,18 @@ impl Metrics {
         }
     }
 
-    pub fn attempt_finished(&self, kind: &str, outcome: &str) {
-        self.inner
-            .attempts
-            .get_or_create(&AttemptLabels {
-                kind: kind.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-
-    pub fn attempt_duration(&self, kind: &str, d: Duration) {
-        self.inner
-            .durations
-            .get_or_create(&KindLabels { kind: kind.into() })
-            .observe(d.as_secs_f64());
-    }
-
     /// The text exposition, with job counts fresh from the database.
     pub async fn render(&self, store: &Store, queues: &[String]) -> anyhow::Result<String> {
-        let counts = store.counts().await?;
+        let counts = crate::ops::job_counts(store, queues).await?;
         self.inner.jobs.clear();
-        for queue in queues {
-            for state in JobState::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(q, s, _)| q == queue && *s == state)
-                    .map_or(0, |(_, _, n)| *n);
-                self.inner
-                    .jobs
-                    .get_or_create(&StateLabels {
-                        queue: queue.clone(),
-                        state: state.to_string(),
-                    })
-                    .set(n);
-            }
-        }
-        for (queue, state, n) in counts.iter().filter(|(q, _, _)| !queues.contains(q)) {
+        for (queue, state, n) in counts {
             self.inner
                 .jobs
                 .get_or_create(&StateLabels {
-                    queue: queue.clone(),
+                    queue,
                     state: state.to_string(),
                 })
-                .set(*n);
+                .set(n);
         }
         let mut out = String::new();
         let registry = self
@@ -136,4 +115,50 @@ impl Metrics {
         encode(&mut out, &registry)?;
         Ok(out)
     }
+}
+
+impl AttemptObserver for Metrics {
+    fn attempt_finished(&self, kind: &str, outcome: &str) {
+        self.inner
+            .attempts
+            .get_or_create(&AttemptLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn attempt_duration(&self, kind: &str, d: Duration) {
+        self.inner
+            .durations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(d.as_secs_f64());
+    }
+}
+
+/// `/metrics` over `store`, counting jobs of `queues` (and of any other queue holding some).
+pub fn router<S: Clone + Send + Sync + 'static>(
+    metrics: Metrics,
+    store: Store,
+    queues: Vec<String>,
+) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            let text = metrics
+                .render(&store, &queues)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok::<Response, ApiError>(
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+                    .into_response(),
+            )
+        }),
+    )
 }

@@ -121,6 +121,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Whether two byte strings are equal, in time that depends only on their length (tokens,
+/// OAuth states, signatures).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

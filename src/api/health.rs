@@ -1,7 +1,6 @@
 use axum::{
     Json, Router,
     extract::State,
-    http::header,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -44,26 +43,6 @@ pub async fn health(State(state): State<AppState>) -> Result<Response, ApiError>
     Ok((status, Json(health)).into_response())
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state
-        .metrics
-        .render(&state.store, state.registry.queues())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
-}
-
 pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
-}
-
-pub fn metrics_router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
 }

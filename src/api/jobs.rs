@@ -13,102 +13,8 @@ use super::{
     AppState,
     error::{ApiError, ApiJson, Problem},
 };
-use crate::queue::{
-    EnqueueRequest, FieldError, JobState,
-    state::{AttemptOutcome, to_datetime},
-    store::{AttemptRecord, JobFilter, JobRecord},
-};
-
-/// A job as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobView {
-    pub id: i64,
-    pub kind: String,
-    pub queue: String,
-    pub state: JobState,
-    /// 1 runs first, 4 last.
-    pub priority: i64,
-    /// Attempts used so far (snoozes and shutdown hand-backs do not count).
-    pub attempt: i64,
-    pub max_attempts: i64,
-    pub idempotency_key: Option<String>,
-    #[schema(value_type = Object)]
-    pub args: Value,
-    pub created_at: DateTime<Utc>,
-    /// When it runs (or ran) next.
-    pub scheduled_at: DateTime<Utc>,
-    pub attempted_at: Option<DateTime<Utc>>,
-    pub finalized_at: Option<DateTime<Utc>>,
-    /// The last checkpoint saved by the job; a retry resumes from it.
-    #[schema(value_type = Option<Object>)]
-    pub checkpoint: Option<Value>,
-    /// Latest progress report: done, total, unit, rate_per_sec, eta_secs.
-    #[schema(value_type = Option<Object>)]
-    pub progress: Option<Value>,
-    pub last_error: Option<String>,
-    /// An operator asked a running job to stop.
-    pub cancel_requested: bool,
-    /// The worker instance holding the lease while running.
-    pub worker: Option<String>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-}
-
-impl From<JobRecord> for JobView {
-    fn from(j: JobRecord) -> Self {
-        JobView {
-            id: j.id,
-            kind: j.kind,
-            queue: j.queue,
-            state: j.state,
-            priority: j.priority,
-            attempt: j.attempt,
-            max_attempts: j.max_attempts,
-            idempotency_key: j.idempotency_key,
-            args: j.args,
-            created_at: to_datetime(j.created_at),
-            scheduled_at: to_datetime(j.scheduled_at),
-            attempted_at: j.attempted_at.map(to_datetime),
-            finalized_at: j.finalized_at.map(to_datetime),
-            checkpoint: j.checkpoint,
-            progress: j.progress,
-            last_error: j.last_error,
-            cancel_requested: j.cancel_requested,
-            worker: j.lease_owner,
-            lease_expires_at: j.lease_expires_at.map(to_datetime),
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AttemptView {
-    pub attempt: i64,
-    pub worker: String,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub outcome: AttemptOutcome,
-    pub error: Option<String>,
-}
-
-impl From<AttemptRecord> for AttemptView {
-    fn from(a: AttemptRecord) -> Self {
-        AttemptView {
-            attempt: a.attempt,
-            worker: a.worker,
-            started_at: to_datetime(a.started_at),
-            ended_at: a.ended_at.map(to_datetime),
-            outcome: a.outcome,
-            error: a.error,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobDetail {
-    #[serde(flatten)]
-    pub job: JobView,
-    /// Every attempt, oldest first.
-    pub attempts: Vec<AttemptView>,
-}
+pub use crate::ops::views::{AttemptView, EnqueueResponse, JobDetail, JobView};
+use crate::queue::{EnqueueRequest, FieldError, JobState, store::JobFilter};
 
 /// A job to submit.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -155,13 +61,6 @@ pub(crate) fn documented_kinds() -> Vec<(&'static str, &'static str)> {
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EnqueueResponse {
-    pub job: JobView,
-    /// True when a job with this idempotency key existed and is returned instead.
-    pub deduplicated: bool,
 }
 
 /// Submit a job.
@@ -248,14 +147,6 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
-}
-
-pub(crate) fn parse_states(text: &str, field: &str) -> Result<Vec<JobState>, ApiError> {
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<JobState>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Validation(vec![FieldError::new(field, e)]))
 }
 
 /// List jobs, newest first.

@@ -118,6 +118,41 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     Ok(registry)
 }
 
+/// The name of the schedule made from `[snapshots]`.
+pub const SNAPSHOTS: &str = "snapshots";
+
+/// The schedule made from the config's `[snapshots]` section.
+pub fn snapshots_schedule(
+    s: &crate::config::SnapshotsConfig,
+    registry: &Registry,
+    config: &Config,
+) -> Result<crate::queue::store::ScheduleDef, ConfigError> {
+    let in_config = |e: ConfigError| {
+        let e = ConfigError {
+            key: e.key.map(|k| format!("snapshots.{k}")),
+            ..e
+        };
+        match &config.source {
+            Some(f) => e.in_file(f),
+            None => e,
+        }
+    };
+    let job = crate::queue::EnqueueRequest {
+        kind: snapshot::SnapshotScanArgs::KIND.into(),
+        args: serde_json::json!({"source": s.source, "destinations": s.destinations}),
+        ..Default::default()
+    };
+    crate::queue::scheduler::config_schedule(
+        SNAPSHOTS,
+        "configuration [snapshots]",
+        s.schedule.clone(),
+        &job,
+        registry,
+        &config.timezone(),
+    )
+    .map_err(in_config)
+}
+
 /// The tag of jobs that use a destination: they wait (snoozed, no attempt used) while it needs
 /// authorization, and `Store::wake_tag` with it wakes them once it is authorized.
 pub fn destination_tag(destination: &str) -> String {

@@ -25,7 +25,6 @@ use super::{
     state::{Millis, now_ms},
     store::{ClaimedJob, Finish, FinishKind, Store},
 };
-use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -85,11 +84,40 @@ struct Shared {
     queues: Vec<QueueSettings>,
     wake: Arc<Notify>,
     running: Mutex<HashMap<i64, CancellationToken>>,
-    metrics: Metrics,
+    metrics: Observer,
     /// Soft stop: claim nothing more, ask handlers to wrap up.
     stopping: CancellationToken,
     /// Hard stop: drop handlers still running after the grace period.
     hard_stop: CancellationToken,
+}
+
+/// What the executor reports about attempts (the Prometheus counters in `crate::metrics`
+/// implement it): the engine says what happened, not where the numbers go.
+pub trait AttemptObserver: Send + Sync {
+    fn attempt_finished(&self, kind: &str, outcome: &str);
+    fn attempt_duration(&self, kind: &str, d: Duration);
+}
+
+/// The observer an executor reports to; none by default.
+#[derive(Clone, Default)]
+pub struct Observer(Option<Arc<dyn AttemptObserver>>);
+
+impl Observer {
+    pub fn new(observer: impl AttemptObserver + 'static) -> Self {
+        Observer(Some(Arc::new(observer)))
+    }
+
+    fn attempt_finished(&self, kind: &str, outcome: &str) {
+        if let Some(o) = &self.0 {
+            o.attempt_finished(kind, outcome);
+        }
+    }
+
+    fn attempt_duration(&self, kind: &str, d: Duration) {
+        if let Some(o) = &self.0 {
+            o.attempt_duration(kind, d);
+        }
+    }
 }
 
 /// The running worker pools of this process.
@@ -111,7 +139,7 @@ impl Executor {
         owner: String,
         settings: EngineSettings,
         queues: Vec<QueueSettings>,
-        metrics: Metrics,
+        metrics: Observer,
     ) -> Self {
         Executor {
             shared: Arc::new(Shared {

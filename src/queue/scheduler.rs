@@ -242,40 +242,26 @@ impl ScheduleForm {
     }
 }
 
-/// The schedule made from the config's `[snapshots]` section.
-pub fn snapshots_schedule(
-    s: &crate::config::SnapshotsConfig,
+/// A schedule defined in the configuration rather than a schedule file: `schedule` is the
+/// `schedule` table (as in a file), `job` the job it enqueues. Errors name keys relative to the
+/// section the caller took it from.
+pub fn config_schedule(
+    name: &str,
+    source: &str,
+    schedule: toml::Value,
+    job: &EnqueueRequest,
     registry: &Registry,
-    config: &crate::config::Config,
+    default_tz: &str,
 ) -> Result<ScheduleDef, ConfigError> {
-    let in_config = |e: ConfigError| {
-        let e = ConfigError {
-            key: e.key.map(|k| format!("snapshots.{k}")),
-            ..e
-        };
-        match &config.source {
-            Some(f) => e.in_file(f),
-            None => e,
-        }
-    };
-    let form: ScheduleForm = s
-        .schedule
-        .clone()
+    let form: ScheduleForm = schedule
         .try_into()
-        .map_err(|e: toml::de::Error| {
-            in_config(ConfigError::at("schedule", e.message().to_string()))
-        })?;
-    let spec = form.into_spec(&config.timezone()).map_err(in_config)?;
-    let args = serde_json::json!({"source": s.source, "destinations": s.destinations});
+        .map_err(|e: toml::de::Error| ConfigError::at("schedule", e.message().to_string()))?;
+    let spec = form.into_spec(default_tz)?;
     let job = registry
-        .prepare(&EnqueueRequest {
-            kind: "snapshot_scan".into(),
-            args,
-            ..Default::default()
-        })
-        .map_err(|e| in_config(ConfigError::at(e[0].field.clone(), e[0].message.clone())))?;
+        .prepare(job)
+        .map_err(|e| ConfigError::at(e[0].field.clone(), e[0].message.clone()))?;
     Ok(ScheduleDef {
-        name: crate::app::SNAPSHOTS.into(),
+        name: name.into(),
         kind: job.kind,
         args: job.args,
         queue: None,
@@ -283,7 +269,7 @@ pub fn snapshots_schedule(
         max_attempts: None,
         spec: serde_json::to_string(&spec).unwrap_or_default(),
         enabled: true,
-        source: "configuration [snapshots]".into(),
+        source: source.into(),
     })
 }
 

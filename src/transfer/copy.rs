@@ -12,7 +12,7 @@
 //!   transfer ends with the hash of the whole file even across restarts, and the destination is
 //!   asked to check what it stored against it.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -23,6 +23,31 @@ use crate::{
     destinations::{Destination, RemoteFile, Sent, Session},
     queue::{JobContext, JobError, Progress},
 };
+
+/// How long a job waits for a destination to be authorized again before looking once more;
+/// authorizing wakes it at once.
+pub const AUTH_WAIT: Duration = Duration::from_secs(3600);
+
+impl From<TransferError> for JobError {
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Temporary(m) => JobError::Retryable(m),
+            TransferError::Permanent(m) => JobError::Permanent(m),
+            TransferError::RetryAfter { wait, message } => JobError::Snooze {
+                wait,
+                reason: message,
+            },
+            TransferError::Unauthorized(m) => JobError::Snooze {
+                wait: AUTH_WAIT,
+                reason: m,
+            },
+            TransferError::NotFound(m) => JobError::Cancelled(m),
+            e @ (TransferError::SessionGone(_) | TransferError::IncorrectOffset(_)) => {
+                JobError::Retryable(e.to_string())
+            }
+        }
+    }
+}
 
 /// How often one attempt may start an upload over after losing its session. Past that the
 /// attempt fails and backs off: a destination that keeps losing what it was given must not be

@@ -26,8 +26,6 @@ pub trait ByteSource: Send + Sync {
     async fn open_at(&self, offset: u64) -> Result<(ByteStream, u64), TransferError>;
 }
 
-use crate::queue::JobError;
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransferError {
     /// Network trouble, 5xx, timeouts: retry with backoff.
@@ -52,31 +50,6 @@ pub enum TransferError {
     /// The thing asked for does not exist (a source backup that vanished).
     #[error("{0}")]
     NotFound(String),
-}
-
-/// How long a job waits for a destination to be authorized again before looking once more;
-/// authorizing wakes it at once.
-pub const AUTH_WAIT: Duration = Duration::from_secs(3600);
-
-impl From<TransferError> for JobError {
-    fn from(e: TransferError) -> Self {
-        match e {
-            TransferError::Temporary(m) => JobError::Retryable(m),
-            TransferError::Permanent(m) => JobError::Permanent(m),
-            TransferError::RetryAfter { wait, message } => JobError::Snooze {
-                wait,
-                reason: message,
-            },
-            TransferError::Unauthorized(m) => JobError::Snooze {
-                wait: AUTH_WAIT,
-                reason: m,
-            },
-            TransferError::NotFound(m) => JobError::Cancelled(m),
-            e @ (TransferError::SessionGone(_) | TransferError::IncorrectOffset(_)) => {
-                JobError::Retryable(e.to_string())
-            }
-        }
-    }
 }
 
 /// A file-system error as the retry decision needs it. Everything a file system says is about

@@ -11,7 +11,7 @@
 
 pub(crate) mod page;
 
-use std::{net::SocketAddr, path::Path as FsPath, sync::Arc};
+use std::net::SocketAddr;
 
 use axum::{
     Form, Router,
@@ -21,75 +21,15 @@ use axum::{
     response::{Html, IntoResponse, Json, Redirect, Response},
     routing::{get, post},
 };
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 
-use crate::{api::AppState, api::error::ApiError, app::SNAPSHOTS};
+use crate::{
+    http::{AppState, error::ApiError, hex, ingress_prefix},
+    ops,
+};
 
 const CSRF_COOKIE: &str = "offsite_csrf";
 const SESSION_COOKIE: &str = "offsite_session";
-
-/// The panel's signing key: kept in the data directory so sessions and open pages survive a
-/// restart.
-pub struct PanelKey([u8; 32]);
-
-impl PanelKey {
-    pub fn load_or_create(data_dir: &FsPath) -> std::io::Result<PanelKey> {
-        let path = data_dir.join("panel.key");
-        if let Ok(bytes) = std::fs::read(&path)
-            && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
-        {
-            return Ok(PanelKey(key));
-        }
-        let key: [u8; 32] = rand::random();
-        let tmp = path.with_extension("key.tmp");
-        {
-            use std::io::Write;
-            let mut opts = std::fs::File::options();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        Ok(PanelKey(key))
-    }
-
-    #[cfg(test)]
-    fn ephemeral() -> PanelKey {
-        PanelKey(rand::random())
-    }
-
-    fn sign(&self, what: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
-        mac.update(what.as_bytes());
-        hex(&mac.finalize().into_bytes())
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The path prefix every link and form must carry: Home Assistant's `X-Ingress-Path`, or
-/// nothing. Anything that is not a plain path is ignored rather than echoed into the page.
-pub(crate) fn ingress_prefix(headers: &HeaderMap) -> String {
-    let Some(p) = headers.get("x-ingress-path").and_then(|v| v.to_str().ok()) else {
-        return String::new();
-    };
-    let ok = p.starts_with('/')
-        && !p.contains("//")
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
-    if ok {
-        p.trim_end_matches('/').to_string()
-    } else {
-        String::new()
-    }
-}
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -119,10 +59,10 @@ fn session_value(state: &AppState, token: &crate::config::Secret) -> String {
 }
 
 /// Whether this request may use the panel: Home Assistant's ingress or (when configured) a
-/// browser on this machine without signing in ([`crate::api::auth::trusted_without_token`]);
+/// browser on this machine without signing in ([`crate::http::auth::trusted_without_token`]);
 /// anyone else with the API token — the session cookie from signing in, or a bearer header.
 fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
-    if crate::api::auth::trusted_without_token(&state.config, peer, headers) {
+    if crate::http::auth::trusted_without_token(&state.config, peer, headers) {
         return true;
     }
     let Some(token) = &state.config.api.token else {
@@ -130,8 +70,8 @@ fn trusted(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> bool {
     };
     let session = session_value(state, token);
     cookie(headers, SESSION_COOKIE)
-        .is_some_and(|given| crate::api::ct_eq(given.as_bytes(), session.as_bytes()))
-        || crate::api::bearer_matches(headers, token)
+        .is_some_and(|given| crate::http::ct_eq(given.as_bytes(), session.as_bytes()))
+        || crate::http::bearer_matches(headers, token)
 }
 
 /// `?token=` on a panel page: the one-time code of the sign-in link from the start-up log, or
@@ -156,7 +96,7 @@ async fn guard(
     {
         let Some(token) = state.config.api.token.as_ref().filter(|t| {
             state.sign_in.redeem(&given)
-                || crate::api::ct_eq(given.as_bytes(), t.expose().as_bytes())
+                || crate::http::ct_eq(given.as_bytes(), t.expose().as_bytes())
         }) else {
             tracing::warn!("panel sign-in link with a wrong token");
             return Redirect::to(&format!("{prefix}/panel/login")).into_response();
@@ -220,7 +160,7 @@ fn valid_csrf(state: &AppState, value: &str) -> bool {
         return false;
     };
     let expected = state.panel_key.sign(&format!("csrf:{nonce}"));
-    crate::api::ct_eq(sig.as_bytes(), expected.as_bytes())
+    crate::http::ct_eq(sig.as_bytes(), expected.as_bytes())
 }
 
 /// A form is accepted only from our own pages: the field must match the signed cookie, and a
@@ -246,8 +186,9 @@ fn csrf_rejection(state: &AppState, headers: &HeaderMap, field: &str) -> Option<
             })
         }),
     };
-    let cookie_ok = cookie(headers, CSRF_COOKIE)
-        .is_some_and(|c| valid_csrf(state, c) && crate::api::ct_eq(c.as_bytes(), field.as_bytes()));
+    let cookie_ok = cookie(headers, CSRF_COOKIE).is_some_and(|c| {
+        valid_csrf(state, c) && crate::http::ct_eq(c.as_bytes(), field.as_bytes())
+    });
     if cross_site || !cookie_ok {
         return Some(page_error(
             &prefix,
@@ -310,7 +251,7 @@ async fn index(
         flash
             .sig
             .as_deref()
-            .is_some_and(|s| crate::api::ct_eq(s.as_bytes(), expected.as_bytes()))
+            .is_some_and(|s| crate::http::ct_eq(s.as_bytes(), expected.as_bytes()))
     });
     let html = page::index(&page::Ctx::new(&state, &prefix, &csrf), &data, flash);
     let resp = Html(html).into_response();
@@ -355,22 +296,25 @@ async fn backup_now(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    match crate::api::schedules::enqueue_now(&state, SNAPSHOTS).await {
-        Ok(_) => back(
-            &state,
-            &prefix,
-            "ok",
-            "Looking for new backups now; uploads appear under Activity.",
-            "activity",
-        ),
-        Err(ApiError::NotFound(_)) => back(
+    match ops::back_up_now(&state.store, &state.registry).await {
+        Ok(_) => {
+            state.nudge();
+            back(
+                &state,
+                &prefix,
+                "ok",
+                "Looking for new backups now; uploads appear under Activity.",
+                "activity",
+            )
+        }
+        Err(ops::OpsError::NotFound(_)) => back(
             &state,
             &prefix,
             "error",
             "Backups are not set up: no destination is configured yet.",
             "top",
         ),
-        Err(e) => back(&state, &prefix, "error", &user_message(e), "top"),
+        Err(e) => back(&state, &prefix, "error", &user_message(e.into()), "top"),
     }
 }
 
@@ -384,9 +328,15 @@ async fn authorize(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    match crate::api::snapshots::begin_authorization(&state, &name) {
+    match ops::authorization::begin_authorization(&state.services, &state.auth, &name) {
         Ok(_) => Redirect::to(&format!("{prefix}/#destinations")).into_response(),
-        Err(e) => back(&state, &prefix, "error", &user_message(e), "destinations"),
+        Err(e) => back(
+            &state,
+            &prefix,
+            "error",
+            &user_message(e.into()),
+            "destinations",
+        ),
     }
 }
 
@@ -408,19 +358,33 @@ async fn authorize_code(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    match crate::api::snapshots::finish_authorization(&state, &name, &form.code).await {
-        Ok(()) => back(
-            &state,
-            &prefix,
-            "ok",
-            &format!("Dropbox destination {name} is authorized; waiting uploads continue now."),
-            "destinations",
-        ),
+    let finished = ops::authorization::finish_authorization(
+        &state.store,
+        &state.services,
+        &state.auth,
+        &name,
+        &form.code,
+    )
+    .await;
+    match finished {
+        Ok(()) => {
+            state.nudge();
+            back(
+                &state,
+                &prefix,
+                "ok",
+                &format!("Dropbox destination {name} is authorized; waiting uploads continue now."),
+                "destinations",
+            )
+        }
         Err(e) => back(
             &state,
             &prefix,
             "error",
-            &format!("Dropbox did not accept the code: {}", user_message(e)),
+            &format!(
+                "Dropbox did not accept the code: {}",
+                user_message(e.into())
+            ),
             "destinations",
         ),
     }
@@ -514,7 +478,7 @@ async fn login(
         .api
         .token
         .as_ref()
-        .filter(|t| crate::api::ct_eq(form.token.trim().as_bytes(), t.expose().as_bytes()));
+        .filter(|t| crate::http::ct_eq(form.token.trim().as_bytes(), t.expose().as_bytes()));
     let Some(token) = token else {
         tracing::warn!("panel sign-in with a wrong token");
         return (
@@ -574,19 +538,85 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/panel/login", get(login_page).post(login))
         .route("/panel/panel.css", get(css))
         .route("/panel/panel.js", get(js))
+        .route("/callback", get(callback))
 }
 
-/// Whether a path belongs to the panel (which guards itself).
-pub fn is_panel_path(path: &str) -> bool {
-    path == "/" || path.starts_with("/panel/")
+#[derive(Debug, Deserialize)]
+pub struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
 }
 
-/// Shared so `AppState` stays cheap to clone.
-pub type SharedPanelKey = Arc<PanelKey>;
+/// The panel's message page (the callback is opened outside ingress, so no prefix).
+fn callback_page(status: StatusCode, title: &str, text: &str) -> (StatusCode, Html<String>) {
+    (status, Html(page::message_page("", title, text)))
+}
+
+/// Where Dropbox sends the user back in the redirect flow (a redirect URI registered with the
+/// app and set as the destination's `redirect_uri`). The `state` proves the request is ours.
+pub async fn callback(
+    State(state): State<AppState>,
+    Query(p): Query<CallbackParams>,
+) -> (StatusCode, Html<String>) {
+    // Anyone can make a link to this page with any text in `error_description`, so the page
+    // says only what we know: access was not granted.
+    if let Some(error) = p.error {
+        let why = if error == "access_denied" {
+            "Access was denied in Dropbox. Start the authorization again from the panel and \
+             press Allow."
+        } else {
+            "Dropbox did not grant access. Start the authorization again from the panel."
+        };
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            "Authorization was not granted",
+            why,
+        );
+    }
+    let (Some(code), Some(nonce)) = (p.code, p.state) else {
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            "Missing code",
+            "This page is opened by Dropbox after you allow access.",
+        );
+    };
+    let Some((name, pending)) = ops::authorization::pending_by_state(&state.auth, &nonce) else {
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            "Unknown or expired authorization",
+            "Start the authorization again.",
+        );
+    };
+    if ops::authorization(&state.services, &name).is_err() {
+        return callback_page(StatusCode::NOT_FOUND, "Unknown destination", &name);
+    }
+    let redirect = ops::authorization::redirect_uri(&state.services, &name);
+    if let Err(e) =
+        ops::authorization::exchange(&state.services, &name, &pending, &code, redirect.as_deref())
+            .await
+    {
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            "Dropbox did not accept the code",
+            &e.to_string(),
+        );
+    }
+    match ops::authorization::authorized(&state.store, &state.auth, &name).await {
+        Ok(_) => state.nudge(),
+        Err(e) => tracing::error!(error = ?ApiError::from(e), "could not wake waiting jobs"),
+    }
+    callback_page(
+        StatusCode::OK,
+        "Dropbox is authorized",
+        &format!("Destination {name} is ready; you can close this page."),
+    )
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::PanelKey;
 
     #[test]
     fn ingress_prefix_is_a_plain_path_or_nothing() {

@@ -8,8 +8,9 @@ use chrono_tz::Tz;
 use serde_json::Value;
 
 use crate::{
-    api::{AppState, snapshots::DestinationView},
-    app::SNAPSHOTS,
+    http::AppState,
+    jobs::SNAPSHOTS,
+    ops::DestinationView,
     queue::{
         JobState, scheduler,
         state::{Millis, to_datetime},
@@ -181,12 +182,13 @@ impl PanelData {
         let mut destinations = Vec::new();
         for name in state.services.destination_names() {
             // Every name comes from the configured destinations, so the lookup cannot fail.
-            let Ok(view) = crate::api::snapshots::view_from(state, name, &all_uploads) else {
+            let Ok(view) = crate::ops::destinations::view_from(&state.services, name, &all_uploads)
+            else {
                 continue;
             };
-            let authorizable = view.kind == "dropbox";
+            let authorizable = crate::ops::authorization::authorizable(&state.services, name);
             destinations.push(DestinationRow {
-                pending_url: crate::api::snapshots::pending_authorization(state, name)
+                pending_url: crate::ops::authorization::pending_authorization(&state.auth, name)
                     .map(|p| p.url),
                 authorizable,
                 view,

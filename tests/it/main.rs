@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod crash;
 mod dropbox;
+mod layers;
 mod panel;
 mod proxy;
 mod queue;

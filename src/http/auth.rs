@@ -133,9 +133,7 @@ pub fn panel_url(listen: SocketAddr) -> String {
     format!("http://{host}:{}/", listen.port())
 }
 
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use crate::redact::ct_eq;
 
 /// The credentials of `Authorization: <scheme> <credentials>` when the scheme is `Bearer`
 /// (compared without regard to case, RFC 9110 §11.1).
@@ -182,7 +180,7 @@ pub(crate) fn trusted_without_token(
     let ip = peer.ip().to_canonical();
     let allow_from = &config.api.allow_from;
     if allow_from.iter().any(|a| a.to_canonical() == ip)
-        && !crate::web::ingress_prefix(headers).is_empty()
+        && !super::ingress_prefix(headers).is_empty()
     {
         return true;
     }

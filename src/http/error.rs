@@ -198,6 +198,20 @@ impl From<OpError> for ApiError {
     }
 }
 
+impl From<crate::ops::OpsError> for ApiError {
+    fn from(e: crate::ops::OpsError) -> Self {
+        use crate::ops::OpsError;
+        match e {
+            OpsError::NotFound(m) => ApiError::NotFound(m),
+            OpsError::Conflict(m) => ApiError::Conflict(m),
+            OpsError::Validation(f) => ApiError::Validation(f),
+            OpsError::BadGateway(m) => ApiError::BadGateway(m),
+            OpsError::Internal(m) => ApiError::Internal(m),
+            OpsError::Store(s) => s.into(),
+        }
+    }
+}
+
 /// A JSON body whose errors are problems: malformed JSON is 400, a body of the wrong shape is
 /// 422 naming the field.
 pub struct ApiJson<T>(pub T);
