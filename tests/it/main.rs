@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cli;
 mod common;
+mod conformance;
 mod crash;
 mod dropbox;
 mod layers;

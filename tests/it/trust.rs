@@ -912,7 +912,7 @@ async fn a_second_worker_with_the_same_instance_id_on_one_database_refuses_to_st
     first.stop().await;
 }
 
-async fn raw(db: &Path) -> sqlx::SqliteConnection {
+pub(crate) async fn raw(db: &Path) -> sqlx::SqliteConnection {
     <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap()

@@ -334,6 +334,13 @@ impl FakeDropbox {
             .at(n, UploadFault::AcceptThenFail);
     }
 
+    /// The next `n` commits store the file with its first byte flipped, as a storage fault on
+    /// the server would: its `content_hash` (computed over what is stored) no longer matches
+    /// what the client sent.
+    pub fn corrupt_next_commits(&self, n: u64) {
+        self.shared.lock().corrupt_commits = n;
+    }
+
     fn schedule_next(&self, n: u64, fault: impl Fn() -> RequestFault) {
         let mut st = self.shared.lock();
         for k in 1..=n {
@@ -473,6 +480,8 @@ struct DbxState {
     faults: Faults,
     stats: Stats,
     serial: u64,
+    /// Commits still to store with a flipped byte (see `corrupt_next_commits`).
+    corrupt_commits: u64,
 }
 
 impl Default for DbxState {
@@ -487,6 +496,7 @@ impl Default for DbxState {
             faults: Faults::default(),
             stats: Stats::default(),
             serial: 0,
+            corrupt_commits: 0,
         }
     }
 }
@@ -1766,7 +1776,22 @@ async fn upload_finish(
     if s.kind == SessionKind::Sequential {
         commit_chunk(&mut s, offset, false, received);
     }
+    let corrupt = {
+        let mut st = shared.lock();
+        let corrupt = st.corrupt_commits > 0;
+        st.corrupt_commits = st.corrupt_commits.saturating_sub(1);
+        corrupt
+    };
+    if corrupt
+        && let Ok(mut stored) = std::fs::read(&s.disk)
+        && !stored.is_empty()
+    {
+        stored[0] ^= 0xff;
+        std::fs::write(&s.disk, stored).expect("corrupt the fake's copy");
+    }
     let (size, hash) = match seal_session(&s).await {
+        // What Dropbox reports is the hash of what it stored.
+        Ok((size, _)) if corrupt => (size, content_hash(&std::fs::read(&s.disk).unwrap())),
         Ok(x) => x,
         Err(e) => return storage_error(e),
     };
