@@ -16,39 +16,15 @@ use super::{
 };
 use crate::transfer::{ByteStream, TransferError};
 
-/// A wrapper: every wrapper is a [`Destination`] itself.
+/// A wrapper: every wrapper is a [`Destination`] itself. Each step goes to the destination
+/// inside unless the wrapper takes it over, so a new wrapper (encryption, say) is one file that
+/// overrides the steps it changes.
 #[async_trait::async_trait]
 pub trait Layer: Send + Sync {
     fn inner(&self) -> &dyn Destination;
 
     async fn pace(&self, bytes: u64) {
         self.inner().pace(bytes).await
-    }
-
-    async fn delete(&self, remote: &str) -> Result<(), TransferError> {
-        self.inner().delete(remote).await
-    }
-}
-
-#[async_trait::async_trait]
-impl<L: Layer> Destination for L {
-    fn info(&self) -> DestinationInfo {
-        self.inner().info()
-    }
-    fn chunk_rules(&self) -> ChunkRules {
-        self.inner().chunk_rules()
-    }
-    fn root(&self) -> &str {
-        self.inner().root()
-    }
-    fn authorization(&self) -> Option<&dyn Authorization> {
-        self.inner().authorization()
-    }
-    async fn prepare(&self) -> Result<(), TransferError> {
-        self.inner().prepare().await
-    }
-    async fn pace(&self, bytes: u64) {
-        Layer::pace(self, bytes).await
     }
     async fn list(&self) -> Result<Vec<RemoteFile>, TransferError> {
         self.inner().list().await
@@ -60,7 +36,7 @@ impl<L: Layer> Destination for L {
         self.inner().open_at(remote, offset).await
     }
     async fn delete(&self, remote: &str) -> Result<(), TransferError> {
-        Layer::delete(self, remote).await
+        self.inner().delete(remote).await
     }
     async fn begin(&self, remote: &str, size: u64, chunk: u64) -> Result<Session, TransferError> {
         self.inner().begin(remote, size, chunk).await
@@ -96,6 +72,80 @@ impl<L: Layer> Destination for L {
             .finish(session, offset, chunk, remote, sent)
             .await
     }
+    async fn same_content(
+        &self,
+        stored: &RemoteFile,
+        source: ByteStream,
+        size: u64,
+    ) -> Result<bool, TransferError> {
+        self.inner().same_content(stored, source, size).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<L: Layer> Destination for L {
+    fn info(&self) -> DestinationInfo {
+        self.inner().info()
+    }
+    fn chunk_rules(&self) -> ChunkRules {
+        self.inner().chunk_rules()
+    }
+    fn root(&self) -> &str {
+        self.inner().root()
+    }
+    fn authorization(&self) -> Option<&dyn Authorization> {
+        self.inner().authorization()
+    }
+    async fn prepare(&self) -> Result<(), TransferError> {
+        self.inner().prepare().await
+    }
+    async fn pace(&self, bytes: u64) {
+        Layer::pace(self, bytes).await
+    }
+    async fn list(&self) -> Result<Vec<RemoteFile>, TransferError> {
+        Layer::list(self).await
+    }
+    async fn stat(&self, remote: &str) -> Result<Option<RemoteFile>, TransferError> {
+        Layer::stat(self, remote).await
+    }
+    async fn open_at(&self, remote: &str, offset: u64) -> Result<ByteStream, TransferError> {
+        Layer::open_at(self, remote, offset).await
+    }
+    async fn delete(&self, remote: &str) -> Result<(), TransferError> {
+        Layer::delete(self, remote).await
+    }
+    async fn begin(&self, remote: &str, size: u64, chunk: u64) -> Result<Session, TransferError> {
+        Layer::begin(self, remote, size, chunk).await
+    }
+    async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError> {
+        Layer::position(self, session, ours).await
+    }
+    async fn append(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        chunk: Bytes,
+    ) -> Result<(), TransferError> {
+        Layer::append(self, session, offset, chunk).await
+    }
+    fn caught_up(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), TransferError> {
+        Layer::caught_up(self, session, offset, bytes)
+    }
+    async fn finish(
+        &self,
+        session: &mut Session,
+        offset: u64,
+        chunk: Bytes,
+        remote: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, TransferError> {
+        Layer::finish(self, session, offset, chunk, remote, sent).await
+    }
     async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
         self.inner().abandon(session).await
     }
@@ -108,6 +158,6 @@ impl<L: Layer> Destination for L {
         source: ByteStream,
         size: u64,
     ) -> Result<bool, TransferError> {
-        self.inner().same_content(stored, source, size).await
+        Layer::same_content(self, stored, source, size).await
     }
 }
