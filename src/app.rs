@@ -256,6 +256,7 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
         config.clone(),
         store.clone(),
         setup.services.clone(),
+        setup.registry.clone(),
     )? {
         tasks.push(ha.start(stop.clone()));
     }

@@ -18,7 +18,7 @@ use crate::{
     config::{Config, ConfigError, HomeAssistantConfig, Secret},
     jobs::SNAPSHOTS,
     jobs::services::Services,
-    queue::{JobState, Store, state::to_datetime, store::JobFilter},
+    queue::{JobState, Registry, Store, state::to_datetime, store::JobFilter},
 };
 
 /// Notification ids start with this, so ours are easy to tell apart.
@@ -66,6 +66,7 @@ pub struct HomeAssistant {
     refresh: Duration,
     store: Store,
     services: Arc<Services>,
+    registry: Arc<Registry>,
     config: Arc<Config>,
     /// What each sensor was last set to, and when everything was last written.
     written: BTreeMap<String, (String, Value)>,
@@ -81,6 +82,7 @@ impl HomeAssistant {
         config: Arc<Config>,
         store: Store,
         services: Arc<Services>,
+        registry: Arc<Registry>,
     ) -> Result<Option<HomeAssistant>, ConfigError> {
         let Some(ha) = config.homeassistant.clone().filter(|h| h.enabled) else {
             return Ok(None);
@@ -114,6 +116,7 @@ impl HomeAssistant {
             refresh,
             store,
             services,
+            registry,
             config,
             written: BTreeMap::new(),
             last_refresh: None,
@@ -162,7 +165,7 @@ impl HomeAssistant {
     }
 
     async fn sync_notifications(&mut self) -> Result<(), CoreError> {
-        let wanted = wanted_notifications(&self.store, &self.services).await?;
+        let wanted = wanted_notifications(&self.store, &self.services, &self.registry).await?;
         let raised = self.store.ha_notifications().await?;
         for n in &wanted {
             match raised.get(&n.id) {
@@ -203,8 +206,14 @@ impl HomeAssistant {
 
     /// Writes the sensors that changed; one refused sensor does not hold up the others.
     async fn sync_sensors(&mut self) -> Result<(), CoreError> {
-        let sensors =
-            wanted_sensors(&self.store, &self.services, &self.config, &self.prefix).await?;
+        let sensors = wanted_sensors(
+            &self.store,
+            &self.services,
+            &self.registry,
+            &self.config,
+            &self.prefix,
+        )
+        .await?;
         let refresh = self
             .last_refresh
             .is_none_or(|t| t.elapsed() >= self.refresh);
@@ -297,6 +306,7 @@ fn news(old: &str, new: &str) -> bool {
 pub async fn wanted_notifications(
     store: &Store,
     services: &Services,
+    registry: &Registry,
 ) -> Result<Vec<Notification>, crate::queue::store::StoreError> {
     let mut out = Vec::new();
     for name in services.destination_names() {
@@ -329,7 +339,7 @@ pub async fn wanted_notifications(
             .map(|j| {
                 let error = j.last_error.as_deref().unwrap_or("no error recorded");
                 let error: String = error.chars().take(200).collect();
-                format!("- job {}: {} — {error}", j.id, crate::jobs::describe(j))
+                format!("- job {}: {} — {error}", j.id, registry.describe_job(j))
             })
             .collect();
         let total = (discarded as usize).max(failed.len());
@@ -370,7 +380,7 @@ pub async fn wanted_notifications(
                 format!(
                     "- job {}: {} — failed {} times: {error}",
                     j.id,
-                    crate::jobs::describe(j),
+                    registry.describe_job(j),
                     j.attempt
                 )
             })
@@ -401,6 +411,7 @@ const STRUGGLING_AFTER: i64 = 2;
 pub async fn wanted_sensors(
     store: &Store,
     services: &Services,
+    registry: &Registry,
     config: &Config,
     prefix: &str,
 ) -> Result<Vec<Sensor>, crate::queue::store::StoreError> {
@@ -443,7 +454,7 @@ pub async fn wanted_sensors(
             "friendly_name": "offsite last result",
             "icon": if result == "failed" { "mdi:cloud-alert" } else { "mdi:cloud-check" },
             "job_id": job_id,
-            "job": finished.as_ref().map(crate::jobs::describe),
+            "job": finished.as_ref().map(|j| registry.describe_job(j)),
             "error": error,
             "finished_at": at,
         }),

@@ -1,4 +1,5 @@
-//! The job kinds offsite knows. A kind plugs in as one file plus one `register` line here.
+//! The job kinds offsite knows. A kind plugs in as one file (its args, worker, description,
+//! tags and config checks: [`JobArgs`] and [`Kind`]) plus one [`add`] line in [`registry_with`].
 
 pub mod noop;
 pub mod retention;
@@ -33,8 +34,46 @@ fn apply(config: &Config, kind: &str, s: &mut KindSettings) {
     }
 }
 
-fn add<A: JobArgs, W: Worker<A>>(registry: &mut Registry, config: &Config, worker: W) {
-    registry.register::<A, W>(worker, |s| apply(config, A::KIND, s));
+/// A job kind as offsite wires it, implemented in the kind's own file beside its args: the
+/// worker that runs it and the checks of its args against this installation. With it, a kind
+/// is one [`add`] line in [`registry_with`]; its description for people and its tags are its
+/// [`JobArgs`] methods.
+pub trait Kind: JobArgs {
+    type Worker: Worker<Self>;
+    fn worker(services: &Arc<Services>) -> Self::Worker;
+    /// Checks of the args against this installation (e.g. that a named destination is
+    /// configured), at enqueue time; errors name the field without the `args.` prefix.
+    fn check(&self, _services: &Services) -> Result<(), FieldError> {
+        Ok(())
+    }
+}
+
+/// Registers kind `K` with the config's overrides of its settings.
+pub fn add<K: Kind>(registry: &mut Registry, config: &Config, services: &Arc<Services>) {
+    let s = services.clone();
+    registry.register_checked::<K, _>(
+        K::worker(services),
+        |k| apply(config, K::KIND, k),
+        move |a| a.check(&s),
+    );
+}
+
+/// For [`Kind::check`]: that the source named in `field` is configured.
+pub(crate) fn source_configured(
+    services: &Services,
+    field: &str,
+    name: &str,
+) -> Result<(), FieldError> {
+    known(services.has_source(name), field, "source", name)
+}
+
+/// For [`Kind::check`]: that the destination named in `field` is configured.
+pub(crate) fn destination_configured(
+    services: &Services,
+    field: &str,
+    name: &str,
+) -> Result<(), FieldError> {
+    known(services.has_destination(name), field, "destination", name)
 }
 
 fn known(exists: bool, field: &str, what: &str, name: &str) -> Result<(), FieldError> {
@@ -55,45 +94,10 @@ pub fn registry(config: &Config) -> Result<Registry, ConfigError> {
 
 pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registry, ConfigError> {
     let mut registry = Registry::new(config.queue_names());
-    add::<noop::NoopArgs, _>(&mut registry, config, noop::NoopWorker);
-    let s = services.clone();
-    registry.register_checked::<snapshot::SnapshotScanArgs, _>(
-        snapshot::SnapshotScanWorker(services.clone()),
-        |k| apply(config, snapshot::SnapshotScanArgs::KIND, k),
-        move |a| {
-            known(s.has_source(&a.source), "source", "source", &a.source)?;
-            a.destinations
-                .iter()
-                .try_for_each(|d| known(s.has_destination(d), "destinations", "destination", d))
-        },
-    );
-    let s = services.clone();
-    registry.register_checked::<snapshot::SnapshotUploadArgs, _>(
-        snapshot::SnapshotUploadWorker(services.clone()),
-        |k| apply(config, snapshot::SnapshotUploadArgs::KIND, k),
-        move |a| {
-            known(s.has_source(&a.source), "source", "source", &a.source)?;
-            known(
-                s.has_destination(&a.destination),
-                "destination",
-                "destination",
-                &a.destination,
-            )
-        },
-    );
-    let s = services.clone();
-    registry.register_checked::<retention::RetentionPruneArgs, _>(
-        retention::RetentionPruneWorker(services.clone()),
-        |k| apply(config, retention::RetentionPruneArgs::KIND, k),
-        move |a| {
-            known(
-                s.has_destination(&a.destination),
-                "destination",
-                "destination",
-                &a.destination,
-            )
-        },
-    );
+    add::<noop::NoopArgs>(&mut registry, config, &services);
+    add::<snapshot::SnapshotScanArgs>(&mut registry, config, &services);
+    add::<snapshot::SnapshotUploadArgs>(&mut registry, config, &services);
+    add::<retention::RetentionPruneArgs>(&mut registry, config, &services);
 
     for kind in config.kinds.keys() {
         if registry.get(kind).is_none() {
@@ -159,17 +163,127 @@ pub fn destination_tag(destination: &str) -> String {
     format!("destination:{destination}")
 }
 
-/// What a job was about, in words: `backup "Weekly" → dropbox`.
-pub fn describe(job: &crate::queue::store::JobRecord) -> String {
-    let arg = |k: &str| job.args.get(k).and_then(serde_json::Value::as_str);
-    match (
-        job.kind.as_str(),
-        arg("name").or(arg("backup")),
-        arg("destination"),
-    ) {
-        ("snapshot_upload", Some(name), Some(dest)) => format!("upload of {name:?} to {dest}"),
-        ("retention_prune", _, Some(dest)) => format!("clean-up of old backups on {dest}"),
-        ("snapshot_scan", _, _) => "scan for new backups".into(),
-        (kind, _, _) => kind.replace('_', " "),
+#[cfg(test)]
+mod tests {
+    use figment::providers::Env;
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::{EnqueueRequest, JobContext, JobError};
+
+    /// A kind in a few lines: its description and its config check are its own.
+    #[derive(Serialize, Deserialize)]
+    struct PingArgs {
+        destination: String,
+    }
+
+    impl JobArgs for PingArgs {
+        const KIND: &'static str = "test_ping";
+        fn settings() -> KindSettings {
+            KindSettings {
+                queue: "default".into(),
+                max_attempts: 1,
+                priority: 2,
+                timeout: None,
+                stall_timeout: None,
+            }
+        }
+        fn describe(&self) -> String {
+            format!("ping of {}", self.destination)
+        }
+    }
+
+    struct PingWorker;
+
+    impl Worker<PingArgs> for PingWorker {
+        async fn work(&self, _: JobContext, _: PingArgs) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    impl Kind for PingArgs {
+        type Worker = PingWorker;
+        fn worker(_: &Arc<Services>) -> PingWorker {
+            PingWorker
+        }
+        fn check(&self, services: &Services) -> Result<(), FieldError> {
+            destination_configured(services, "destination", &self.destination)
+        }
+    }
+
+    fn setup() -> (Config, Arc<Services>, Registry) {
+        // The built-in configuration: source "inbox", destination "outbox".
+        let config = Config::load_with(None, Env::prefixed("OFFSITE_NOT_SET_IN_UNIT_TESTS_"))
+            .expect("built-in config");
+        let services = Arc::new(Services::new(&config).expect("services"));
+        let registry = registry_with(&config, services.clone()).expect("registry");
+        (config, services, registry)
+    }
+
+    fn ping(destination: &str) -> EnqueueRequest {
+        EnqueueRequest {
+            kind: PingArgs::KIND.into(),
+            args: json!({ "destination": destination }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_kind_registered_in_one_line_brings_its_description_and_its_check() {
+        let (config, services, mut registry) = setup();
+        add::<PingArgs>(&mut registry, &config, &services);
+
+        let job = registry
+            .prepare(&ping("outbox"))
+            .expect("outbox is configured");
+        assert_eq!(job.kind, "test_ping");
+        let errors = registry.prepare(&ping("nowhere")).unwrap_err();
+        assert_eq!(
+            errors,
+            [FieldError::new(
+                "args.destination",
+                "destination \"nowhere\" is not configured"
+            )]
+        );
+
+        assert_eq!(
+            registry
+                .describe("test_ping", &json!({ "destination": "outbox" }))
+                .as_deref(),
+            Some("ping of outbox")
+        );
+        // Args it cannot read, and kinds not registered: no description of their own.
+        assert_eq!(registry.describe("test_ping", &json!({})), None);
+        assert_eq!(registry.describe("gone_kind", &json!({})), None);
+    }
+
+    #[test]
+    fn the_kinds_describe_themselves() {
+        let (_, _, registry) = setup();
+        let d = |kind: &str, args| registry.describe(kind, &args);
+        assert_eq!(
+            d(
+                "snapshot_upload",
+                json!({"source": "inbox", "destination": "outbox", "backup": "abc",
+                       "name": "Weekly", "date": "2024-01-01T00:00:00Z"})
+            )
+            .as_deref(),
+            Some("upload of \"Weekly\" to outbox")
+        );
+        assert_eq!(
+            d("retention_prune", json!({"destination": "outbox"})).as_deref(),
+            Some("clean-up of old backups on outbox")
+        );
+        assert_eq!(
+            d(
+                "snapshot_scan",
+                json!({"source": "inbox", "destinations": ["outbox"]})
+            )
+            .as_deref(),
+            Some("scan for new backups")
+        );
+        // The default: the kind's name in words.
+        assert_eq!(d("noop", json!({})).as_deref(), Some("noop"));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Kind, services::Services};
 use crate::queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Progress, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -43,6 +44,13 @@ impl JobArgs for NoopArgs {
             ));
         }
         Ok(())
+    }
+}
+
+impl Kind for NoopArgs {
+    type Worker = NoopWorker;
+    fn worker(_: &std::sync::Arc<Services>) -> NoopWorker {
+        NoopWorker
     }
 }
 

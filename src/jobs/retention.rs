@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::services::Services;
+use super::{Kind, destination_configured, services::Services};
 use crate::{
     config::DestinationConfig,
     destinations::{Destination, layers::DryRun},
@@ -109,6 +109,19 @@ impl JobArgs for RetentionPruneArgs {
             return Err(FieldError::new("destination", "must not be empty"));
         }
         Ok(())
+    }
+    fn describe(&self) -> String {
+        format!("clean-up of old backups on {}", self.destination)
+    }
+}
+
+impl Kind for RetentionPruneArgs {
+    type Worker = RetentionPruneWorker;
+    fn worker(services: &Arc<Services>) -> RetentionPruneWorker {
+        RetentionPruneWorker(services.clone())
+    }
+    fn check(&self, services: &Services) -> Result<(), FieldError> {
+        destination_configured(services, "destination", &self.destination)
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::services::Services;
+use super::{Kind, destination_configured, services::Services, source_configured};
 use crate::{
     destinations::{Session, remote_path},
     queue::{
@@ -52,6 +52,22 @@ impl JobArgs for SnapshotScanArgs {
             ));
         }
         Ok(())
+    }
+    fn describe(&self) -> String {
+        "scan for new backups".into()
+    }
+}
+
+impl Kind for SnapshotScanArgs {
+    type Worker = SnapshotScanWorker;
+    fn worker(services: &Arc<Services>) -> SnapshotScanWorker {
+        SnapshotScanWorker(services.clone())
+    }
+    fn check(&self, services: &Services) -> Result<(), FieldError> {
+        source_configured(services, "source", &self.source)?;
+        self.destinations
+            .iter()
+            .try_for_each(|d| destination_configured(services, "destinations", d))
     }
 }
 
@@ -168,6 +184,20 @@ impl JobArgs for SnapshotUploadArgs {
     }
     fn tags(&self) -> Vec<String> {
         vec![super::destination_tag(&self.destination)]
+    }
+    fn describe(&self) -> String {
+        format!("upload of {:?} to {}", self.name, self.destination)
+    }
+}
+
+impl Kind for SnapshotUploadArgs {
+    type Worker = SnapshotUploadWorker;
+    fn worker(services: &Arc<Services>) -> SnapshotUploadWorker {
+        SnapshotUploadWorker(services.clone())
+    }
+    fn check(&self, services: &Services) -> Result<(), FieldError> {
+        source_configured(services, "source", &self.source)?;
+        destination_configured(services, "destination", &self.destination)
     }
 }
 

@@ -8,7 +8,10 @@ use futures::future::BoxFuture;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{context::JobContext, store::NewJob};
+use super::{
+    context::JobContext,
+    store::{JobRecord, NewJob},
+};
 
 /// Why a job failed, and so what the engine does next.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,6 +95,16 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn tags(&self) -> Vec<String> {
         Vec::new()
     }
+    /// What the job is about, in words for people (the panel, Home Assistant, the CLI):
+    /// `upload of "Weekly" to dropbox`. By default the kind's name in words.
+    fn describe(&self) -> String {
+        humanize(Self::KIND)
+    }
+}
+
+/// A kind's name in words: `snapshot_scan` → `snapshot scan`.
+pub fn humanize(kind: &str) -> String {
+    kind.replace('_', " ")
 }
 
 /// Runs jobs of one kind.
@@ -112,12 +125,16 @@ type Handler =
 
 type Abandon = Arc<dyn Fn(String, Option<Value>) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// [`JobArgs::describe`] of stored args; `None` when they do not parse as the kind's.
+type Describe = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct KindEntry {
     pub settings: KindSettings,
     validate: Validate,
     handler: Handler,
     abandon: Abandon,
+    describe: Describe,
 }
 
 impl KindEntry {
@@ -128,6 +145,11 @@ impl KindEntry {
     /// See [`Worker::abandoned`].
     pub fn abandoned(&self, args: String, checkpoint: Option<Value>) -> BoxFuture<'static, ()> {
         (self.abandon)(args, checkpoint)
+    }
+
+    /// See [`JobArgs::describe`]; `None` when `args` are not this kind's.
+    pub fn describe(&self, args: &Value) -> Option<String> {
+        (self.describe)(args)
     }
 }
 
@@ -227,6 +249,8 @@ impl Registry {
                 worker.work(ctx, args).await
             })
         });
+        let describe: Describe =
+            Arc::new(|value: &Value| A::deserialize(value).ok().map(|args: A| args.describe()));
         let mut settings = A::settings();
         overrides(&mut settings);
         self.kinds.insert(
@@ -236,6 +260,7 @@ impl Registry {
                 validate,
                 handler,
                 abandon,
+                describe,
             },
         );
     }
@@ -250,6 +275,19 @@ impl Registry {
 
     pub fn queues(&self) -> &[String] {
         &self.queues
+    }
+
+    /// What a job of `kind` with `args` is about, in the kind's own words ([`JobArgs::describe`]);
+    /// `None` for a kind not registered or args that are not its.
+    pub fn describe(&self, kind: &str, args: &Value) -> Option<String> {
+        self.kinds.get(kind)?.describe(args)
+    }
+
+    /// What a stored job is about, in words: its kind's description, else its kind's name in
+    /// words (a kind no longer registered, args it no longer reads).
+    pub fn describe_job(&self, job: &JobRecord) -> String {
+        self.describe(&job.kind, &job.args)
+            .unwrap_or_else(|| humanize(&job.kind))
     }
 
     /// Validates a submission and resolves its defaults; every problem names its field.

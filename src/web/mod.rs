@@ -410,7 +410,7 @@ async fn retry(
                 "ok",
                 &format!(
                     "Job {id} ({}) will run again now.",
-                    crate::jobs::describe(&job)
+                    state.registry.describe_job(&job)
                 ),
                 "activity",
             )

@@ -12,7 +12,7 @@ use crate::{
     jobs::SNAPSHOTS,
     ops::DestinationView,
     queue::{
-        JobState, scheduler,
+        JobState, Registry, scheduler,
         state::{Millis, to_datetime},
         store::{JobFilter, JobRecord, StoreError, UploadRecord},
     },
@@ -42,16 +42,24 @@ pub struct Ctx<'a> {
     pub csrf: &'a str,
     pub tz: Tz,
     pub now: DateTime<Utc>,
+    /// The kinds, for what each job is about.
+    pub registry: &'a Registry,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(state: &AppState, prefix: &'a str, csrf: &'a str) -> Self {
+    pub fn new(state: &'a AppState, prefix: &'a str, csrf: &'a str) -> Self {
         Ctx {
             prefix,
             csrf,
             tz: state.config.timezone().parse().unwrap_or(Tz::UTC),
             now: Utc::now(),
+            registry: &state.registry,
         }
+    }
+
+    /// What a job is about, in its kind's words.
+    fn describe(&self, job: &JobRecord) -> String {
+        self.registry.describe_job(job)
     }
 
     fn url(&self, path: &str) -> String {
@@ -404,7 +412,7 @@ fn summary(c: &Ctx, d: &PanelData) -> String {
                 } else {
                     "Cancelled"
                 },
-                esc(&crate::jobs::describe(j))
+                esc(&c.describe(j))
             );
         }
         None => {}
@@ -598,7 +606,7 @@ fn activity(c: &Ctx, d: &PanelData) -> String {
              <span class=\"badge run\">Running</span> <strong>{}</strong> \
              <span class=muted>job {} · attempt {}</span></div>{}</li>",
             j.id,
-            esc(&crate::jobs::describe(j)),
+            esc(&c.describe(j)),
             j.id,
             j.attempt,
             j.progress
@@ -630,7 +638,7 @@ fn activity(c: &Ctx, d: &PanelData) -> String {
             } else {
                 "Waiting"
             },
-            esc(&crate::jobs::describe(j)),
+            esc(&c.describe(j)),
             j.id,
             match &j.last_error {
                 Some(why) if j.state == JobState::Scheduled =>
@@ -666,7 +674,7 @@ fn problems(c: &Ctx, d: &PanelData) -> String {
             j.state.as_str(),
             if discarded { "bad" } else { "warn" },
             if discarded { "Failed" } else { "Will retry" },
-            esc(&crate::jobs::describe(j)),
+            esc(&c.describe(j)),
             j.id,
             j.attempt,
             j.max_attempts,

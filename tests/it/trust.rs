@@ -1048,7 +1048,9 @@ async fn a_token_echoed_in_an_error_is_masked_in_the_log_the_database_and_the_ap
 async fn home_assistant_is_told_when_a_backup_keeps_failing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("q.db")).await.unwrap();
-    let services = services(&test_config(dir.path()));
+    let config = test_config(dir.path());
+    let services = services(&config);
+    let registry = offsite::jobs::registry_with(&config, services.clone()).unwrap();
     let job = store
         .enqueue(&NewJob {
             max_attempts: 20,
@@ -1074,7 +1076,7 @@ async fn home_assistant_is_told_when_a_backup_keeps_failing() {
             .finish_and_claim(&[], &[retry], &[], "w", Duration::from_secs(60))
             .await
             .unwrap();
-        let wanted = offsite::homeassistant::wanted_notifications(&store, &services)
+        let wanted = offsite::homeassistant::wanted_notifications(&store, &services, &registry)
             .await
             .unwrap();
         let notice = wanted.iter().find(|n| n.id == "offsite_retrying_jobs");
