@@ -5,6 +5,8 @@
 pub mod content_hash;
 pub mod dropbox;
 pub mod local;
+pub mod s3;
+pub mod trait_copy;
 
 use std::path::PathBuf;
 
