@@ -10,6 +10,7 @@ mod dropbox;
 mod panel;
 mod proxy;
 mod queue;
+mod s3;
 mod scheduler;
 mod snapshots;
 mod sources_tests;
