@@ -476,12 +476,15 @@ impl S3Destination {
         self.part_mib.map(|m| m << 20)
     }
 
-    /// Whether the bucket keeps old versions (GetBucketVersioning says Enabled). Fails clearly
-    /// when the bucket does not exist or the credentials are refused.
-    pub async fn versioning(&self) -> Result<bool, TransferError> {
+    /// Whether the bucket keeps old versions (GetBucketVersioning says Enabled); None when the
+    /// credentials may not ask (AccessDenied: a least-privilege policy without
+    /// s3:GetBucketVersioning). Fails clearly when the bucket does not exist or the
+    /// credentials are refused.
+    pub async fn versioning(&self) -> Result<Option<bool>, TransferError> {
+        let op = "GetBucketVersioning";
         let reply = self
-            .call(
-                "GetBucketVersioning",
+            .send(
+                op,
                 Method::GET,
                 None,
                 &[("versioning", "")],
@@ -489,8 +492,16 @@ impl S3Destination {
                 Body::Empty,
             )
             .await?;
-        let config: VersioningConfiguration = parse_xml("GetBucketVersioning", &reply.body)?;
-        Ok(config.status.as_deref() == Some("Enabled"))
+        if !reply.status.is_success() {
+            if reply.status == StatusCode::FORBIDDEN
+                && parse_error(&reply.body).is_some_and(|e| e.code == "AccessDenied")
+            {
+                return Ok(None);
+            }
+            return Err(self.failure(op, None, &reply));
+        }
+        let config: VersioningConfiguration = parse_xml(op, &reply.body)?;
+        Ok(Some(config.status.as_deref() == Some("Enabled")))
     }
 
     /// The object key of a remote path ("{root}/{name}").
@@ -968,6 +979,7 @@ impl S3Destination {
         key: &str,
         size: u64,
         expected: &str,
+        source_sha256: &str,
     ) -> Result<RemoteFile, TransferError> {
         let head = self.head(key, &[]).await?.ok_or_else(|| {
             TransferError::Temporary(format!(
@@ -982,9 +994,16 @@ impl S3Destination {
             ))
         } else {
             match &head.sha256 {
-                Some(stored) if !same_checksum(stored, expected) => Some(format!(
-                    "the object's SHA-256 checksum is {stored}, the parts sent give {expected}"
-                )),
+                // A server that keeps a full-object checksum for a multipart object (type
+                // FULL_OBJECT) is checked against the copy loop's SHA-256 instead.
+                Some(stored)
+                    if !same_checksum(stored, expected)
+                        && hex_to_base64(source_sha256).as_deref() != Some(stored.as_str()) =>
+                {
+                    Some(format!(
+                        "the object's SHA-256 checksum is {stored}, the parts sent give {expected}"
+                    ))
+                }
                 Some(_) => None,
                 None => {
                     tracing::warn!(
@@ -1115,7 +1134,26 @@ impl Destination for S3Destination {
     }
 
     async fn prepare(&self) -> Result<(), TransferError> {
-        if !self.versioning().await? {
+        let versioning = self.versioning().await?;
+        if versioning.is_none() {
+            // Not allowed to ask: the bucket and credentials must still work for listing.
+            let prefix = self.list_prefix();
+            let query = [
+                ("list-type", "2"),
+                ("max-keys", "1"),
+                ("prefix", prefix.as_str()),
+            ];
+            self.call("ListObjectsV2", Method::GET, None, &query, &[], Body::Empty)
+                .await?;
+            tracing::warn!(
+                bucket = self.bucket.name(),
+                endpoint = %self.endpoint,
+                "cannot tell whether versioning is enabled on S3 bucket {} (GetBucketVersioning \
+                 is denied to these credentials)",
+                self.bucket.name()
+            );
+        }
+        if versioning == Some(false) {
             tracing::warn!(
                 bucket = self.bucket.name(),
                 endpoint = %self.endpoint,
@@ -1394,7 +1432,9 @@ impl Destination for S3Destination {
                 Body::Upload(chunk),
             )
             .await?;
-            return self.verify_committed(remote, &key, total, &sha256).await;
+            return self
+                .verify_committed(remote, &key, total, &sha256, sent.sha256)
+                .await;
         }
         let held = s.parts.len() as u64 * s.chunk;
         if offset != held || s.upload_id.is_none() {
@@ -1427,7 +1467,8 @@ impl Destination for S3Destination {
         }
         session.set(&s);
         let expected = composite(&s.parts)?;
-        self.verify_committed(remote, &key, total, &expected).await
+        self.verify_committed(remote, &key, total, &expected, sent.sha256)
+            .await
     }
 
     async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
@@ -1733,7 +1774,13 @@ fn parse_error(body: &[u8]) -> Option<ErrorBody> {
 
 /// An `<Error>` document where a result was expected.
 fn error_in_body(body: &[u8]) -> Option<ErrorBody> {
-    // Cheap test first: most answers are empty or a result document.
+    // Cheap test first: most answers are empty or a result document. S3 may send whitespace
+    // to keep the connection open while it completes an upload, before the document.
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    let body = &body[start..];
     let head = &body[..body.len().min(512)];
     if !head.windows(7).any(|w| w == b"<Error>") {
         return None;
@@ -2027,6 +2074,8 @@ mod tests {
         let body = b"<?xml version=\"1.0\"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error</Message></Error>";
         let e = error_in_body(body).unwrap();
         assert_eq!(e.code, "InternalError");
+        let padded = [b" \n ".repeat(400).as_slice(), body].concat();
+        assert_eq!(error_in_body(&padded).unwrap().code, "InternalError");
         assert!(
             error_in_body(
                 b"<CompleteMultipartUploadResult><ETag>x</ETag></CompleteMultipartUploadResult>"

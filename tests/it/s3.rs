@@ -214,6 +214,50 @@ async fn resume_adopts_a_part_the_checkpoint_missed() {
 }
 
 #[tokio::test]
+async fn an_adopted_part_never_caught_up_is_checked_at_finish() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let d = destination(&moto.endpoint(), &moto.bucket, "");
+    let bytes = data(2 * PART as usize + 5, 8);
+    let size = bytes.len() as u64;
+    let remote = "/adopted.tar";
+    let mut session = d.begin(remote, size, PART).await.unwrap();
+    let checkpoint = session.clone();
+    d.append(&mut session, 0, bytes.slice(..PART as usize))
+        .await
+        .unwrap();
+    let mut resumed = checkpoint;
+    assert_eq!(d.position(&mut resumed, 0).await.unwrap(), PART);
+    // moto lists no part checksums: without caught_up, finish takes part 1's checksum from the
+    // committed object and still checks the rest against what it sent.
+    d.append(
+        &mut resumed,
+        PART,
+        bytes.slice(PART as usize..2 * PART as usize),
+    )
+    .await
+    .unwrap();
+    let sha = sha256_hex(&bytes);
+    let file = d
+        .finish(
+            &mut resumed,
+            2 * PART,
+            bytes.slice(2 * PART as usize..),
+            remote,
+            &Sent { size, sha256: &sha },
+        )
+        .await
+        .unwrap();
+    assert_eq!(file.size, size);
+    assert_eq!(
+        resumed.0["parts"][0]["sha256"], session.0["parts"][0]["sha256"],
+        "part 1's checksum, read back, is the one it was sent with"
+    );
+    assert_eq!(read_all(&d, remote, 0).await, bytes.as_ref());
+}
+
+#[tokio::test]
 async fn an_aborted_upload_is_gone() {
     let Some(moto) = Moto::start().await else {
         return;
@@ -317,13 +361,17 @@ async fn prepare_reports_versioning_and_a_missing_bucket() {
         return;
     };
     let d = destination(&moto.endpoint(), &moto.bucket, "");
-    assert!(!d.versioning().await.unwrap());
+    assert_eq!(d.versioning().await.unwrap(), Some(false));
     d.prepare().await.unwrap();
     moto.set_versioning(true).await;
-    assert!(d.versioning().await.unwrap());
+    assert_eq!(d.versioning().await.unwrap(), Some(true));
     d.prepare().await.unwrap();
     moto.set_versioning(false).await;
-    assert!(!d.versioning().await.unwrap(), "suspended is not enabled");
+    assert_eq!(
+        d.versioning().await.unwrap(),
+        Some(false),
+        "suspended is not enabled"
+    );
 
     let missing = destination(&moto.endpoint(), "no-such-bucket-here", "");
     match missing.prepare().await {
@@ -339,6 +387,49 @@ async fn prepare_reports_versioning_and_a_missing_bucket() {
         }
         other => panic!("a missing bucket is permanent: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn refused_credentials_are_permanent_and_name_the_bucket() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let d = destination(&proxy.endpoint(), &moto.bucket, "");
+    // A policy without s3:GetBucketVersioning: prepare cannot tell, but the bucket works.
+    let denied = Fault::Error {
+        status: 403,
+        code: "AccessDenied",
+    };
+    proxy.fail(Method::GET, "versioning", 1, denied.clone());
+    assert_eq!(d.versioning().await.unwrap(), None);
+    proxy.fail(Method::GET, "versioning", 1, denied.clone());
+    d.prepare().await.unwrap();
+    // ... and when listing is refused too, prepare fails and says why.
+    proxy.fail(Method::GET, "versioning", 1, denied.clone());
+    proxy.fail(Method::GET, "list-type", 1, denied);
+    match d.prepare().await {
+        Err(TransferError::Permanent(m)) => {
+            assert!(
+                m.contains("AccessDenied") && m.contains(&moto.bucket),
+                "{m}"
+            );
+            assert!(m.contains("credentials"), "{m}");
+        }
+        other => panic!("refused credentials are permanent: {other:?}"),
+    }
+    proxy.fail(
+        Method::GET,
+        "list-type",
+        1,
+        Fault::Error {
+            status: 403,
+            code: "InvalidAccessKeyId",
+        },
+    );
+    let e = d.list().await;
+    assert!(matches!(e, Err(TransferError::Permanent(_))), "{e:?}");
+    assert_eq!(proxy.pending(), 0);
 }
 
 #[tokio::test]

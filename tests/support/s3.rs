@@ -227,6 +227,8 @@ pub enum Fault {
     OkWithError,
     /// The TCP connection is cut once the request has been read.
     Cut,
+    /// Any S3 error document (403 AccessDenied, 404 NoSuchUpload, ...).
+    Error { status: u16, code: &'static str },
 }
 
 #[derive(Debug)]
@@ -343,6 +345,9 @@ async fn proxy(
                 "InternalError",
                 "We encountered an internal error. Please try again.",
             );
+        }
+        Some(Fault::Error { status, code }) => {
+            return s3_error(StatusCode::from_u16(status).unwrap(), code, "injected");
         }
         Some(Fault::Cut) => {
             conn.kill();
