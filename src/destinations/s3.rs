@@ -918,11 +918,18 @@ impl S3Destination {
         );
         for p in &s.parts {
             xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>",
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>",
                 p.number,
-                escape_xml(&p.etag),
-                escape_xml(&p.sha256)
+                escape_xml(&p.etag)
             ));
+            // Empty only for a part adopted from a server that lists no checksums.
+            if !p.sha256.is_empty() {
+                xml.push_str(&format!(
+                    "<ChecksumSHA256>{}</ChecksumSHA256>",
+                    escape_xml(&p.sha256)
+                ));
+            }
+            xml.push_str("</Part>");
         }
         xml.push_str("</CompleteMultipartUpload>");
         self.call(
@@ -1437,10 +1444,23 @@ impl Destination for S3Destination {
                 .await;
         }
         let held = s.parts.len() as u64 * s.chunk;
-        if offset != held || s.upload_id.is_none() {
+        let index = offset / s.chunk.max(1);
+        if s.upload_id.is_none()
+            || !offset.is_multiple_of(s.chunk.max(1))
+            || index > s.parts.len() as u64
+        {
             return Err(TransferError::IncorrectOffset(held));
         }
-        if !chunk.is_empty() {
+        // A finish tried again may hold the last part already: kept when it is this chunk
+        // (the upload may be complete by now, and a part cannot be added to it), else sent
+        // again, which replaces it.
+        let last_held = s.parts.len() as u64 == index + 1
+            && !chunk.is_empty()
+            && s.parts[index as usize].sha256 == BASE64.encode(Sha256::digest(&chunk));
+        if !last_held {
+            s.parts.truncate(index as usize);
+        }
+        if !chunk.is_empty() && !last_held {
             let number = s.parts.len() as u64 + 1;
             if number > self.max_parts {
                 return Err(TransferError::Permanent(format!(
@@ -1452,7 +1472,15 @@ impl Destination for S3Destination {
             s.parts.push(part);
             session.set(&s);
         }
-        self.complete(&s).await?;
+        match self.complete(&s).await {
+            Ok(()) => {}
+            // An earlier finish completed it and its answer was lost: the object is there
+            // (checked below like any other).
+            Err(TransferError::SessionGone(_))
+                if s.parts.iter().all(|p| !p.sha256.is_empty())
+                    && self.head(&key, &[]).await?.is_some_and(|h| h.size == total) => {}
+            Err(e) => return Err(e),
+        }
         // A part adopted from a server that lists no checksums and never caught up: all that
         // is left to take its checksum from is the committed object.
         for i in 0..s.parts.len() {

@@ -478,6 +478,28 @@ async fn errors_are_classified_for_the_retry_decision() {
             "no presigned URL in messages: {m}"
         );
     }
+    proxy.fail(
+        Method::PUT,
+        "partNumber",
+        1,
+        Fault::Error {
+            status: 503,
+            code: "SlowDown",
+        },
+    );
+    let e = d.append(&mut session, 0, part1.clone()).await;
+    assert!(
+        matches!(e, Err(TransferError::Temporary(ref m)) if m.contains("SlowDown")),
+        "503 without Retry-After backs off: {e:?}"
+    );
+    let impatient = destination(&proxy.endpoint(), &moto.bucket, "")
+        .with_stall_timeout(Duration::from_millis(500));
+    proxy.fail(Method::PUT, "partNumber", 1, Fault::Hang);
+    let e = impatient.append(&mut session, 0, part1.clone()).await;
+    assert!(
+        matches!(e, Err(TransferError::Temporary(ref m)) if m.contains("no progress")),
+        "stalled: {e:?}"
+    );
     d.append(&mut session, 0, part1).await.unwrap();
 
     proxy.fail(Method::GET, "uploadId", 1, Fault::InternalError);
@@ -503,12 +525,19 @@ async fn errors_are_classified_for_the_retry_decision() {
     };
     let last = bytes.slice(2 * PART as usize..);
     let e = d
-        .finish(&mut session.clone(), 2 * PART, last.clone(), remote, &sent)
+        .finish(&mut session, 2 * PART, last.clone(), remote, &sent)
         .await;
     assert!(
         matches!(e, Err(TransferError::Temporary(ref m)) if m.contains("InternalError")),
         "{e:?}"
     );
+    // moto did complete it: the finish tried again finds the object and checks it.
+    let file = d
+        .finish(&mut session, 2 * PART, last, remote, &sent)
+        .await
+        .unwrap();
+    assert_eq!(file.size, bytes.len() as u64);
+    assert_eq!(read_all(&d, remote, 0).await, bytes.as_ref());
     assert_eq!(proxy.pending(), 0);
 }
 

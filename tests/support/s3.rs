@@ -229,6 +229,8 @@ pub enum Fault {
     Cut,
     /// Any S3 error document (403 AccessDenied, 404 NoSuchUpload, ...).
     Error { status: u16, code: &'static str },
+    /// Reads the request and never answers.
+    Hang,
 }
 
 #[derive(Debug)]
@@ -349,6 +351,7 @@ async fn proxy(
         Some(Fault::Error { status, code }) => {
             return s3_error(StatusCode::from_u16(status).unwrap(), code, "injected");
         }
+        Some(Fault::Hang) => std::future::pending::<()>().await,
         Some(Fault::Cut) => {
             conn.kill();
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
