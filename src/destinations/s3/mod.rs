@@ -16,6 +16,9 @@
 //! token ([`Secret`]s, masked by `crate::redact`). Transport errors are formatted without their
 //! URL for that reason.
 
+mod config;
+mod wire;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,15 +28,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use md5::Md5;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tokio::time::Instant;
 
+pub use self::config::{Addressing, S3Config, STORAGE_CLASSES, Sse};
+use self::config::{Keys, resolve_keys};
+use self::wire::*;
 use super::trait_copy::{
     ByteStream, ChunkRules, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session,
 };
@@ -51,323 +56,12 @@ const PRESIGN_SECS: u64 = 3600;
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// An upload that moves no bytes (and gets no answer) for this long is considered dead.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Upload bodies are handed to hyper in slices this big; each slice taken is progress.
-const BODY_SLICE: usize = 256 * 1024;
 /// ListParts / ListObjectsV2 / ListMultipartUploads pages are bounded by the server (1000);
 /// this bounds a server that keeps saying "truncated".
 const MAX_PAGES: usize = 100_000;
 /// User metadata a multipart object carries: its part size, so that `same_content` can compute
 /// the composite checksum of a source without reading the object back.
 const PART_SIZE_META: &str = "x-amz-meta-offsite-part-size";
-
-/// The storage classes S3 documents for PutObject / CreateMultipartUpload.
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-    "OUTPOSTS",
-    "GLACIER_IR",
-    "SNOW",
-    "EXPRESS_ONEZONE",
-];
-
-// -- configuration ----------------------------------------------------------------------------
-
-/// How the bucket appears in request URLs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Addressing {
-    /// `https://endpoint/bucket/key` (MinIO and most self-hosted servers).
-    Path,
-    /// `https://bucket.endpoint/key` (AWS and most hosted S3-compatibles).
-    VirtualHost,
-}
-
-/// Server-side encryption S3 applies at rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Sse {
-    #[serde(rename = "AES256")]
-    Aes256,
-    #[serde(rename = "aws:kms")]
-    AwsKms,
-}
-
-impl Sse {
-    fn header(self) -> &'static str {
-        match self {
-            Sse::Aes256 => "AES256",
-            Sse::AwsKms => "aws:kms",
-        }
-    }
-}
-
-/// The S3-specific part of a destination's configuration (retention, throttling and chunk
-/// size are common to every destination and live outside).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// Default: AWS, `https://s3.{region}.amazonaws.com`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    pub region: String,
-    pub bucket: String,
-    /// Key prefix backups go under ("" = the bucket's top level); leading and trailing '/'
-    /// are ignored.
-    #[serde(default)]
-    pub prefix: String,
-    /// Default: `virtual_host`, except `path` for an endpoint that is an IP address or
-    /// `localhost` (a bucket cannot be a subdomain of those).
-    #[serde(default)]
-    pub addressing: Option<Addressing>,
-    /// With `secret_access_key`; when both are absent the standard AWS environment variables
-    /// are used, then the shared credentials file.
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<Secret>,
-    /// One of [`STORAGE_CLASSES`]; default: the bucket's (STANDARD).
-    #[serde(default)]
-    pub storage_class: Option<String>,
-    #[serde(default)]
-    pub sse: Option<Sse>,
-    /// Only with `sse = "aws:kms"`; default: the account's AWS managed key.
-    #[serde(default)]
-    pub kms_key_id: Option<String>,
-    /// The provider's part limit: 10,000 on AWS, 1,000 on Scaleway.
-    #[serde(default = "default_max_parts")]
-    pub max_parts: u64,
-    /// Preferred part size in MiB (5..=5120); raised when the object would need more than
-    /// `max_parts` parts.
-    #[serde(default)]
-    pub part_mib: Option<u64>,
-}
-
-fn default_max_parts() -> u64 {
-    AWS_MAX_PARTS
-}
-
-type Invalid = (String, String);
-
-fn invalid(field: &str, message: impl Into<String>) -> Result<(), Invalid> {
-    Err((field.to_string(), message.into()))
-}
-
-impl S3Config {
-    /// The first problem found, as (field, message).
-    pub fn validate(&self) -> Result<(), Invalid> {
-        if self.region.trim().is_empty() {
-            return invalid("region", "required (for example \"eu-central-1\")");
-        }
-        if let Some(endpoint) = &self.endpoint {
-            match url::Url::parse(endpoint) {
-                Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                    return invalid("endpoint", "must start with https:// (or http://)");
-                }
-                Ok(url) if url.host_str().is_none_or(str::is_empty) => {
-                    return invalid("endpoint", "has no host name");
-                }
-                Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-                    return invalid("endpoint", "must not have a query string or fragment");
-                }
-                Ok(_) => {}
-                Err(e) => return invalid("endpoint", format!("not a URL: {e}")),
-            }
-        }
-        let bucket = &self.bucket;
-        if bucket.is_empty() {
-            return invalid("bucket", "required");
-        }
-        if bucket.contains('/') || bucket.chars().any(char::is_whitespace) {
-            return invalid(
-                "bucket",
-                "a bucket name, without '/' or spaces (put folders in `prefix`)",
-            );
-        }
-        if !(3..=63).contains(&bucket.len()) {
-            return invalid("bucket", "S3 bucket names are 3 to 63 characters long");
-        }
-        if self.addressing() == Addressing::VirtualHost
-            && !bucket
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        {
-            return invalid(
-                "bucket",
-                "with virtual-host addressing a bucket name may only have lower-case letters, \
-                 digits, '-' and '.'; set addressing = \"path\" if your server allows others",
-            );
-        }
-        let prefix = self.prefix.trim_matches('/');
-        if prefix
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-            && !prefix.is_empty()
-        {
-            return invalid(
-                "prefix",
-                "folder names separated by single '/', without \".\" or \"..\"",
-            );
-        }
-        match (&self.access_key_id, &self.secret_access_key) {
-            (Some(_), None) => {
-                return invalid("secret_access_key", "required with access_key_id");
-            }
-            (None, Some(_)) => {
-                return invalid("access_key_id", "required with secret_access_key");
-            }
-            (Some(id), Some(_)) if id.trim().is_empty() => {
-                return invalid("access_key_id", "empty");
-            }
-            _ => {}
-        }
-        if let Some(class) = &self.storage_class
-            && !STORAGE_CLASSES.contains(&class.as_str())
-        {
-            return invalid(
-                "storage_class",
-                format!(
-                    "unknown storage class; one of {}",
-                    STORAGE_CLASSES.join(", ")
-                ),
-            );
-        }
-        if self.kms_key_id.is_some() && self.sse != Some(Sse::AwsKms) {
-            return invalid("kms_key_id", "only used with sse = \"aws:kms\"");
-        }
-        if !(1..=AWS_MAX_PARTS).contains(&self.max_parts) {
-            return invalid("max_parts", format!("1 to {AWS_MAX_PARTS}"));
-        }
-        if let Some(mib) = self.part_mib
-            && !(MIN_PART >> 20..=MAX_PART >> 20).contains(&mib)
-        {
-            return invalid(
-                "part_mib",
-                format!("S3 parts are {} to {} MiB", MIN_PART >> 20, MAX_PART >> 20),
-            );
-        }
-        Ok(())
-    }
-
-    pub fn endpoint(&self) -> String {
-        match &self.endpoint {
-            Some(e) => e.trim_end_matches('/').to_string(),
-            None => format!("https://s3.{}.amazonaws.com", self.region.trim()),
-        }
-    }
-
-    pub fn addressing(&self) -> Addressing {
-        if let Some(a) = self.addressing {
-            return a;
-        }
-        let endpoint = self.endpoint();
-        let host = url::Url::parse(&endpoint)
-            .ok()
-            .and_then(|u| u.host().map(|h| h.to_owned()));
-        match host {
-            Some(url::Host::Domain(d)) if d != "localhost" => Addressing::VirtualHost,
-            Some(_) => Addressing::Path,
-            None => Addressing::VirtualHost,
-        }
-    }
-}
-
-// -- credentials ------------------------------------------------------------------------------
-
-/// Access key, secret and (temporary credentials) session token, resolved once at start-up.
-#[derive(Clone)]
-struct Keys {
-    id: String,
-    secret: Secret,
-    token: Option<Secret>,
-    /// For messages: "configuration", "environment", "~/.aws/credentials [default]".
-    from: String,
-}
-
-/// Configuration, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`(/`AWS_SESSION_TOKEN`), else
-/// the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`, profile
-/// `AWS_PROFILE` or `default`).
-fn resolve_keys(config: &S3Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Keys, String> {
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-        return Ok(Keys {
-            id: id.trim().to_string(),
-            secret: secret.clone(),
-            token: None,
-            from: "the configuration".into(),
-        });
-    }
-    if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        return Ok(Keys {
-            id,
-            secret: Secret::new(secret),
-            token: env("AWS_SESSION_TOKEN").map(Secret::new),
-            from: "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".into(),
-        });
-    }
-    let file = match env("AWS_SHARED_CREDENTIALS_FILE") {
-        Some(f) => std::path::PathBuf::from(f),
-        None => match env("HOME") {
-            Some(home) => std::path::Path::new(&home).join(".aws/credentials"),
-            None => return Err(no_credentials()),
-        },
-    };
-    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_credentials()),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
-    };
-    let values = ini_section(&text, &profile);
-    let get = |k: &str| {
-        values
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
-    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
-        (Some(id), Some(secret)) => Ok(Keys {
-            id,
-            secret: Secret::new(secret),
-            token: get("aws_session_token").map(Secret::new),
-            from: format!("{} [{profile}]", file.display()),
-        }),
-        _ => Err(format!(
-            "{} has no aws_access_key_id and aws_secret_access_key in profile [{profile}]",
-            file.display()
-        )),
-    }
-}
-
-fn no_credentials() -> String {
-    "no S3 credentials: set access_key_id and secret_access_key, or the AWS_ACCESS_KEY_ID and \
-     AWS_SECRET_ACCESS_KEY environment variables, or a profile in ~/.aws/credentials"
-        .into()
-}
-
-/// The `key = value` lines of `[section]` in an ini file (`;`/`#` comments).
-fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
-    let mut inside = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = name.trim() == section;
-            continue;
-        }
-        if inside && let Some((k, v)) = line.split_once('=') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
 
 // -- the destination --------------------------------------------------------------------------
 
@@ -1670,410 +1364,45 @@ impl S3Destination {
     }
 }
 
-// -- wire -------------------------------------------------------------------------------------
-
-enum Body {
-    Empty,
-    Xml(Bytes),
-    /// A part or object; watched for stalls.
-    Upload(Bytes),
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    retry_after: Option<Duration>,
-    body: Bytes,
-}
-
-struct Head {
-    size: u64,
-    etag: Option<String>,
-    sha256: Option<String>,
-    parts: Option<u64>,
-    /// What begin recorded in the object's metadata.
-    part_size: Option<u64>,
-}
-
-impl Head {
-    /// Made of parts: S3 writes a multipart object's ETag (and AWS its checksum) with "-{parts}".
-    fn is_multipart(&self) -> bool {
-        let suffixed = |v: &Option<String>| {
-            v.as_deref().is_some_and(|v| {
-                v.trim_matches('"')
-                    .rsplit_once('-')
-                    .is_some_and(|(_, n)| n.parse::<u64>().is_ok())
-            })
-        };
-        suffixed(&self.etag)
-            || suffixed(&self.sha256)
-            || self.parts.is_some()
-            || self.part_size.is_some()
-    }
-}
-
-async fn read_reply(response: reqwest::Response) -> reqwest::Result<Reply> {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let retry_after = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, Utc::now()));
-    let body = response.bytes().await?;
-    Ok(Reply {
-        status,
-        headers,
-        retry_after,
-        body,
-    })
-}
-
-/// Delta-seconds or an HTTP date.
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-fn hex_to_base64(hex: &str) -> Option<String> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..32)
-        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
-    Some(BASE64.encode(bytes?))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn escape_xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn summary(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-fn parse_xml<T: serde::de::DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, TransferError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| TransferError::Temporary(format!("S3 {op}: the answer is not UTF-8")))?;
-    quick_xml::de::from_str(text)
-        .map_err(|e| TransferError::Temporary(format!("S3 {op}: unreadable answer: {e}")))
-}
-
-/// The root element's name.
-fn root_element(body: &[u8]) -> Option<String> {
-    let mut reader = quick_xml::Reader::from_reader(body);
-    let mut buf = Vec::new();
-    loop {
-        match reader.read_event_into(&mut buf).ok()? {
-            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
-                return Some(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
-            }
-            quick_xml::events::Event::Eof => return None,
-            _ => buf.clear(),
-        }
-    }
-}
-
-fn parse_error(body: &[u8]) -> Option<ErrorBody> {
-    if root_element(body)? != "Error" {
-        return None;
-    }
-    parse_xml("error", body).ok()
-}
-
-/// An `<Error>` document where a result was expected.
-fn error_in_body(body: &[u8]) -> Option<ErrorBody> {
-    // Cheap test first: most answers are empty or a result document. S3 may send whitespace
-    // to keep the connection open while it completes an upload, before the document.
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(body.len());
-    let body = &body[start..];
-    let head = &body[..body.len().min(512)];
-    if !head.windows(7).any(|w| w == b"<Error>") {
-        return None;
-    }
-    parse_error(body)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorBody {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct InitiateMultipartUploadResult {
-    upload_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListPartsResult {
-    #[serde(default)]
-    is_truncated: bool,
-    #[serde(default)]
-    next_part_number_marker: Option<u64>,
-    #[serde(default, rename = "Part")]
-    parts: Vec<ListedPart>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedPart {
-    part_number: u64,
-    #[serde(rename = "ETag")]
-    etag: String,
-    size: u64,
-    #[serde(default, rename = "ChecksumSHA256")]
-    checksum_sha256: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListBucketResult {
-    #[serde(default)]
-    is_truncated: bool,
-    #[serde(default)]
-    next_continuation_token: Option<String>,
-    #[serde(default)]
-    contents: Vec<ListedObject>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedObject {
-    key: String,
-    size: u64,
-    #[serde(default, rename = "ETag")]
-    etag: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListMultipartUploadsResult {
-    #[serde(default)]
-    is_truncated: bool,
-    #[serde(default)]
-    next_key_marker: Option<String>,
-    #[serde(default)]
-    next_upload_id_marker: Option<String>,
-    #[serde(default, rename = "Upload")]
-    uploads: Vec<ListedUpload>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedUpload {
-    key: String,
-    upload_id: String,
-    #[serde(default)]
-    initiated: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct VersioningConfiguration {
-    #[serde(default)]
-    status: Option<String>,
-}
-
-// -- upload progress watchdog (the same as Dropbox's; to move into transfer/http.rs) ---------
-
-/// When the body stream last handed hyper a slice.
-struct Progress {
-    origin: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// The body as slices; hyper pulls the next one only once the socket took the previous one.
-fn sliced(
-    data: Bytes,
-    progress: Arc<Progress>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let len = data.len();
-    futures::stream::iter((0..len).step_by(BODY_SLICE)).map(move |start| {
-        progress.touch();
-        Ok(data.slice(start..len.min(start + BODY_SLICE)))
-    })
-}
-
-enum Watched {
-    Failed(reqwest::Error),
-    Stalled,
-}
-
-/// Run `exchange` until it finishes or nothing has moved for `stall`.
-async fn watch_progress(
-    exchange: impl Future<Output = reqwest::Result<Reply>>,
-    progress: &Progress,
-    stall: Duration,
-) -> Result<Reply, Watched> {
-    tokio::pin!(exchange);
-    loop {
-        let deadline = progress.last() + stall;
-        tokio::select! {
-            result = &mut exchange => return result.map_err(Watched::Failed),
-            () = tokio::time::sleep_until(deadline) => {
-                if progress.last() + stall <= Instant::now() {
-                    return Err(Watched::Stalled);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(toml_text: &str) -> S3Config {
-        toml::from_str(toml_text).unwrap()
-    }
-
     #[test]
-    fn validation_names_the_field() {
-        let ok = config("region = \"eu-west-1\"\nbucket = \"backups\"");
-        assert_eq!(ok.validate(), Ok(()));
-        assert_eq!(ok.endpoint(), "https://s3.eu-west-1.amazonaws.com");
-        assert_eq!(ok.addressing(), Addressing::VirtualHost);
-        let cases = [
-            ("bucket = \"\"", "bucket"),
-            ("bucket = \"a/b\"", "bucket"),
-            ("bucket = \"Upper_Case\"", "bucket"),
-            (
-                "bucket = \"b00\"\nstorage_class = \"COLD\"",
-                "storage_class",
-            ),
-            ("bucket = \"b00\"\nmax_parts = 0", "max_parts"),
-            ("bucket = \"b00\"\npart_mib = 4", "part_mib"),
-            ("bucket = \"b00\"\nkms_key_id = \"k\"", "kms_key_id"),
-            (
-                "bucket = \"b00\"\naccess_key_id = \"AKIA\"",
-                "secret_access_key",
-            ),
-            ("bucket = \"b00\"\nendpoint = \"ftp://x\"", "endpoint"),
-            ("bucket = \"b00\"\nprefix = \"a//b\"", "prefix"),
-        ];
-        for (extra, field) in cases {
-            let c = config(&format!("region = \"r\"\n{extra}"));
-            assert_eq!(c.validate().unwrap_err().0, field, "{extra}");
-        }
-        let path = config(
-            "region = \"us-east-1\"\nbucket = \"Upper_Case\"\naddressing = \"path\"\n\
-             sse = \"aws:kms\"\nkms_key_id = \"k\"\nstorage_class = \"INTELLIGENT_TIERING\"",
+    fn requests_are_presigned_for_the_addressing() {
+        let make = |extra: &str| {
+            let c: S3Config = toml::from_str(&format!(
+                "region = \"eu-west-1\"\nbucket = \"my-backups\"\n\
+                 access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"wJalrXUtnFEMIK7MDENG\"\n{extra}"
+            ))
+            .unwrap();
+            S3Destination::with_env(&c, reqwest::Client::new(), &|_| None).unwrap()
+        };
+        let aws = make("");
+        let url = aws.presign(
+            &Method::PUT,
+            Some("a b/x.tar"),
+            &[("uploadId", "u"), ("partNumber", "2")],
+            &[("x-amz-checksum-sha256", "abc")],
         );
-        assert_eq!(path.validate(), Ok(()));
-        let local =
-            config("region = \"r\"\nbucket = \"b00\"\nendpoint = \"http://127.0.0.1:9000\"");
-        assert_eq!(local.addressing(), Addressing::Path);
+        assert_eq!(
+            url.host_str(),
+            Some("my-backups.s3.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(url.path(), "/a%20b/x.tar");
+        let query = url.query().unwrap();
         assert!(
-            toml::from_str::<S3Config>("region = \"r\"\nbucket = \"b\"\nretention = 3").is_err()
+            query.contains("X-Amz-SignedHeaders=host%3Bx-amz-checksum-sha256"),
+            "{query}"
         );
-    }
-
-    #[test]
-    fn credentials_come_from_config_then_env_then_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("credentials");
-        std::fs::write(
-            &file,
-            "[default]\naws_access_key_id = DEF\naws_secret_access_key = defsecret123\n\
-             [work]\n; comment\naws_access_key_id=WORK\naws_secret_access_key=worksecret123\n\
-             aws_session_token = worktoken123\n",
-        )
-        .unwrap();
-        let c = config("region = \"r\"\nbucket = \"b00\"");
-        let file_s = file.to_string_lossy().into_owned();
-        let env = |vars: Vec<(&'static str, String)>| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.clone())
-            }
-        };
-        let from_file = resolve_keys(
-            &c,
-            &env(vec![("AWS_SHARED_CREDENTIALS_FILE", file_s.clone())]),
-        )
-        .unwrap();
-        assert_eq!(from_file.id, "DEF");
-        let work = resolve_keys(
-            &c,
-            &env(vec![
-                ("AWS_SHARED_CREDENTIALS_FILE", file_s.clone()),
-                ("AWS_PROFILE", "work".into()),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(work.id, "WORK");
-        assert_eq!(work.token.unwrap().expose(), "worktoken123");
-        let from_env = resolve_keys(
-            &c,
-            &env(vec![
-                ("AWS_SHARED_CREDENTIALS_FILE", file_s.clone()),
-                ("AWS_ACCESS_KEY_ID", "ENV".into()),
-                ("AWS_SECRET_ACCESS_KEY", "envsecret123".into()),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(from_env.id, "ENV");
-        let mut configured = c.clone();
-        configured.access_key_id = Some("CFG".into());
-        configured.secret_access_key = Some(Secret::new("cfgsecret123"));
-        let from_config =
-            resolve_keys(&configured, &env(vec![("AWS_ACCESS_KEY_ID", "ENV".into())])).unwrap();
-        assert_eq!(from_config.id, "CFG");
-        let none = resolve_keys(
-            &c,
-            &env(vec![("HOME", dir.path().to_string_lossy().into())]),
+        assert!(query.contains("partNumber=2") && query.contains("X-Amz-Signature="));
+        assert!(!query.contains("wJalr"), "{query}");
+        let minio = make("endpoint = \"http://127.0.0.1:9000\"");
+        let url = minio.presign(&Method::GET, None, &[("versioning", "")], &[]);
+        assert_eq!(
+            url.as_str().split('?').next(),
+            Some("http://127.0.0.1:9000/my-backups/")
         );
-        let Err(message) = none else {
-            panic!("no credentials anywhere")
-        };
-        assert!(message.contains("no S3 credentials"), "{message}");
     }
 
     #[test]
