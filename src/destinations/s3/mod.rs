@@ -79,6 +79,8 @@ pub struct S3Destination {
     max_parts: u64,
     part_mib: Option<u64>,
     stall_timeout_ms: AtomicU64,
+    /// Entries per list page (max-parts / max-keys / max-uploads).
+    page_size: String,
 }
 
 impl fmt::Debug for S3Destination {
@@ -155,6 +157,7 @@ impl S3Destination {
             max_parts: config.max_parts,
             part_mib: config.part_mib,
             stall_timeout_ms: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
+            page_size: "1000".into(),
         })
     }
 
@@ -162,6 +165,13 @@ impl S3Destination {
     pub fn with_stall_timeout(self, timeout: Duration) -> Self {
         self.stall_timeout_ms
             .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        self
+    }
+
+    /// How many entries one page of ListParts, ListObjectsV2 and ListMultipartUploads asks for
+    /// (1000, S3's default and maximum, unless set; small pages let the tests page).
+    pub fn with_page_size(mut self, entries: u32) -> Self {
+        self.page_size = entries.max(1).to_string();
         self
     }
 
@@ -223,7 +233,7 @@ impl S3Destination {
         format!("{}/{name}", self.root)
     }
 
-    fn where_(&self) -> String {
+    fn bucket_at(&self) -> String {
         format!("bucket {} at {}", self.bucket.name(), self.endpoint)
     }
 
@@ -352,7 +362,7 @@ impl S3Destination {
                 Watched::Failed(e) => self.transport_error(op, e),
                 Watched::Stalled => TransferError::Temporary(format!(
                     "S3 {op} ({}): no progress for {} s; connection abandoned",
-                    self.where_(),
+                    self.bucket_at(),
                     stall.as_secs_f64()
                 )),
             })
@@ -361,7 +371,7 @@ impl S3Destination {
     fn transport_error(&self, op: &str, e: reqwest::Error) -> TransferError {
         // Without the URL: it is presigned.
         let e = e.without_url();
-        let mut message = format!("S3 {op} ({}): {e}", self.where_());
+        let mut message = format!("S3 {op} ({}): {e}", self.bucket_at());
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
             message.push_str(": ");
@@ -393,8 +403,8 @@ impl S3Destination {
     ) -> TransferError {
         let code = error.code.as_str();
         let what = match key {
-            Some(k) => format!("{} ({}, key {k})", op, self.where_()),
-            None => format!("{} ({})", op, self.where_()),
+            Some(k) => format!("{} ({}, key {k})", op, self.bucket_at()),
+            None => format!("{} ({})", op, self.bucket_at()),
         };
         let detail = match (code.is_empty(), error.message.is_empty()) {
             (true, true) => format!("HTTP {status}"),
@@ -500,7 +510,7 @@ impl S3Destination {
             .ok_or_else(|| {
                 TransferError::Temporary(format!(
                     "S3 HeadObject ({}, key {key}): no Content-Length",
-                    self.where_()
+                    self.bucket_at()
                 ))
             })?;
         Ok(Some(Head {
@@ -561,7 +571,7 @@ impl S3Destination {
             .ok_or_else(|| {
                 TransferError::Temporary(format!(
                     "S3 UploadPart ({}, key {}): no ETag in the answer",
-                    self.where_(),
+                    self.bucket_at(),
                     s.key
                 ))
             })?
@@ -578,7 +588,10 @@ impl S3Destination {
         let mut parts = Vec::new();
         let mut marker = String::new();
         for _ in 0..MAX_PAGES {
-            let mut query = vec![("max-parts", "1000"), ("uploadId", upload_id)];
+            let mut query = vec![
+                ("max-parts", self.page_size.as_str()),
+                ("uploadId", upload_id),
+            ];
             if !marker.is_empty() {
                 query.push(("part-number-marker", &marker));
             }
@@ -685,7 +698,7 @@ impl S3Destination {
         let head = self.head(key, &[]).await?.ok_or_else(|| {
             TransferError::Temporary(format!(
                 "S3 ({}): {key} is missing right after it was committed",
-                self.where_()
+                self.bucket_at()
             ))
         })?;
         let mismatch = if head.size != size {
@@ -723,7 +736,7 @@ impl S3Destination {
             };
             return Err(TransferError::Permanent(format!(
                 "S3 ({}): {key} is not what was sent: {why}; {deleted}",
-                self.where_()
+                self.bucket_at()
             )));
         }
         Ok(RemoteFile {
@@ -875,6 +888,7 @@ impl Destination for S3Destination {
             let mut query = vec![
                 ("delimiter", "/"),
                 ("list-type", "2"),
+                ("max-keys", self.page_size.as_str()),
                 ("prefix", prefix.as_str()),
             ];
             if let Some(t) = &token {
@@ -1207,7 +1221,11 @@ impl Destination for S3Destination {
         let mut markers: Option<(String, String)> = None;
         let now = Utc::now();
         for _ in 0..MAX_PAGES {
-            let mut query = vec![("prefix", prefix.as_str()), ("uploads", "")];
+            let mut query = vec![
+                ("max-uploads", self.page_size.as_str()),
+                ("prefix", prefix.as_str()),
+                ("uploads", ""),
+            ];
             if let Some((key, id)) = &markers {
                 query.push(("key-marker", key));
                 query.push(("upload-id-marker", id));
@@ -1342,7 +1360,7 @@ impl S3Destination {
         if (start > 0 || end.is_some()) && status != StatusCode::PARTIAL_CONTENT {
             return Err(TransferError::Permanent(format!(
                 "S3 GetObject ({}, key {key}): the server ignored the byte range",
-                self.where_()
+                self.bucket_at()
             )));
         }
         let stream = response
