@@ -549,7 +549,7 @@ impl S3Destination {
         data: Bytes,
     ) -> Result<PartRecord, TransferError> {
         let upload_id = s.upload_id.as_deref().unwrap_or_default();
-        let sha256 = BASE64.encode(Sha256::digest(&data));
+        let sha256 = sha256_off_runtime(data.clone()).await?;
         let number_text = number.to_string();
         let reply = self
             .call(
@@ -790,6 +790,17 @@ impl S3Destination {
             BASE64.encode(Sha256::digest(&digests))
         )))
     }
+}
+
+/// Base64 SHA-256 of a part, on a blocking thread: hundreds of MiB take a while on a small
+/// machine, and the runtime's threads serve the other jobs and the API meanwhile.
+async fn sha256_off_runtime(data: Bytes) -> Result<String, TransferError> {
+    if data.len() <= 1 << 20 {
+        return Ok(BASE64.encode(Sha256::digest(&data)));
+    }
+    tokio::task::spawn_blocking(move || BASE64.encode(Sha256::digest(&data)))
+        .await
+        .map_err(|e| TransferError::Temporary(format!("hashing a part: {e}")))
 }
 
 /// Composite checksum of a part list: SHA-256 of the parts' SHA-256s, "-{count}".
@@ -1129,7 +1140,7 @@ impl Destination for S3Destination {
             let sha256 = hex_to_base64(sent.sha256).ok_or_else(|| {
                 TransferError::Permanent(format!("{:?} is not a hex SHA-256", sent.sha256))
             })?;
-            if BASE64.encode(Sha256::digest(&chunk)) != sha256 {
+            if sha256_off_runtime(chunk.clone()).await? != sha256 {
                 return Err(TransferError::Permanent(format!(
                     "{key}: the bytes to send do not have the source's SHA-256"
                 )));
@@ -1164,7 +1175,7 @@ impl Destination for S3Destination {
         // again, which replaces it.
         let last_held = s.parts.len() as u64 == index + 1
             && !chunk.is_empty()
-            && s.parts[index as usize].sha256 == BASE64.encode(Sha256::digest(&chunk));
+            && s.parts[index as usize].sha256 == sha256_off_runtime(chunk.clone()).await?;
         if !last_held {
             s.parts.truncate(index as usize);
         }
