@@ -296,14 +296,17 @@ fn default_supervisor_url() -> String {
 pub enum DestinationKind {
     Folder(crate::destinations::folder::FolderConfig),
     Dropbox(crate::destinations::dropbox::DropboxConfig),
+    S3(crate::destinations::s3::S3Config),
 }
 
 impl DestinationKind {
     /// The kind's own checks: the field they name and what is wrong with it.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let named = |(field, why): (&str, String)| (field.to_string(), why);
         match self {
-            DestinationKind::Folder(c) => c.validate(),
-            DestinationKind::Dropbox(c) => c.validate(),
+            DestinationKind::Folder(c) => c.validate().map_err(named),
+            DestinationKind::Dropbox(c) => c.validate().map_err(named),
+            DestinationKind::S3(c) => c.validate(),
         }
     }
 }
@@ -854,13 +857,19 @@ impl Config {
                         self.err(&key("chunk_mib"), "must be a multiple of 4 from 4 to 148")
                     );
                 }
+                DestinationKind::S3(_) if !(5..=5120).contains(&d.chunk_mib) => {
+                    return Err(self.err(
+                        &key("chunk_mib"),
+                        "must be from 5 to 5120 (S3 parts are 5 MiB to 5 GiB)",
+                    ));
+                }
                 _ if d.chunk_mib == 0 || d.chunk_mib > 5120 => {
                     return Err(self.err(&key("chunk_mib"), "must be from 1 to 5120"));
                 }
                 _ => {}
             }
             if let Err((field, message)) = d.kind.validate() {
-                return Err(self.err(&key(field), message));
+                return Err(self.err(&key(&field), message));
             }
         }
         if let Some(s) = self.snapshots.as_ref().filter(|s| s.enabled) {

@@ -12,6 +12,7 @@ pub mod content_hash;
 pub mod dropbox;
 pub mod folder;
 pub mod layers;
+pub mod s3;
 
 use std::time::Duration;
 
@@ -222,6 +223,13 @@ pub trait Destination: Send + Sync {
     /// Unfinished uploads this destination holds on its own under `root`.
     async fn partials(&self) -> Result<Vec<Partial>, TransferError> {
         Ok(Vec::new())
+    }
+
+    /// What identifies the upload a session belongs to (a temporary file, an upload id), so
+    /// that a checkpointed session, which carries more state, is recognised as the same upload
+    /// as one [`partials`](Destination::partials) lists.
+    fn upload_id(&self, session: &Session) -> String {
+        session.0.to_string()
     }
 
     /// Whether `stored` holds exactly `source` (`size` bytes): a file committed before its job

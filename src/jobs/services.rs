@@ -8,7 +8,7 @@ use crate::{
     config::{Config, ConfigError, DestinationConfig, DestinationKind, Secret, SourceConfig},
     destinations::{
         SharedDestination, auth::credential_file, dropbox::DropboxDestination, folder::LocalFolder,
-        layers::Throttle,
+        layers::Throttle, s3::S3Destination,
     },
     jobs::retention::RetentionPolicy,
     sources::{Source, folder::FolderSource, supervisor::SupervisorSource},
@@ -63,6 +63,10 @@ impl Services {
                     token_file(&config.data_dir, name),
                     http.clone(),
                 )),
+                DestinationKind::S3(c) => Arc::new(
+                    S3Destination::new(c, http.clone())
+                        .map_err(|e| config.error(&format!("destinations.{name}"), e))?,
+                ),
             };
             if d.throttle_bytes_per_sec > 0 {
                 destination = Arc::new(Throttle::new(destination, d.throttle_bytes_per_sec));

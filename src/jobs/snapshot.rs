@@ -300,11 +300,16 @@ pub async fn sweep_partials(
                 continue;
             }
         };
+        let ids = |sessions: &[Session]| -> Vec<String> {
+            sessions.iter().map(|s| dest.upload_id(s)).collect()
+        };
+        let (live, ended) = (ids(&live), ids(&ended));
         for partial in partials {
-            if live.contains(&partial.session) {
+            let id = dest.upload_id(&partial.session);
+            if live.contains(&id) {
                 continue;
             }
-            if partial.age >= orphan_age || ended.contains(&partial.session) {
+            if partial.age >= orphan_age || ended.contains(&id) {
                 match dest.abandon(&partial.session).await {
                     Ok(()) => {
                         info!(upload = %partial.label, "removed an unfinished upload no job will resume");

@@ -24,8 +24,12 @@ use tokio::io::AsyncReadExt;
 use crate::{
     common::{Harness, data, wait_for},
     snapshots::{MIB, harness_with, spawn, wait_uploads},
-    support::dropbox::{DEFAULT_CLIENT_ID, FakeDropbox},
+    support::{
+        dropbox::{DEFAULT_CLIENT_ID, FakeDropbox},
+        s3::{Fault, FaultProxy, Moto},
+    },
 };
+use axum::http::Method;
 
 /// Every scenario sends chunks of this size (a multiple of 4 MiB for Dropbox, at least 5 MiB
 /// for S3).
@@ -310,7 +314,8 @@ pub(crate) async fn kill_9_resumes(backend: &dyn Backend) {
     };
     assert!(
         resent <= CHUNK,
-        "resent {resent} bytes: more than one chunk (acknowledged {at_kill})"
+        "resent {resent} bytes: more than one chunk (acknowledged {at_kill}); log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(at_kill >= 2 * CHUNK, "killed mid-way");
     assert_eq!(
@@ -497,8 +502,45 @@ pub(crate) async fn checksum_mismatch(backend: &dyn Backend) {
     assert_never_a_false_backup(&h, &done, &bytes).await;
     if done.state == JobState::Discarded {
         let why = done.last_error.clone().unwrap_or_default();
-        assert!(why.contains("hashing to"), "the error says why: {why}");
+        assert!(
+            why.contains("not recorded as backed up"),
+            "the error says why: {why}"
+        );
     }
+    h.stop().await;
+}
+
+/// A cancelled upload leaves nothing behind at the destination: no partial file, no open
+/// multipart upload.
+pub(crate) async fn cancelled_upload_leaves_nothing(backend: &dyn Backend) {
+    let (mut h, inbox) = start(backend, Some(CHUNK)).await;
+    std::fs::write(inbox.join("cancel.tar"), data(4 * CHUNK as usize, 51)).unwrap();
+    let job = scan(&h).await;
+    wait_for(h.store(), job.id, |j| acknowledged(j) >= CHUNK).await;
+    h.store().cancel(job.id).await.unwrap();
+    h.running().state.executor.wake();
+    h.wait_state(job.id, JobState::Cancelled).await;
+    let dest = destination(&h);
+    let mut left = dest.partials().await.unwrap();
+    for _ in 0..500 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = dest.partials().await.unwrap();
+    }
+    assert!(
+        left.is_empty(),
+        "left behind: {:?}",
+        left.iter().map(|p| &p.label).collect::<Vec<_>>()
+    );
+    assert!(
+        h.store()
+            .uploads(Some("dst"), true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     h.stop().await;
 }
 
@@ -649,6 +691,87 @@ impl Backend for DropboxBackend {
     }
 }
 
+/// S3 on a real S3 server (moto), through a fault-injecting proxy, with the 1,000-part limit
+/// of S3-compatible providers such as Scaleway.
+pub(crate) struct S3Backend {
+    moto: Moto,
+    proxy: FaultProxy,
+}
+
+impl S3Backend {
+    /// None (the test prints "skipped") when moto is not installed outside CI.
+    pub(crate) async fn new() -> Option<Self> {
+        let moto = Moto::start().await?;
+        let proxy = FaultProxy::start(moto.endpoint()).await;
+        Some(S3Backend { moto, proxy })
+    }
+}
+
+impl Faults for FaultProxy {
+    fn unavailable_next(&self, secs: u64) {
+        // The upload's first request: is the object there already?
+        self.fail(
+            Method::HEAD,
+            "",
+            1,
+            Fault::SlowDown {
+                retry_after_secs: secs,
+            },
+        );
+    }
+    fn rate_limited_next(&self, secs: u64) {
+        self.fail(
+            Method::HEAD,
+            "",
+            1,
+            Fault::TooManyRequests {
+                retry_after_secs: secs,
+            },
+        );
+    }
+    fn fail_next_upload(&self, status: u16) {
+        assert_eq!(status, 500, "the proxy injects S3's InternalError");
+        self.fail(Method::PUT, "partNumber", 1, Fault::InternalError);
+    }
+    fn drop_next_upload(&self) {
+        self.fail(Method::PUT, "partNumber", 1, Fault::Cut);
+    }
+    fn accept_then_fail_next_upload(&self) {
+        self.fail(Method::PUT, "partNumber", 1, Fault::AcceptThenFail);
+    }
+    fn corrupt_next_commit(&self) {
+        self.fail(Method::PUT, "partNumber", 1, Fault::CorruptBody);
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    fn toml(&self) -> String {
+        format!(
+            "type = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{}\"\n\
+             prefix = \"backups\"\naddressing = \"path\"\naccess_key_id = \"testing\"\n\
+             secret_access_key = \"testing-secret\"\nmax_parts = 1000\nchunk_mib = {}\n",
+            self.proxy.endpoint(),
+            self.moto.bucket,
+            CHUNK / MIB as u64
+        )
+    }
+    async fn authorize_before_start(&self, _: &Path) {}
+    async fn authorize(&self, _: &Harness) {}
+    async fn write_marker(&self, _remote: &str) -> String {
+        self.proxy.put_bytes().to_string()
+    }
+    fn received(&self) -> Option<u64> {
+        Some(self.proxy.put_bytes())
+    }
+    async fn lose_uploads(&self) {
+        self.moto.abort_all_uploads().await;
+    }
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(&self.proxy)
+    }
+}
+
 /// One line per destination: every scenario runs against it.
 macro_rules! conformance {
     ($($dest:ident => $backend:expr;)*) => {
@@ -670,6 +793,10 @@ macro_rules! conformance {
             async fn server_errors_and_drops() { super::server_errors_and_drops(&$backend).await }
             #[tokio::test]
             async fn checksum_mismatch() { super::checksum_mismatch(&$backend).await }
+            #[tokio::test]
+            async fn cancelled_upload_leaves_nothing() {
+                super::cancelled_upload_leaves_nothing(&$backend).await
+            }
         })*
     };
 }
@@ -677,4 +804,8 @@ macro_rules! conformance {
 conformance! {
     folder => FolderBackend::new().await;
     dropbox => DropboxBackend::new().await;
+    s3 => match S3Backend::new().await {
+        Some(b) => b,
+        None => return eprintln!("skipped: moto_server is not installed"),
+    };
 }

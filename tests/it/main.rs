@@ -12,6 +12,7 @@ mod layers;
 mod panel;
 mod proxy;
 mod queue;
+mod s3;
 mod scheduler;
 mod snapshots;
 mod sources_tests;

@@ -5,6 +5,7 @@
 //!
 //! - [`dropbox::FakeDropbox`]: Dropbox API v2 (OAuth2 + PKCE, upload
 //!   sessions, list_folder, delete_v2), per dropbox/dropbox-api-spec.
+//! - [`s3::Moto`]: a real S3 server (moto_server) with a fault-injecting proxy.
 //! - [`supervisor::FakeSupervisor`]: the Home Assistant Supervisor API as an
 //!   add-on sees it (backups, Core API proxy), per home-assistant/supervisor
 //!   and home-assistant/core sources.
@@ -19,4 +20,5 @@ pub mod dropbox;
 pub mod fault;
 pub mod ingress;
 pub mod nginx;
+pub mod s3;
 pub mod supervisor;

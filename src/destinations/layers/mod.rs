@@ -152,6 +152,9 @@ impl<L: Layer> Destination for L {
     async fn partials(&self) -> Result<Vec<Partial>, TransferError> {
         self.inner().partials().await
     }
+    fn upload_id(&self, session: &Session) -> String {
+        self.inner().upload_id(session)
+    }
     async fn same_content(
         &self,
         stored: &RemoteFile,
