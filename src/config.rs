@@ -1040,6 +1040,47 @@ mod tests {
     }
 
     #[test]
+    fn each_destination_kind_takes_only_its_own_settings() {
+        let s3 = "[destinations.eu]\ntype = \"s3\"\nregion = \"eu-central-1\"\nbucket = \"b-1\"\n";
+        let c = load_file(&format!(
+            "{s3}max_backups = 3\nthrottle_bytes_per_sec = 10\n"
+        ))
+        .unwrap();
+        let d = &c.destinations["eu"];
+        assert!(matches!(d.kind, DestinationKind::S3(_)));
+        assert_eq!(
+            (d.max_backups, d.throttle_bytes_per_sec, d.chunk_mib),
+            (3, 10, 8)
+        );
+        let e = load_file(&format!("{s3}app_key = \"abc\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("destinations.eu") && e.contains("unknown field `app_key`"),
+            "{e}"
+        );
+        let e = load_file(&format!("{s3}chunk_mib = 4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("destinations.eu.chunk_mib") && e.contains("5 to 5120"),
+            "{e}"
+        );
+        let e = load_file("[destinations.d]\ntype = \"dropbox\"\npath = \"/B\"\nbucket = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `bucket`"), "{e}");
+        let e = load_file("[destinations.d]\ntype = \"ftp\"\npath = \"/B\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `ftp`"), "{e}");
+        let e = load_file("[destinations.d]\npath = \"/B\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `type`"), "{e}");
+    }
+
+    #[test]
     fn without_a_file_the_example_flow_lives_in_the_data_dir() {
         let c = Config::load_with(None, no_env()).unwrap();
         let SourceConfig::Folder { path } = &c.sources["inbox"] else {
