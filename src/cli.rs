@@ -330,12 +330,16 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
             } else {
                 for u in &list {
                     println!(
-                        "{:<12} {}  {:>12} bytes  {}  {}{}",
+                        "{:<12} {}  {:>12} bytes  {}  {}{}{}",
                         u.destination,
                         u.backup_date.format("%Y-%m-%d %H:%M"),
                         u.size,
                         u.backup_name,
                         u.remote_path,
+                        u.sha256
+                            .as_deref()
+                            .map(|h| format!("  sha256 {}…", &h[..h.len().min(16)]))
+                            .unwrap_or_default(),
                         if u.deleted_at.is_some() {
                             "  [deleted by retention]"
                         } else {
