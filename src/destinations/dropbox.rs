@@ -412,6 +412,13 @@ impl DropboxClient {
                 .await
                 .map_err(|e| transport_error(route, &e))?;
             let status = response.status();
+            if status.is_success() && offset > 0 && status != StatusCode::PARTIAL_CONTENT {
+                // The whole file where its tail was asked for: reading it as the tail would
+                // give the wrong bytes.
+                return Err(TransferError::Temporary(format!(
+                    "Dropbox {route}: the range from byte {offset} was not honoured (HTTP {status})"
+                )));
+            }
             if status.is_success() {
                 let body = response
                     .bytes_stream()

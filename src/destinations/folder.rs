@@ -383,11 +383,12 @@ impl Destination for LocalFolder {
                 Partial {
                     label: temp.display().to_string(),
                     session: Session::new(&FolderSession { temp }),
-                    age: meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .unwrap_or_default(),
+                    idle: Some(
+                        meta.modified()
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .unwrap_or_default(),
+                    ),
                 }
             })
             .collect())

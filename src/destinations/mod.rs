@@ -133,8 +133,9 @@ pub struct Sent<'a> {
 #[derive(Debug, Clone)]
 pub struct Partial {
     pub session: Session,
-    /// Since it was last written (since it was begun, where that is all the server says).
-    pub age: Duration,
+    /// Since it was last written, where the destination can tell; None where it cannot (S3
+    /// only says when an upload began): such a partial is never taken for an orphan by age.
+    pub idle: Option<Duration>,
     /// For the log: a path or an upload id.
     pub label: String,
 }
@@ -207,7 +208,8 @@ pub trait Destination: Send + Sync {
 
     /// Sends the last chunk (perhaps empty) and commits the file at `remote`, after checking
     /// its own integrity state and what `sent` vouches for. On a mismatch nothing that looks
-    /// like a good backup is left, and the error is permanent.
+    /// like a good backup is left, and the error is permanent (or `SessionGone` where sending
+    /// it again is the cure: a folder whose disk returned other bytes than were written).
     async fn finish(
         &self,
         session: &mut Session,

@@ -309,7 +309,7 @@ pub async fn sweep_partials(
             if live.contains(&id) {
                 continue;
             }
-            if partial.age >= orphan_age || ended.contains(&id) {
+            if partial.idle.is_some_and(|idle| idle >= orphan_age) || ended.contains(&id) {
                 match dest.abandon(&partial.session).await {
                     Ok(()) => {
                         info!(upload = %partial.label, "removed an unfinished upload no job will resume");

@@ -13,7 +13,7 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DestinationView {
     pub name: String,
-    /// `folder` or `dropbox`.
+    /// `folder`, `dropbox` or `s3`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Where backups go on it.

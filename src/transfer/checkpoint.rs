@@ -16,6 +16,10 @@ pub struct CopyCheckpoint {
     pub remote_path: String,
     /// Bytes per chunk, fixed when the session began (S3 numbers its parts by it).
     pub chunk: u64,
+    /// The source's size when the session began: a resume of a source that has since changed
+    /// size starts over instead of joining two files' bytes.
+    #[serde(default)]
+    pub total: u64,
     /// The destination's session, with its own integrity state.
     pub session: Option<Session>,
     /// Bytes the destination has acknowledged (stored as `offset`, the name operators and
@@ -35,6 +39,7 @@ impl CopyCheckpoint {
             version: VERSION,
             remote_path: remote_path.to_string(),
             chunk: 0,
+            total: 0,
             session: None,
             dst_offset: 0,
             src_offset: 0,

@@ -102,27 +102,39 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     Ok(at) => at,
                     Err(TransferError::SessionGone(why)) => {
                         warn!(%why, "upload session is gone");
-                        cp = start_over(ctx, &mut restarts, &job.remote).await?;
+                        cp = start_over(ctx, dest, &mut restarts, &job.remote, Some(&session))
+                            .await?;
                         continue 'session;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(at_destination(e).into()),
                 };
                 let (stream, total) = job.source.open_at(cp.src_offset).await?;
+                if total != cp.total {
+                    // Another file under the same name: its bytes must not be joined to the
+                    // old one's.
+                    warn!(
+                        was = cp.total,
+                        now = total,
+                        "the source changed since the upload began"
+                    );
+                    cp = start_over(ctx, dest, &mut restarts, &job.remote, Some(&session)).await?;
+                    continue 'session;
+                }
                 info!(
                     offset = cp.dst_offset,
                     "resuming upload from its checkpoint"
                 );
                 let mut reader = ChunkReader::new(stream);
-                if at > cp.dst_offset {
-                    if at > total {
-                        warn!(
-                            theirs = at,
-                            total, "the destination has more than the whole file"
-                        );
-                        cp = start_over(ctx, &mut restarts, &job.remote).await?;
-                        continue 'session;
-                    }
-                    catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await?;
+                if at > cp.dst_offset
+                    && (at > total
+                        || !catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await?)
+                {
+                    warn!(
+                        theirs = at,
+                        total, "the destination holds bytes that are not the source's"
+                    );
+                    cp = start_over(ctx, dest, &mut restarts, &job.remote, Some(&session)).await?;
+                    continue 'session;
                 }
                 (session, reader, total)
             }
@@ -133,9 +145,13 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                 // The source first: a backup that vanished opens no destination session.
                 let (stream, total) = job.source.open_at(0).await?;
                 let chunk = dest.chunk_rules().chunk_for(job.chunk, total)?;
-                let session = dest.begin(&job.remote, total, chunk).await?;
+                let session = dest
+                    .begin(&job.remote, total, chunk)
+                    .await
+                    .map_err(at_destination)?;
                 cp = CopyCheckpoint {
                     chunk,
+                    total,
                     session: Some(session.clone()),
                     ..CopyCheckpoint::fresh(&job.remote)
                 };
@@ -168,6 +184,8 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
             };
             // A slow chunk is progress too: the client watches the request itself.
             let keepalive = ctx.keep_alive();
+            // The next chunk, read while this one is sent; a read error there counts only once
+            // this chunk's acknowledgement is checkpointed.
             let (sent, next) = if end == total {
                 let sha = joined(hashing).await?;
                 let hex = sha.hex();
@@ -188,7 +206,7 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                             already_there: false,
                         });
                     }
-                    Err(e) => (Err((e, before)), Bytes::new()),
+                    Err(e) => (Err(e), Ok(Bytes::new())),
                 }
             } else {
                 let (sent, next, sha) = tokio::join!(
@@ -197,13 +215,12 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     joined(hashing)
                 );
                 drop(keepalive);
-                let next = next?;
                 match sent {
                     Ok(()) => {
                         cp.sha256 = sha?;
                         (Ok(()), next)
                     }
-                    Err(e) => (Err((e, before)), next),
+                    Err(e) => (Err(e), next),
                 }
             };
             match sent {
@@ -219,38 +236,51 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                         message: Some(job.label.clone()),
                     })
                     .await?;
-                    reader.recycle(std::mem::replace(&mut current, next));
+                    reader.recycle(std::mem::replace(&mut current, next?));
                 }
                 // The destination got more than our checkpoint knows (it took a chunk we never
                 // heard back about): count the bytes it has and go on from there.
-                Err((TransferError::IncorrectOffset(at), before)) if at > offset && at <= total => {
+                Err(TransferError::IncorrectOffset(at)) if at > offset && at <= total => {
                     warn!(
                         ours = offset,
                         theirs = at,
                         "destination is further along; continuing from its offset"
                     );
                     cp.sha256 = before;
-                    reader.unread(next);
+                    reader.unread(next?);
                     reader.unread(std::mem::take(&mut current));
-                    catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await?;
+                    if !catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await? {
+                        cp = start_over(ctx, dest, &mut restarts, &job.remote, Some(&session))
+                            .await?;
+                        continue 'session;
+                    }
                     current = reader.read(chunk).await?;
                 }
-                Err((
-                    e @ (TransferError::IncorrectOffset(_) | TransferError::SessionGone(_)),
-                    _,
-                )) => {
+                Err(e @ (TransferError::IncorrectOffset(_) | TransferError::SessionGone(_))) => {
                     warn!(error = %e, "upload session lost or inconsistent");
-                    cp = start_over(ctx, &mut restarts, &job.remote).await?;
+                    cp = start_over(ctx, dest, &mut restarts, &job.remote, Some(&session)).await?;
                     continue 'session;
                 }
-                Err((e, _)) => return Err(e.into()),
+                Err(e) => return Err(at_destination(e).into()),
             }
         }
     }
 }
 
+/// A destination's "not found" (a 404 from a proxy on a part upload, say) is not a vanished
+/// backup: it must not cancel the upload, as the source's "not found" does.
+fn at_destination(e: TransferError) -> TransferError {
+    match e {
+        TransferError::NotFound(m) => {
+            TransferError::Temporary(format!("the destination answered \"not found\": {m}"))
+        }
+        e => e,
+    }
+}
+
 /// Reads, hashes and hands to the destination's integrity state the bytes up to `at`, which
-/// the destination has already; checkpoints the new position.
+/// the destination has already; checkpoints the new position. False when the destination
+/// finds that what it holds is not the source's bytes: the upload has to start over.
 async fn catch_up(
     ctx: &JobContext,
     dest: &dyn Destination,
@@ -258,7 +288,7 @@ async fn catch_up(
     session: &mut Session,
     cp: &mut CopyCheckpoint,
     at: u64,
-) -> Result<(), JobError> {
+) -> Result<bool, JobError> {
     while cp.dst_offset < at {
         let want = (at - cp.dst_offset).min(cp.chunk.max(1)) as usize;
         let piece = reader.read(want).await?;
@@ -267,7 +297,14 @@ async fn catch_up(
                 "the source ended before the destination's offset",
             ));
         }
-        dest.caught_up(session, cp.dst_offset, &piece)?;
+        match dest.caught_up(session, cp.dst_offset, &piece) {
+            Ok(()) => {}
+            Err(TransferError::SessionGone(why)) => {
+                warn!(%why, "the destination's bytes are not the source's");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
         let (sha, piece) = {
             let mut sha = cp.sha256.clone();
             tokio::task::spawn_blocking(move || {
@@ -283,15 +320,24 @@ async fn catch_up(
         ctx.touch();
     }
     cp.session = Some(session.clone());
-    ctx.save_checkpoint(cp).await
+    ctx.save_checkpoint(cp).await?;
+    Ok(true)
 }
 
-/// Begins the upload again from byte 0, at most `RESTARTS_PER_ATTEMPT` times an attempt.
+/// Begins the upload again from byte 0, at most `RESTARTS_PER_ATTEMPT` times an attempt,
+/// throwing away what is left of the old session (an S3 multipart upload costs storage).
 async fn start_over(
     ctx: &JobContext,
+    dest: &dyn Destination,
     restarts: &mut u32,
     remote: &str,
+    old: Option<&Session>,
 ) -> Result<CopyCheckpoint, JobError> {
+    if let Some(old) = old
+        && let Err(e) = dest.abandon(old).await
+    {
+        warn!(error = %e, "could not remove what the old upload left");
+    }
     *restarts += 1;
     if *restarts > RESTARTS_PER_ATTEMPT {
         return Err(JobError::retryable(
@@ -308,7 +354,7 @@ async fn start_over(
 /// unrecorded: take it if it is the source's bytes exactly (the destination compares, reading
 /// costs far less than sending), instead of sending it all again.
 async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, JobError> {
-    let Some(found) = job.dest.stat(&job.remote).await? else {
+    let Some(found) = job.dest.stat(&job.remote).await.map_err(at_destination)? else {
         return Ok(None);
     };
     let (stream, total) = job.source.open_at(0).await?;
@@ -324,7 +370,12 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
     // Reading a large file back (a folder on a slow NAS) is progress too.
     let _keepalive = ctx.keep_alive();
     let (stream, seen) = HashingReader::wrap(stream);
-    if !job.dest.same_content(&found, stream, total).await? {
+    let same = match job.dest.same_content(&found, stream, total).await {
+        // Gone between the look and the read: not there.
+        Err(TransferError::NotFound(_)) => false,
+        other => other?,
+    };
+    if !same {
         warn!(remote = %job.remote, "a file with other content is already at the upload's path");
         return Ok(None);
     }

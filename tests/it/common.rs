@@ -306,6 +306,17 @@ impl Harness {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// Starts the worker again, after `stop`, on the same database (with `config`, usually the
+    /// one it ran with: `running().state.config`).
+    pub async fn start_again(&mut self, config: Config) {
+        self.stop().await;
+        let services = services(&config);
+        let (registry, events) = registry_with(&config, services.clone());
+        let setup = Setup::with(config, registry, services).expect("setup");
+        self.running = Some(app::start(setup).await.expect("worker starts again"));
+        self.events = events;
+    }
 }
 
 /// Polls the database until the job satisfies `pred` (20 s limit).

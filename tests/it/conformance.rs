@@ -772,6 +772,52 @@ impl Backend for S3Backend {
     }
 }
 
+/// A 404 from the destination's side (a proxy in front of S3 answering a part upload) is not
+/// a vanished backup: the upload is retried and completes, it is not cancelled.
+#[tokio::test]
+async fn a_not_found_from_the_destination_does_not_cancel_the_upload() {
+    let Some(backend) = S3Backend::new().await else {
+        return eprintln!("skipped: moto_server is not installed");
+    };
+    let (mut h, inbox) = start(&backend, None).await;
+    let bytes = data(2 * CHUNK as usize + 8, 52);
+    std::fs::write(inbox.join("proxied.tar"), &bytes).unwrap();
+    backend.proxy.fail(
+        Method::PUT,
+        "partNumber",
+        1,
+        Fault::Error {
+            status: 404,
+            code: "NotFound",
+        },
+    );
+    let job = scan(&h).await;
+    let done = h.wait_state(job.id, JobState::Completed).await;
+    assert!(done.attempt >= 2, "the 404 failed one attempt");
+    assert_never_a_false_backup(&h, &done, &bytes).await;
+    h.stop().await;
+}
+
+/// The backup file is replaced (same name, another size) while its upload waits for a retry:
+/// the resume starts over instead of joining the old file's bytes to the new one's.
+#[tokio::test]
+async fn a_source_replaced_between_attempts_is_uploaded_whole() {
+    let backend = FolderBackend::new().await;
+    let (mut h, inbox) = start(&backend, Some(CHUNK)).await;
+    let first = data(3 * CHUNK as usize, 53);
+    std::fs::write(inbox.join("nightly.tar"), &first).unwrap();
+    let job = scan(&h).await;
+    wait_for(h.store(), job.id, |j| acknowledged(j) >= CHUNK).await;
+    let config = h.running().state.config.as_ref().clone();
+    h.stop().await;
+    let second = data(3 * CHUNK as usize + 4096, 54);
+    std::fs::write(inbox.join("nightly.tar"), &second).unwrap();
+    h.start_again(config).await;
+    let done = h.wait_state(job.id, JobState::Completed).await;
+    assert_never_a_false_backup(&h, &done, &second).await;
+    h.stop().await;
+}
+
 /// One line per destination: every scenario runs against it.
 macro_rules! conformance {
     ($($dest:ident => $backend:expr;)*) => {

@@ -1,7 +1,10 @@
 //! Wrappers around a destination: what every destination may need (a throttle, a dry run,
 //! later encryption) is one file here, with no edit to the copy loop or to any destination.
-//! A wrapper implements [`Layer`]: it names the destination inside and takes over the steps it
-//! changes; every other step of [`Destination`] goes straight through.
+//! A wrapper implements [`Layer`]: it names the destination inside and takes over the steps of
+//! moving and reading bytes that it changes (pace, list, stat, read back, delete, and the
+//! upload session's begin / position / append / catch-up / finish, and the content check);
+//! the rest of [`Destination`] (what it is, its chunk rules, preparing, abandoning and listing
+//! unfinished uploads) always goes straight through to the destination inside.
 
 mod dry_run;
 mod throttle;
@@ -16,9 +19,9 @@ use super::{
 };
 use crate::transfer::{ByteStream, TransferError};
 
-/// A wrapper: every wrapper is a [`Destination`] itself. Each step goes to the destination
-/// inside unless the wrapper takes it over, so a new wrapper (encryption, say) is one file that
-/// overrides the steps it changes.
+/// A wrapper: every wrapper is a [`Destination`] itself. Each of these steps goes to the
+/// destination inside unless the wrapper takes it over, so a new wrapper (encryption, say) is
+/// one file that overrides the steps it changes.
 #[async_trait::async_trait]
 pub trait Layer: Send + Sync {
     fn inner(&self) -> &dyn Destination;

@@ -27,7 +27,6 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use md5::Md5;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE};
@@ -428,8 +427,9 @@ impl S3Destination {
                     self.endpoint
                 ));
             }
+            // A clock that is wrong now (a Raspberry Pi before its time sync) is right later.
             "RequestTimeTooSkewed" => {
-                return TransferError::Permanent(format!("{message} (check this machine's clock)"));
+                return TransferError::Temporary(format!("{message} (check this machine's clock)"));
             }
             "EntityTooSmall"
             | "EntityTooLarge"
@@ -710,13 +710,19 @@ impl S3Destination {
                     ))
                 }
                 Some(_) => None,
+                // A server that keeps no checksum: read the object back and compare it with
+                // what the source gave.
                 None => {
-                    tracing::warn!(
+                    tracing::info!(
                         bucket = self.bucket.name(),
                         endpoint = %self.endpoint,
-                        "the S3 server keeps no SHA-256 checksum for {key}; only its size was checked"
+                        "the S3 server keeps no SHA-256 checksum for {key}; reading it back to check it"
                     );
-                    None
+                    let (len, theirs) =
+                        crate::transfer::sha256_of(self.open_at(remote, 0).await?).await?;
+                    (len != size || theirs != source_sha256).then(|| {
+                        format!("it reads back as {len} bytes with SHA-256 {theirs}, the source's is {source_sha256}")
+                    })
                 }
             }
         };
@@ -1084,7 +1090,11 @@ impl Destination for S3Destination {
             }
             let sha256 = BASE64.encode(Sha256::digest(piece));
             let etag = p.etag.trim_matches('"');
-            let md5_differs = etag.len() == 32
+            // An ETag is a part's MD5 only without SSE-KMS, and is worth looking at only when
+            // the server listed no checksum.
+            let md5_differs = p.sha256.is_empty()
+                && self.sse != Some(Sse::AwsKms)
+                && etag.len() == 32
                 && etag.bytes().all(|b| b.is_ascii_hexdigit())
                 && !etag.eq_ignore_ascii_case(&hex(&Md5::digest(piece)));
             if (!p.sha256.is_empty() && p.sha256 != sha256) || md5_differs {
@@ -1229,7 +1239,6 @@ impl Destination for S3Destination {
         let prefix = self.list_prefix();
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
-        let now = Utc::now();
         for _ in 0..MAX_PAGES {
             let mut query = vec![
                 ("max-uploads", self.page_size.as_str()),
@@ -1259,12 +1268,9 @@ impl Destination for S3Destination {
                 if !direct {
                     continue;
                 }
-                let age = u
-                    .initiated
-                    .as_deref()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .and_then(|t| (now - t.with_timezone(&Utc)).to_std().ok())
-                    .unwrap_or_default();
+                // S3 says when an upload began, not when it was last written: another
+                // installation's (or a person's) upload under the same prefix may be busy, so
+                // none of these is ever taken for an orphan by its age.
                 out.push(Partial {
                     label: format!(
                         "s3://{}/{} upload {}",
@@ -1279,7 +1285,7 @@ impl Destination for S3Destination {
                         upload_id: Some(u.upload_id),
                         parts: Vec::new(),
                     }),
-                    age,
+                    idle: None,
                 });
             }
             match (page.next_key_marker, page.next_upload_id_marker) {

@@ -242,8 +242,6 @@ pub(super) struct ListMultipartUploadsResult {
 pub(super) struct ListedUpload {
     pub(super) key: String,
     pub(super) upload_id: String,
-    #[serde(default)]
-    pub(super) initiated: Option<String>,
 }
 
 #[derive(Deserialize)]
