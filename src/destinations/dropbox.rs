@@ -35,6 +35,9 @@ pub use super::auth::Pkce;
 use super::content_hash::{BLOCK, ContentHasher};
 use super::{RemoteFile, Session};
 use crate::redact::Secret;
+use crate::transfer::http::{
+    BODY_SLICE, Progress, Watched, parse_retry_after, sliced, watch_progress,
+};
 use crate::transfer::{ByteStream, TransferError};
 
 pub const DEFAULT_API_URL: &str = "https://api.dropboxapi.com";
@@ -59,9 +62,6 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Lifetime assumed when the token endpoint omits `expires_in` (Dropbox's usual 4 hours).
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(14_400);
-/// Upload bodies are handed to hyper in slices this big; each slice taken is a sign of progress
-/// for the stall watchdog.
-const BODY_SLICE: usize = 256 * 1024;
 /// `list_folder/continue` may answer `reset`; listing again is right, forever is not.
 const MAX_LIST_RESETS: u32 = 3;
 
@@ -920,20 +920,6 @@ fn decode<T: DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, ApiError> 
     })
 }
 
-/// Retry-After is delta-seconds from Dropbox; an HTTP date is accepted too.
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 fn transport_error(route: &str, e: &reqwest::Error) -> TransferError {
     let mut message = format!("Dropbox {route}: {e}");
     let mut source = std::error::Error::source(e);
@@ -1166,70 +1152,6 @@ fn header_safe_json(json: &str) -> String {
         }
     }
     out
-}
-
-// -- upload progress watchdog -----------------------------------------------------------------
-
-/// When the body stream last handed hyper a slice.
-struct Progress {
-    origin: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// The body as slices; hyper pulls the next one only once the socket took the previous one,
-/// so each pull is proof the upload is moving.
-fn sliced(
-    data: Bytes,
-    progress: Arc<Progress>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let len = data.len();
-    futures::stream::iter((0..len).step_by(BODY_SLICE)).map(move |start| {
-        progress.touch();
-        Ok(data.slice(start..len.min(start + BODY_SLICE)))
-    })
-}
-
-enum Watched {
-    Failed(reqwest::Error),
-    Stalled,
-}
-
-/// Run `exchange` until it finishes or nothing has moved for `stall`.
-async fn watch_progress(
-    exchange: impl Future<Output = reqwest::Result<Reply>>,
-    progress: &Progress,
-    stall: Duration,
-) -> Result<Reply, Watched> {
-    tokio::pin!(exchange);
-    loop {
-        let deadline = progress.last() + stall;
-        tokio::select! {
-            result = &mut exchange => return result.map_err(Watched::Failed),
-            () = tokio::time::sleep_until(deadline) => {
-                if progress.last() + stall <= Instant::now() {
-                    return Err(Watched::Stalled);
-                }
-            }
-        }
-    }
 }
 
 // -- the destination ----------------------------------------------------------------------

@@ -330,13 +330,8 @@ async fn error_detail(mut resp: Response) -> String {
 
 /// `Retry-After` as seconds or an HTTP date; a date in the past is zero.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or_default())
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    crate::transfer::http::parse_retry_after(value, chrono::Utc::now())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

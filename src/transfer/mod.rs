@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod copy;
 mod hash;
+pub mod http;
 pub mod spool;
 
 use std::time::Duration;

@@ -1,24 +1,21 @@
-//! What goes over the wire: answers as read, the XML documents, S3 error documents, and the
-//! upload progress watchdog.
+//! What goes over the wire: answers as read, the XML documents and S3 error documents (the
+//! upload stall watchdog and Retry-After are `transfer::http`'s, shared with Dropbox).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use chrono::Utc;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use crate::transfer::TransferError;
 
-/// Upload bodies are handed to hyper in slices this big; each slice taken is progress.
-pub(super) const BODY_SLICE: usize = 256 * 1024;
+pub(super) use crate::transfer::http::{
+    BODY_SLICE, Progress, Watched, parse_retry_after, sliced, watch_progress,
+};
 
 pub(super) enum Body {
     Empty,
@@ -74,20 +71,6 @@ pub(super) async fn read_reply(response: reqwest::Response) -> reqwest::Result<R
         retry_after,
         body,
     })
-}
-
-/// Delta-seconds or an HTTP date.
-pub(super) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 pub(super) fn hex_to_base64(hex: &str) -> Option<String> {
@@ -249,67 +232,4 @@ pub(super) struct ListedUpload {
 pub(super) struct VersioningConfiguration {
     #[serde(default)]
     pub(super) status: Option<String>,
-}
-
-// -- upload progress watchdog (the same as Dropbox's; to move into transfer/http.rs) ---------
-
-/// When the body stream last handed hyper a slice.
-pub(super) struct Progress {
-    pub(super) origin: Instant,
-    pub(super) last_ms: AtomicU64,
-}
-
-impl Progress {
-    pub(super) fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub(super) fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    pub(super) fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// The body as slices; hyper pulls the next one only once the socket took the previous one.
-pub(super) fn sliced(
-    data: Bytes,
-    progress: Arc<Progress>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let len = data.len();
-    futures::stream::iter((0..len).step_by(BODY_SLICE)).map(move |start| {
-        progress.touch();
-        Ok(data.slice(start..len.min(start + BODY_SLICE)))
-    })
-}
-
-pub(super) enum Watched {
-    Failed(reqwest::Error),
-    Stalled,
-}
-
-/// Run `exchange` until it finishes or nothing has moved for `stall`.
-pub(super) async fn watch_progress(
-    exchange: impl Future<Output = reqwest::Result<Reply>>,
-    progress: &Progress,
-    stall: Duration,
-) -> Result<Reply, Watched> {
-    tokio::pin!(exchange);
-    loop {
-        let deadline = progress.last() + stall;
-        tokio::select! {
-            result = &mut exchange => return result.map_err(Watched::Failed),
-            () = tokio::time::sleep_until(deadline) => {
-                if progress.last() + stall <= Instant::now() {
-                    return Err(Watched::Stalled);
-                }
-            }
-        }
-    }
 }
