@@ -92,6 +92,20 @@ fn cpu_secs(pid: u32) -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
+/// The pid of the S3 server process listening on `endpoint`'s port (moto_server or s3s-fs).
+fn server_pid(endpoint: &str) -> Option<u32> {
+    let port = endpoint.rsplit(':').next()?;
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let server = args
+            .iter()
+            .any(|a| a.ends_with(b"moto_server") || a.ends_with(b"s3s-fs"));
+        (server && args.contains(&port.as_bytes())).then_some(pid)
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -191,9 +205,20 @@ impl Worker {
             .append(true)
             .open(self.path().join("log"))
             .unwrap();
+        // Diagnostics only: BENCH_WRAP="strace -f -tt -T -y -o FILE" runs the worker under a
+        // wrapper (its RSS and CPU figures are then the wrapper's).
+        let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(prog) => {
+                let mut c = Command::new(prog);
+                c.args(words).arg(env!("CARGO_BIN_EXE_offsite"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_offsite")),
+        };
         self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_offsite"))
-                .current_dir(self.path())
+            cmd.current_dir(self.path())
                 .args(["--config", self.cfg.to_str().unwrap(), "run"])
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -587,6 +612,8 @@ struct S3Result {
     offsite: Option<f64>,
     rss: Option<f64>,
     cpu_share: Option<f64>,
+    /// The server's CPU during offsite's upload, in cores.
+    server_cpu_share: Option<f64>,
     rclone_default: Option<f64>,
     rclone_1: Option<f64>,
     curl: Option<f64>,
@@ -611,8 +638,11 @@ async fn s3_compare(kind: &str, mib: u64, backup: &Path) -> Option<S3Result> {
             &s3_dest(&server.endpoint(), &server.bucket(), "offsite"),
             "",
         );
+        let server_cpu = || server_pid(&server.endpoint()).map_or(f64::NAN, cpu_secs);
+        let before = server_cpu();
         w.spawn().await;
         let (rate, rss, cpu) = w.finish(mib).await;
+        r.server_cpu_share = Some((server_cpu() - before) / (mib as f64 / rate));
         r.offsite = Some(rate);
         r.rss = Some(rss);
         r.cpu_share = Some(cpu / (mib as f64 / rate));
@@ -863,17 +893,18 @@ async fn main() {
     if !s3.is_empty() {
         println!("\n## folder → S3 vs rclone copy (MiB/s; one run each)");
         println!(
-            "| server | MiB | offsite | rclone (concurrency 4, default) | rclone (concurrency 1) | curl -T single PUT | offsite CPU (cores) |"
+            "| server | MiB | offsite | rclone (concurrency 4, default) | rclone (concurrency 1) | curl -T single PUT | offsite CPU (cores) | server CPU during offsite (cores) |"
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         for ((kind, mib), r) in &s3 {
             println!(
-                "| {kind} | {mib} | {} | {} | {} | {} | {} |",
+                "| {kind} | {mib} | {} | {} | {} | {} | {} | {} |",
                 fmt(r.offsite),
                 fmt(r.rclone_default),
                 fmt(r.rclone_1),
                 fmt(r.curl),
-                r.cpu_share.map_or("—".into(), |c| format!("{c:.2}"))
+                r.cpu_share.map_or("—".into(), |c| format!("{c:.2}")),
+                r.server_cpu_share.map_or("—".into(), |c| format!("{c:.2}"))
             );
             results.push(
                 json!({"case": "s3", "server": kind, "mib": mib, "offsite": r.offsite,
