@@ -205,8 +205,9 @@ impl Worker {
             .append(true)
             .open(self.path().join("log"))
             .unwrap();
-        // Diagnostics only: BENCH_WRAP="strace -f -tt -T -y -o FILE" runs the worker under a
-        // wrapper (its RSS and CPU figures are then the wrapper's).
+        // Diagnostics only: BENCH_WRAP="perf record -g -o FILE" runs the worker under a
+        // wrapper (its RSS and CPU figures are then the wrapper's). perf passes the final
+        // SIGTERM on; strace (needs -I1) detaches and leaves the worker running: kill it.
         let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace();
         let mut cmd = match words.next() {
