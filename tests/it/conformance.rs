@@ -135,6 +135,26 @@ async fn scan(h: &Harness) -> JobRecord {
     }
 }
 
+/// Scans again and waits for the second backup's upload to be recorded: its job, and the
+/// records newest first.
+async fn second_upload(h: &Harness) -> (JobRecord, Vec<offsite::queue::store::UploadRecord>) {
+    let scan = h
+        .enqueue(
+            "snapshot_scan",
+            json!({"source": "inbox", "destinations": ["dst"]}),
+        )
+        .await;
+    h.wait_state(scan.id, JobState::Completed).await;
+    let list = wait_uploads(h.store(), 2).await;
+    let job = h
+        .store()
+        .job(list[0].job_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    (job, list)
+}
+
 fn acknowledged(j: &JobRecord) -> u64 {
     j.checkpoint
         .as_ref()
@@ -417,20 +437,7 @@ pub(crate) async fn retry_after_uses_no_attempt(backend: &dyn Backend) {
     let bytes = data(CHUNK as usize + 2, 47);
     std::fs::write(inbox.join("later2.tar"), &bytes).unwrap();
     faults.unavailable_next(1);
-    let scan2 = h
-        .enqueue(
-            "snapshot_scan",
-            json!({"source": "inbox", "destinations": ["dst"]}),
-        )
-        .await;
-    h.wait_state(scan2.id, JobState::Completed).await;
-    let list = wait_uploads(h.store(), 2).await;
-    let second = h
-        .store()
-        .job(list[0].job_id.unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let (second, _) = second_upload(&h).await;
     assert_eq!(second.attempt, 1, "the 503 did not use an attempt");
     h.stop().await;
 }
@@ -455,20 +462,7 @@ pub(crate) async fn server_errors_and_drops(backend: &dyn Backend) {
     let bytes = data(2 * CHUNK as usize + 4, 49);
     std::fs::write(inbox.join("dropped.tar"), &bytes).unwrap();
     faults.drop_next_upload();
-    let scan2 = h
-        .enqueue(
-            "snapshot_scan",
-            json!({"source": "inbox", "destinations": ["dst"]}),
-        )
-        .await;
-    h.wait_state(scan2.id, JobState::Completed).await;
-    let list = wait_uploads(h.store(), 2).await;
-    let second = h
-        .store()
-        .job(list[0].job_id.unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let (second, list) = second_upload(&h).await;
     assert!(
         second.attempt >= 2,
         "the dropped connection failed an attempt"
