@@ -1259,10 +1259,6 @@ impl DropboxDestination {
             redirect_uri: config.redirect_uri.clone(),
         }
     }
-
-    pub fn client(&self) -> &DropboxClient {
-        &self.client
-    }
 }
 
 /// Hashes `bytes` onto `hasher` off the async threads.

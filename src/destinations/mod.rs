@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use crate::transfer::ByteStream;
-use crate::transfer::{Sha256State, TransferError};
+use crate::transfer::TransferError;
 pub use auth::Authorization;
 
 /// What a destination is, for people: the API, the panel and Home Assistant show it.
@@ -257,9 +257,6 @@ pub trait Destination: Send + Sync {
 
 /// Shared by the jobs, the operator actions and the sweeps.
 pub type SharedDestination = std::sync::Arc<dyn Destination>;
-
-/// A hash state as checkpoints keep it: SHA-256 in progress, serialized.
-pub type HashState = Sha256State;
 
 /// `{folder}/{name}_{date}.tar` with the name made safe for any file system.
 pub fn remote_path(folder: &str, name: &str, date: &chrono::DateTime<chrono::Utc>) -> String {

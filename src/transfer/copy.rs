@@ -73,8 +73,6 @@ pub struct Copied {
     pub size: u64,
     /// Hex SHA-256 of the bytes read from the source.
     pub sha256: String,
-    /// The destination had the file already (committed before the last attempt heard back).
-    pub already_there: bool,
 }
 
 /// Runs the transfer, resuming from the job's checkpoint.
@@ -203,7 +201,6 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                             stored,
                             size: total,
                             sha256: hex,
-                            already_there: false,
                         });
                     }
                     Err(e) => (Err(e), Ok(Bytes::new())),
@@ -392,7 +389,6 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
         stored: found,
         size: total,
         sha256,
-        already_there: true,
     }))
 }
 
