@@ -4,6 +4,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::transfer::{hex as hex_encode, unhex as hex_decode};
+
 pub const BLOCK: usize = 4 * 1024 * 1024;
 
 #[derive(Clone, Default)]
@@ -65,20 +67,6 @@ impl ContentHasher {
         }
         hex_encode(&Sha256::digest(&self.blocks))
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -87,9 +87,7 @@ impl PanelKey {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::transfer::hex;
 
 /// The path prefix every link and form must carry: Home Assistant's `X-Ingress-Path`, or
 /// nothing. Anything that is not a plain path is ignored rather than echoed into the page.

@@ -60,6 +60,7 @@ impl<'de> Deserialize<'de> for Sha256State {
     }
 }
 
+/// Lower-case hex of `bytes`: the one encoder every hash, token and nonce goes through.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -70,7 +71,8 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The bytes of lower- or upper-case hex; None for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -83,9 +83,7 @@ pub(super) fn hex_to_base64(hex: &str) -> Option<String> {
     Some(BASE64.encode(bytes?))
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use crate::transfer::hex;
 
 pub(super) fn escape_xml(s: &str) -> String {
     s.replace('&', "&amp;")
