@@ -477,7 +477,7 @@ pub async fn wanted_sensors(
                 "state_class": "measurement",
                 "icon": "mdi:archive",
                 "destination": name,
-                "authorized": services.is_authorized(name),
+                "authorized": !crate::ops::authorization::needs_authorization(services, name),
                 "newest": stored.iter().map(|u| u.backup_date).max().map(iso),
                 "bytes": stored.iter().map(|u| u.size).sum::<i64>(),
             }),

@@ -122,13 +122,6 @@ impl Services {
     pub fn has_retention(&self, name: &str) -> bool {
         !self.retention(name).keeps_everything()
     }
-
-    /// Whether the destination waits for the user to grant access.
-    pub fn is_authorized(&self, name: &str) -> bool {
-        self.destination(name)
-            .map(|d| d.authorization().is_none_or(|a| a.is_authorized()))
-            .unwrap_or(false)
-    }
 }
 
 /// Shared by the workers and the API.

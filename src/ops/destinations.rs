@@ -50,11 +50,12 @@ pub fn view_from(
             .iter()
             .filter(|u| u.destination == name && u.deleted_at.is_none())
     };
+    let info = dest.info();
     Ok(DestinationView {
         name: name.into(),
-        kind: dest.info().kind.into(),
-        folder: dest.info().location,
-        authorized: dest.authorization().is_none_or(|a| a.is_authorized()),
+        kind: info.kind.into(),
+        folder: info.location,
+        authorized: !super::authorization::needs_authorization(services, name),
         backups: stored().count(),
         last_upload_at: stored().map(|u| u.uploaded_at).max(),
     })
