@@ -1,17 +1,24 @@
 //! A local folder (a mounted NAS, a USB disk): the backup is written to a hidden temporary name,
 //! fsynced after every chunk (that is what "acknowledged" means here), checked on disk (length
-//! and SHA-256 against what was read from the source) and only then renamed into place. A resumed upload
-//! cuts the temporary file back to the checkpointed offset.
+//! and SHA-256 of the file read back, against what was read from the source) and only then
+//! renamed into place. The read-back runs beside the upload where the file system can prove
+//! nobody else wrote the file meanwhile ([`readback`]); otherwise the whole file is read back
+//! after the last chunk. A resumed upload cuts the temporary file back to the checkpointed
+//! offset.
 //!
 //! Writes go through `std::fs` on a blocking thread, not `tokio::fs::File`: tokio's file
 //! buffers a write and reports its error on the *next* call, so an ENOSPC from the last write
 //! before `sync_data` was silently dropped, and a truncated file was renamed into place as a
 //! good backup.
 
+mod readback;
+
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use bytes::Bytes;
@@ -23,9 +30,21 @@ use crate::transfer::{ByteStream, Sha256State, TransferError, io_error};
 /// Files whose name ends so are offsite's unfinished uploads.
 pub const PARTIAL_SUFFIX: &str = ".offsite-partial";
 
-#[derive(Debug, Clone)]
+use readback::{ReadBack, Stamp};
+
+#[derive(Clone)]
 pub struct LocalFolder {
     pub root: PathBuf,
+    /// The read-backs of the partial files being written, by temporary path.
+    reading: Arc<Mutex<HashMap<PathBuf, Arc<ReadBack>>>>,
+}
+
+impl std::fmt::Debug for LocalFolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalFolder")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> TransferError {
@@ -44,11 +63,18 @@ impl SyncWrite for File {
 }
 
 /// Writes all of `chunk` and makes it durable; a short write, ENOSPC or EIO from write, flush or
-/// sync is an error, never a silent loss.
-pub(crate) fn write_durably(out: &mut impl SyncWrite, chunk: &[u8]) -> std::io::Result<()> {
+/// sync is an error, never a silent loss. `written` runs between the write and the sync (the
+/// folder takes the file's timestamps there, as close to its own write as it can).
+pub(crate) fn write_durably<W: SyncWrite, T>(
+    out: &mut W,
+    chunk: &[u8],
+    written: impl FnOnce(&mut W) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     out.write_all(chunk)?;
     out.flush()?;
-    out.sync_data()
+    let t = written(out)?;
+    out.sync_data()?;
+    Ok(t)
 }
 
 /// Runs blocking file work off the async threads.
@@ -77,7 +103,12 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((len, hasher.hex()))
 }
 
-fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), TransferError> {
+fn append_blocking(
+    temp: &Path,
+    offset: u64,
+    chunk: &[u8],
+    reading: Option<&ReadBack>,
+) -> Result<(), TransferError> {
     let mut file = match OpenOptions::new().write(true).open(temp) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,10 +119,13 @@ fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), Transfe
         }
         Err(e) => return Err(io_err("cannot open", temp, e)),
     };
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| io_err("cannot stat", temp, e))?
-        .len();
+        .map_err(|e| io_err("cannot stat", temp, e))?;
+    if let Some(r) = reading {
+        r.check(Stamp::of(&meta));
+    }
+    let len = meta.len();
     if len != offset {
         // Resume already cut the file back to our offset: anything else means another
         // writer or a torn write. Never trust those bytes; start over.
@@ -102,13 +136,20 @@ fn append_blocking(temp: &Path, offset: u64, chunk: &[u8]) -> Result<(), Transfe
     }
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| io_err("cannot seek in", temp, e))?;
-    if let Err(e) = write_durably(&mut file, chunk) {
-        // Give back what the failed chunk took (a full disk needs it) and leave the file at
-        // the acknowledged offset, so the next attempt resumes instead of starting over.
-        let _ = file.set_len(offset).and_then(|()| file.sync_data());
-        return Err(io_err("cannot write", temp, e));
+    match write_durably(&mut file, chunk, |f| f.metadata()) {
+        Ok(meta) => {
+            if let Some(r) = reading {
+                r.written(offset + chunk.len() as u64, Stamp::of(&meta));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Give back what the failed chunk took (a full disk needs it) and leave the file
+            // at the acknowledged offset, so the next attempt resumes instead of starting over.
+            let _ = file.set_len(offset).and_then(|()| file.sync_data());
+            Err(io_err("cannot write", temp, e))
+        }
     }
-    Ok(())
 }
 
 /// The folder's upload session: the hidden file being written.
@@ -137,7 +178,37 @@ impl FolderConfig {
 
 impl LocalFolder {
     pub fn new(root: PathBuf) -> Self {
-        LocalFolder { root }
+        LocalFolder {
+            root,
+            reading: Arc::default(),
+        }
+    }
+
+    fn reading(&self, temp: &Path) -> Option<Arc<ReadBack>> {
+        let map = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(temp).cloned()
+    }
+
+    /// Starts (or restarts) the read-back of `temp`, `ready` bytes of which are written, when
+    /// the file system can prove what it reads stays so; without one, `finish` reads the whole
+    /// file.
+    fn start_reading(&self, temp: &Path, file: &File, ready: u64) -> std::io::Result<()> {
+        let mut map = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(temp);
+        if !readback::fine_grained_times(file)? {
+            return Ok(());
+        }
+        let stamp = Stamp::of(&file.metadata()?);
+        map.insert(
+            temp.to_path_buf(),
+            Arc::new(ReadBack::start(temp.to_path_buf(), ready, stamp)),
+        );
+        Ok(())
+    }
+
+    fn stop_reading(&self, temp: &Path) {
+        let mut map = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(temp);
     }
 
     pub(crate) fn target(&self, remote: &str) -> PathBuf {
@@ -266,12 +337,14 @@ impl Destination for LocalFolder {
     async fn begin(&self, remote: &str, _size: u64, _chunk: u64) -> Result<Session, TransferError> {
         let temp = self.temp_path(remote);
         let path = temp.clone();
+        let this = self.clone();
         blocking(move || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create folder", dir, e))?;
             }
-            File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
-            Ok(())
+            let file = File::create(&path).map_err(|e| io_err("cannot create", &path, e))?;
+            this.start_reading(&path, &file, 0)
+                .map_err(|e| io_err("cannot stat", &path, e))
         })
         .await?;
         Ok(Session::new(&FolderSession { temp }))
@@ -281,6 +354,7 @@ impl Destination for LocalFolder {
     /// acknowledged and are not trusted. A file shorter than that is gone for our purpose.
     async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError> {
         let FolderSession { temp } = session.get()?;
+        let this = self.clone();
         blocking(move || {
             let file = match OpenOptions::new().write(true).open(&temp) {
                 Ok(f) => f,
@@ -306,6 +380,10 @@ impl Destination for LocalFolder {
                 .map_err(|e| io_err("cannot truncate", &temp, e))?;
             file.sync_all()
                 .map_err(|e| io_err("cannot sync", &temp, e))?;
+            // What the last process read back is gone with it: the prefix is read again,
+            // beside the rest of the upload.
+            this.start_reading(&temp, &file, ours)
+                .map_err(|e| io_err("cannot stat", &temp, e))?;
             Ok(ours)
         })
         .await
@@ -318,12 +396,19 @@ impl Destination for LocalFolder {
         chunk: Bytes,
     ) -> Result<(), TransferError> {
         let FolderSession { temp } = session.get()?;
-        blocking(move || append_blocking(&temp, offset, &chunk)).await
+        let reading = self.reading(&temp);
+        let appended =
+            blocking(move || append_blocking(&temp, offset, &chunk, reading.as_deref())).await;
+        if matches!(appended, Err(TransferError::SessionGone(_))) {
+            self.stop_reading(&session.get::<FolderSession>()?.temp);
+        }
+        appended
     }
 
-    /// Appends the last chunk, reads the whole file back and compares its length and SHA-256
-    /// with what was read from the source; only a file that matches is renamed into place. A
-    /// mismatch removes the file and starts the upload over (`SessionGone`).
+    /// Appends the last chunk, reads the file back (the rest of it, where the read-back ran
+    /// beside the upload; all of it otherwise) and compares its length and SHA-256 with what
+    /// was read from the source; only a file that matches is renamed into place. A mismatch
+    /// removes the file and starts the upload over (`SessionGone`).
     async fn finish(
         &self,
         session: &mut Session,
@@ -338,9 +423,19 @@ impl Destination for LocalFolder {
         let expected_hash = sent.sha256.to_string();
         let sent_size = sent.size;
         let remote = remote.to_string();
+        let reading = self.reading(&temp);
+        let this = self.clone();
         blocking(move || {
-            append_blocking(&temp, offset, &chunk)?;
-            let (len, hash) = hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?;
+            let read_back = append_blocking(&temp, offset, &chunk, reading.as_deref()).map(|()| {
+                reading
+                    .and_then(|r| r.result(&temp, expected_len))
+                    .map(|hash| (expected_len, hash))
+            });
+            this.stop_reading(&temp);
+            let (len, hash) = match read_back? {
+                Some(early) => early,
+                None => hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?,
+            };
             if len != expected_len || len != sent_size || hash != expected_hash {
                 let _ = std::fs::remove_file(&temp);
                 return Err(TransferError::SessionGone(format!(
@@ -368,6 +463,7 @@ impl Destination for LocalFolder {
 
     async fn abandon(&self, session: &Session) -> Result<(), TransferError> {
         let FolderSession { temp } = session.get()?;
+        self.stop_reading(&temp);
         remove(temp).await
     }
 
@@ -486,15 +582,17 @@ mod tests {
             (3, ErrorKind::Other),
         ] {
             let mut w = FailingWriter::new(fail_at, Fault::Error(kind));
-            let err = write_durably(&mut w, &chunk).expect_err("the failure must surface");
+            let err =
+                write_durably(&mut w, &chunk, |_| Ok(())).expect_err("the failure must surface");
             assert_eq!(err.kind(), kind, "call {fail_at}");
         }
         let mut short = FailingWriter::new(1, Fault::ShortWrite);
-        let err = write_durably(&mut short, &chunk).expect_err("a short write must surface");
+        let err =
+            write_durably(&mut short, &chunk, |_| Ok(())).expect_err("a short write must surface");
         assert_eq!(err.kind(), ErrorKind::WriteZero);
         assert_eq!(short.written.len(), 500);
         let mut fine = FailingWriter::new(usize::MAX, Fault::ShortWrite);
-        write_durably(&mut fine, &chunk).unwrap();
+        write_durably(&mut fine, &chunk, |_| Ok(())).unwrap();
         assert_eq!(fine.written, chunk);
     }
 
