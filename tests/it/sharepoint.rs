@@ -373,13 +373,12 @@ async fn the_upload_url_never_shows_in_the_api() {
     .await;
     let text = shown.to_string();
     assert!(!text.contains(&tempauth), "the capability is shown: {text}");
-    assert!(
-        shown["checkpoint"]["session"]["upload_url"]
-            .as_str()
-            .unwrap()
-            .ends_with("tempauth=***"),
-        "{text}"
-    );
+    // Masked whole where this process registered it; elsewhere (the CLI reading the database)
+    // its `tempauth` capability is masked by pattern (unit-tested in `redact`).
+    let url = shown["checkpoint"]["session"]["upload_url"]
+        .as_str()
+        .unwrap();
+    assert!(url == "***" || url.ends_with("tempauth=***"), "{text}");
     // A cancelled upload's session is closed at SharePoint.
     h.store().cancel(job.id).await.unwrap();
     h.running().state.executor.wake();
