@@ -255,6 +255,21 @@ async fn name_conflicts_fail_replace_or_rename() {
     assert_eq!(stored.path, remote);
     assert!(fake.content("Backups/HA/nightly.tar").unwrap() == bytes);
     assert_eq!(fake.open_sessions(), 0);
+
+    // Listing follows @odata.nextLink across pages.
+    fake.set_page_size(1);
+    let mut listed: Vec<String> = replace.list().await.unwrap().into_iter().map(|f| f.path).collect();
+    listed.sort();
+    assert_eq!(listed, ["/Backups/HA/nightly 1.tar", "/Backups/HA/nightly.tar"]);
+
+    // Over quota: refused before a byte is sent, with a plain reason, and retried later.
+    fake.set_quota(Some(1000));
+    match replace.begin("/Backups/HA/big.tar", 5000, FRAGMENT).await {
+        Err(TransferError::Temporary(m)) => {
+            assert!(m.contains("no space left") && m.contains("5000 bytes"), "{m}")
+        }
+        other => panic!("507 is a temporary, plain error: {other:?}"),
+    }
 }
 
 #[tokio::test]
