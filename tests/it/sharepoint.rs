@@ -16,7 +16,8 @@ use crate::conformance::{
     CHUNK, SharePointBackend, acknowledged, assert_never_a_false_backup, scan, start,
 };
 use crate::support::graph::{
-    CLIENT_ID, CLIENT_SECRET, FRAGMENT, FakeGraph, TENANT_ID, UploadFault,
+    CLIENT_ID, CLIENT_SECRET, FRAGMENT, FakeGraph, TENANT_ID, TEST_CERT_KEY, TEST_CERT_THUMBPRINT,
+    UploadFault,
 };
 
 /// `[destinations.<name>]` for the fake, without its header.
@@ -258,15 +259,27 @@ async fn name_conflicts_fail_replace_or_rename() {
 
     // Listing follows @odata.nextLink across pages.
     fake.set_page_size(1);
-    let mut listed: Vec<String> = replace.list().await.unwrap().into_iter().map(|f| f.path).collect();
+    let mut listed: Vec<String> = replace
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
     listed.sort();
-    assert_eq!(listed, ["/Backups/HA/nightly 1.tar", "/Backups/HA/nightly.tar"]);
+    assert_eq!(
+        listed,
+        ["/Backups/HA/nightly 1.tar", "/Backups/HA/nightly.tar"]
+    );
 
     // Over quota: refused before a byte is sent, with a plain reason, and retried later.
     fake.set_quota(Some(1000));
     match replace.begin("/Backups/HA/big.tar", 5000, FRAGMENT).await {
         Err(TransferError::Temporary(m)) => {
-            assert!(m.contains("no space left") && m.contains("5000 bytes"), "{m}")
+            assert!(
+                m.contains("no space left") && m.contains("5000 bytes"),
+                "{m}"
+            )
         }
         other => panic!("507 is a temporary, plain error: {other:?}"),
     }
@@ -438,4 +451,81 @@ async fn prepare_finds_the_library_creates_the_folder_and_names_what_is_wrong() 
             .await,
     );
     assert!(e.contains("not a folder"), "{e}");
+}
+
+#[test]
+fn the_fakes_quick_xor_hash_is_independent_and_agrees() {
+    use crate::support::graph::quick_xor_hash as fakes;
+    use base64::Engine;
+    use offsite::destinations::sharepoint::quick_xor_hash as ours;
+    for (input, hash) in [
+        ("", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ("Sg==", "SgAAAAAAAAAAAAAAAQAAAAAAAAA="),
+        ("/aNzzCFPS/A=", "/RjFHJgRgicsAR4ACAAAAAAAAAA="),
+    ] {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(input)
+            .unwrap();
+        assert_eq!(fakes(&bytes), hash);
+    }
+    let bytes = data(3 * FRAGMENT as usize + 1234, 79);
+    assert_eq!(fakes(&bytes), ours(&bytes));
+}
+
+#[tokio::test]
+async fn a_certificate_signs_in_instead_of_a_secret() {
+    let fake = FakeGraph::start().await;
+    fake.register_test_certificate();
+    let with_certificate = |thumbprint: &str, key: &str| {
+        let keys: String = own_keys(&fake, "")
+            .lines()
+            .filter(|l| !l.starts_with("client_secret"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: SharePointConfig = toml::from_str(&format!(
+            "{keys}certificate_key = \"{key}\"\ncertificate_thumbprint = \"{thumbprint}\"\n"
+        ))
+        .unwrap();
+        SharePointDestination::new(&config, reqwest::Client::new())
+    };
+    let dest = with_certificate(TEST_CERT_THUMBPRINT, TEST_CERT_KEY).unwrap();
+    dest.prepare().await.unwrap();
+    let bytes = data(FRAGMENT as usize + 5, 78);
+    let stored = upload(&dest, "/Backups/HA/cert.tar", &bytes, FRAGMENT)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, bytes.len() as u64);
+    assert_eq!(fake.assertion_sign_ins(), 1);
+
+    let other = "0000000000000000000000000000000000000000";
+    let e = permanent(
+        with_certificate(other, TEST_CERT_KEY)
+            .unwrap()
+            .prepare()
+            .await,
+    );
+    assert!(
+        e.contains("AADSTS700027") && e.contains("certificate_thumbprint"),
+        "{e}"
+    );
+    let e = with_certificate(TEST_CERT_THUMBPRINT, "/nonexistent/key.pem")
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("certificate_key") && e.contains("/nonexistent/key.pem"),
+        "{e}"
+    );
+    let not_a_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        not_a_key.path(),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = with_certificate(TEST_CERT_THUMBPRINT, not_a_key.path().to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("certificate_key") && e.contains("no RSA private key"),
+        "{e}"
+    );
 }

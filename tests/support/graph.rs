@@ -4,7 +4,8 @@
 //! Follows Microsoft's documentation (`driveitem-createuploadsession`, `driveitem-get`,
 //! `driveitem-list-children`, `driveitem-get-content`, `driveitem-delete`,
 //! `site-getbypath`, `drive-list`, the v2.0 token endpoint): the client-credentials token
-//! endpoint checks tenant, app and secret and answers refusals with Azure AD's body
+//! endpoint checks tenant, app and secret (or a certificate's RS256 client assertion: `x5t`,
+//! signature, audience, issuer, validity) and answers refusals with Azure AD's body
 //! (`error`, `error_description` starting `AADSTS…:`, `error_codes`); Graph errors are
 //! `{"error": {"code", "message", "innerError"}}`; upload sessions live at their own URL
 //! (a `tempauth` capability in the query, no Authorization header allowed) and enforce
@@ -41,6 +42,13 @@ pub const CLIENT_ID: &str = "3b1f0c2a-7e55-4d0e-9a31-offsite00001";
 pub const CLIENT_SECRET: &str = "Xq8~fake.graph.client-secret_0123456789";
 pub const HOST: &str = "contoso.sharepoint.com";
 pub const SITE_PATH: &str = "/sites/Backups";
+/// A throwaway key for the certificate sign-in tests, and its certificate's SHA-1 thumbprint.
+pub const TEST_CERT_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/graph-test-key.pem"
+);
+pub const TEST_CERT_THUMBPRINT: &str =
+    "D7:0D:83:55:AC:C3:28:60:61:04:D8:A6:A0:A0:72:9A:03:EB:A3:22";
 /// 320 KiB.
 pub const FRAGMENT: u64 = 327_680;
 pub const MAX_FRAGMENT: u64 = 60 * 1024 * 1024;
@@ -109,6 +117,9 @@ struct Inner {
     /// Fragment PUTs that carried an Authorization header.
     authorized_fragments: u64,
     quota: Option<u64>,
+    /// The registered certificate: its public key and `x5t`.
+    certificate: Option<(rsa::RsaPublicKey, String)>,
+    assertion_sign_ins: u64,
     page_size: usize,
     counter: u64,
 }
@@ -227,6 +238,23 @@ impl FakeGraph {
     pub fn set_quota(&self, bytes: Option<u64>) {
         self.inner().quota = bytes;
     }
+    /// Registers the certificate of `TEST_CERT_KEY` with the app (client assertions accepted).
+    pub fn register_test_certificate(&self) {
+        use rsa::pkcs8::DecodePrivateKey;
+        let key =
+            rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(TEST_CERT_KEY).unwrap())
+                .unwrap();
+        let hex: String = TEST_CERT_THUMBPRINT.chars().filter(|c| *c != ':').collect();
+        let bytes: Vec<u8> = (0..20)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        self.inner().certificate = Some((key.to_public_key(), x5t));
+    }
+    /// Sign-ins with a certificate's assertion that were accepted.
+    pub fn assertion_sign_ins(&self) -> u64 {
+        self.inner().assertion_sign_ins
+    }
     pub fn set_page_size(&self, n: usize) {
         self.inner().page_size = n.max(1);
     }
@@ -289,7 +317,7 @@ fn children<'a>(inner: &'a Inner, parent: &str) -> Vec<&'a Item> {
         .values()
         .filter(|i| i.parent.as_deref() == Some(parent))
         .collect();
-    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    out.sort_by_key(|a| a.name.to_lowercase());
     out
 }
 
@@ -663,7 +691,14 @@ async fn token(shared: &Shared, rest: &str, request: Request) -> Response {
             ),
         );
     }
-    if field("client_secret") != CLIENT_SECRET {
+    if field("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+        let base = shared.base.lock().unwrap().clone();
+        let audience = format!("{base}/login/{tenant}/oauth2/v2.0/token");
+        if let Err(refused) = check_assertion(&inner, field("client_assertion"), &audience) {
+            return refused;
+        }
+        inner.assertion_sign_ins += 1;
+    } else if field("client_secret") != CLIENT_SECRET {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -690,6 +725,80 @@ async fn token(shared: &Shared, rest: &str, request: Request) -> Response {
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token}),
     )
+}
+
+/// A client assertion as Azure AD checks it.
+fn check_assertion(inner: &Inner, jwt: &str, audience: &str) -> Result<(), Response> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rsa::signature::Verifier;
+    let invalid = |what: &str| {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            &format!("JWT token is invalid or malformed: {what}."),
+        )
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [head, body, signature] = parts[..] else {
+        return Err(invalid("not three parts"));
+    };
+    let decode = |part: &str| -> Option<Value> {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+    };
+    let (Some(header), Some(claims)) = (decode(head), decode(body)) else {
+        return Err(invalid("unreadable header or claims"));
+    };
+    let refused_key = || {
+        aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            &format!(
+                "Client assertion failed signature validation. The certificate with identifier used to sign the client assertion is not registered on application '{CLIENT_ID}'."
+            ),
+        )
+    };
+    let Some((public, x5t)) = &inner.certificate else {
+        return Err(refused_key());
+    };
+    if header["alg"] != "RS256" || header["x5t"].as_str() != Some(x5t.as_str()) {
+        return Err(refused_key());
+    }
+    let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public.clone());
+    let valid = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|s| rsa::pkcs1v15::Signature::try_from(s.as_slice()).ok())
+        .is_some_and(|s| {
+            verifier
+                .verify(format!("{head}.{body}").as_bytes(), &s)
+                .is_ok()
+        });
+    if !valid {
+        return Err(refused_key());
+    }
+    if claims["aud"].as_str() != Some(audience) {
+        return Err(invalid("the audience is not this token endpoint"));
+    }
+    if claims["iss"] != CLIENT_ID || claims["sub"] != CLIENT_ID || claims["jti"].as_str().is_none()
+    {
+        return Err(invalid("iss and sub must be the client id, with a jti"));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let (nbf, exp) = (
+        claims["nbf"].as_i64().unwrap_or(0),
+        claims["exp"].as_i64().unwrap_or(0),
+    );
+    if nbf > now + 300 || exp < now - 300 || exp - nbf > 86_400 {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            700024,
+            "Client assertion is not within its valid time range.",
+        ));
+    }
+    Ok(())
 }
 
 fn site(shared: &Shared, host: &str, rest: &[&str]) -> Response {
@@ -1354,28 +1463,5 @@ async fn download(shared: &Shared, id: &str, headers: &HeaderMap) -> Response {
             Body::from_stream(tokio_util::io::ReaderStream::new(f)),
         )
             .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fakes_hash_matches_published_vectors() {
-        for (input, hash) in [
-            ("", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
-            ("Sg==", "SgAAAAAAAAAAAAAAAQAAAAAAAAA="),
-            ("/aNzzCFPS/A=", "/RjFHJgRgicsAR4ACAAAAAAAAAA="),
-        ] {
-            assert_eq!(quick_xor_hash(&STANDARD.decode(input).unwrap()), hash);
-        }
-        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
-        assert_eq!(quick_xor_hash(&data), "azPdZqTeLaHcsNkzbynZaqrM07w=");
-        let mut h = QuickXor::new();
-        for part in data.chunks(333) {
-            h.update(part);
-        }
-        assert_eq!(h.finish(), "azPdZqTeLaHcsNkzbynZaqrM07w=");
     }
 }

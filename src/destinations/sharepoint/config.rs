@@ -41,8 +41,17 @@ pub struct SharePointConfig {
     pub tenant_id: String,
     /// Application (client) id.
     pub client_id: String,
-    /// A client secret of the app registration.
-    pub client_secret: Secret,
+    /// A client secret of the app registration; or sign in with a certificate instead
+    /// (`certificate_key` + `certificate_thumbprint`).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// PEM file with the private key of a certificate uploaded to the app registration
+    /// (PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA PRIVATE KEY`).
+    #[serde(default)]
+    pub certificate_key: Option<std::path::PathBuf>,
+    /// That certificate's thumbprint as the Azure portal shows it (SHA-1, 40 hex digits).
+    #[serde(default)]
+    pub certificate_thumbprint: Option<String>,
     /// The site: `contoso.sharepoint.com/sites/Backups`, the same with `https://`, or just
     /// `contoso.sharepoint.com` for the root site.
     pub site: String,
@@ -68,6 +77,20 @@ fn default_login_url() -> String {
 }
 fn default_graph_url() -> String {
     DEFAULT_GRAPH_URL.into()
+}
+
+/// A thumbprint as the portal shows it (`D70D83…`, maybe with ':' or spaces) as its 20 bytes.
+pub fn thumbprint_bytes(thumbprint: &str) -> Option<Vec<u8>> {
+    let hex: String = thumbprint
+        .chars()
+        .filter(|c| !matches!(c, ':' | ' '))
+        .collect();
+    if hex.len() != 40 {
+        return None;
+    }
+    (0..20)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// A site as Graph addresses it: host name and server-relative path ("" for the root site).
@@ -164,11 +187,54 @@ impl SharePointConfig {
                 "required: the Application (client) ID of the Azure app registration".into(),
             ));
         }
-        if self.client_secret.expose().trim().is_empty() {
-            return Err((
-                "client_secret",
-                "required: a client secret of the app registration (its Value, not its ID)".into(),
-            ));
+        match (
+            &self.client_secret,
+            &self.certificate_key,
+            &self.certificate_thumbprint,
+        ) {
+            (Some(secret), None, None) if secret.expose().trim().is_empty() => {
+                return Err((
+                    "client_secret",
+                    "empty: a client secret of the app registration (its Value, not its ID)".into(),
+                ));
+            }
+            (Some(_), None, None) => {}
+            (None, Some(_), Some(thumbprint)) => {
+                if thumbprint_bytes(thumbprint).is_none() {
+                    return Err((
+                        "certificate_thumbprint",
+                        "the certificate's SHA-1 thumbprint: 40 hex digits, as the portal shows it"
+                            .into(),
+                    ));
+                }
+            }
+            (Some(_), _, _) => {
+                return Err((
+                    "client_secret",
+                    "either client_secret or certificate_key + certificate_thumbprint, not both"
+                        .into(),
+                ));
+            }
+            (None, Some(_), None) => {
+                return Err((
+                    "certificate_thumbprint",
+                    "required with certificate_key".into(),
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err((
+                    "certificate_key",
+                    "required with certificate_thumbprint".into(),
+                ));
+            }
+            (None, None, None) => {
+                return Err((
+                    "client_secret",
+                    "required: a client secret of the app registration (its Value, not its \
+                     ID), or certificate_key + certificate_thumbprint"
+                        .into(),
+                ));
+            }
         }
         if self.site.trim().is_empty() {
             return Err((
@@ -283,6 +349,13 @@ mod tests {
                 "tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n{SITE}conflict = \"keep\""
             ))
             .is_err()
+        );
+        assert_eq!(
+            field(&format!(
+                "{SITE}certificate_key = \"/k.pem\"\ncertificate_thumbprint = \"D70D8355ACC328606104D8A6A0A0729A03EBA322\""
+            )),
+            "client_secret",
+            "not both"
         );
         let debug = format!("{c:?}");
         assert!(!debug.contains("abc~defghijklmnop"), "{debug}");

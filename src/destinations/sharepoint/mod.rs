@@ -1,11 +1,12 @@
 //! A SharePoint document library as a destination, through Microsoft Graph with an app-only
-//! sign-in (OAuth2 client credentials: a client secret of an Azure app registration).
+//! sign-in (OAuth2 client credentials of an Azure app registration: a client secret, or a
+//! certificate whose private key signs a client-assertion JWT, RS256).
 //!
 //! - Sign-in: a token from `{login_url}/{tenant}/oauth2/v2.0/token`, kept in memory until
 //!   shortly before it expires, fetched again then or when Graph answers 401 (client
 //!   credentials have no refresh token). A refused sign-in is permanent and says which of
-//!   tenant, app or secret is wrong (AADSTS90002 / 700016 / 7000215); the secret is a
-//!   [`Secret`] and never appears anywhere.
+//!   tenant, app, secret or certificate is wrong (AADSTS90002 / 700016 / 7000215 / 700027);
+//!   the secret is a [`Secret`] and never appears anywhere, nor does a signed assertion.
 //! - Where: site (`GET /sites/{host}:/{path}`) → library by name (`GET /sites/{id}/drives`) →
 //!   folder (`GET /drives/{id}/root:/{folder}`, created when missing, segment by segment);
 //!   resolved once, at start-up or on first use, and cached.
@@ -20,7 +21,7 @@
 //!   mechanism's capability patterns wherever a checkpoint is shown. Transport errors are
 //!   formatted without their URL.
 //!
-//! Not here: certificate sign-in (client assertion JWT) and managed identity (Azure hosts only).
+//! Not here: managed identity (it only exists on Azure hosts).
 
 mod config;
 mod quickxor;
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 
 pub use self::config::{
     Conflict, DEFAULT_GRAPH_URL, DEFAULT_LIBRARY, DEFAULT_LOGIN_URL, SharePointConfig, SiteRef,
+    thumbprint_bytes,
 };
 pub use self::quickxor::{QuickXorHash, quick_xor_hash};
 use super::{ChunkRules, Destination, DestinationInfo, RemoteFile, Sent, Session};
@@ -79,12 +81,45 @@ struct AccessToken {
     renew_at: Instant,
 }
 
+/// How the app proves who it is.
+enum Credential {
+    Secret(Secret),
+    /// A certificate's private key and its thumbprint as JWT `x5t` (base64url of the SHA-1).
+    Certificate {
+        key: Box<rsa::RsaPrivateKey>,
+        x5t: String,
+    },
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn read_private_key(path: &std::path::Path) -> Result<rsa::RsaPrivateKey, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "sharepoint.certificate_key: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    // No parser detail: it could quote the key.
+    rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(&pem))
+        .map_err(|_| {
+            format!(
+                "sharepoint.certificate_key: {} holds no RSA private key in PEM (PKCS#8 \
+                 \"BEGIN PRIVATE KEY\" or PKCS#1 \"BEGIN RSA PRIVATE KEY\")",
+                path.display()
+            )
+        })
+}
+
 /// A SharePoint document library (and folder) as a backup destination.
 pub struct SharePointDestination {
     http: reqwest::Client,
     tenant: String,
     client_id: String,
-    secret: Secret,
+    credential: Credential,
     site: SiteRef,
     library: String,
     /// Inside the library, without leading or trailing '/'.
@@ -255,11 +290,29 @@ impl SharePointDestination {
             .map_err(|(field, message)| format!("sharepoint.{field}: {message}"))?;
         let site = SiteRef::parse(&config.site).map_err(|e| format!("sharepoint.site: {e}"))?;
         let folder = config.folder();
+        let credential = match (
+            &config.client_secret,
+            &config.certificate_key,
+            &config.certificate_thumbprint,
+        ) {
+            (Some(secret), _, _) => Credential::Secret(secret.clone()),
+            (None, Some(path), Some(thumbprint)) => {
+                use base64::Engine;
+                let thumbprint = thumbprint_bytes(thumbprint).ok_or_else(|| {
+                    "sharepoint.certificate_thumbprint: 40 hex digits".to_string()
+                })?;
+                Credential::Certificate {
+                    key: Box::new(read_private_key(path)?),
+                    x5t: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumbprint),
+                }
+            }
+            _ => return Err("sharepoint.client_secret: required".into()),
+        };
         Ok(SharePointDestination {
             http,
             tenant: config.tenant_id.trim().to_string(),
             client_id: config.client_id.trim().to_string(),
-            secret: config.client_secret.clone(),
+            credential,
             site,
             library: config.library.trim().to_string(),
             root: if folder.is_empty() {
@@ -336,12 +389,19 @@ impl SharePointDestination {
             expires_in: Option<u64>,
         }
         let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, self.tenant);
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
-            ("scope", GRAPH_SCOPE),
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", self.client_id.clone()),
+            ("scope", GRAPH_SCOPE.into()),
         ];
+        match &self.credential {
+            Credential::Secret(secret) => form.push(("client_secret", secret.expose().into())),
+            Credential::Certificate { key, x5t } => {
+                let assertion = self.client_assertion(key, x5t, &url)?;
+                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion", assertion.expose().into()));
+            }
+        }
         let asked_at = Instant::now();
         let reply = async {
             read_reply(
@@ -370,6 +430,45 @@ impl SharePointDestination {
             });
         }
         Err(self.sign_in_refused(&reply))
+    }
+
+    /// A client-assertion JWT for the token endpoint `audience`, signed RS256 with the
+    /// certificate's key, valid for ten minutes.
+    fn client_assertion(
+        &self,
+        key: &rsa::RsaPrivateKey,
+        x5t: &str,
+        audience: &str,
+    ) -> Result<Secret, TransferError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use rsa::signature::{SignatureEncoding, Signer};
+        let now = Utc::now().timestamp();
+        let header = json!({"alg": "RS256", "typ": "JWT", "x5t": x5t});
+        let claims = json!({
+            "aud": audience,
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "jti": format!("{:032x}", rand::random::<u128>()),
+            "nbf": now,
+            "iat": now,
+            "exp": now + 600,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((*key).clone());
+        let signature = signer.try_sign(signing_input.as_bytes()).map_err(|e| {
+            TransferError::Permanent(format!(
+                "SharePoint sign-in: cannot sign with certificate_key: {e}"
+            ))
+        })?;
+        Ok(Secret::new(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        )))
     }
 
     /// Azure AD's answer to a refused sign-in, said the way the user can fix it.
@@ -415,6 +514,19 @@ impl SharePointDestination {
                 "the client_secret of app {} was refused (AADSTS7000215): use the secret's Value, not its Secret ID",
                 self.client_id
             )
+        } else if has(700027) {
+            format!(
+                "the certificate of app {} was refused (AADSTS700027): check \
+                 certificate_thumbprint, and that this certificate is uploaded to the app \
+                 registration",
+                self.client_id
+            )
+        } else if has(700024) {
+            // A clock that is wrong now (a Raspberry Pi before its time sync) is right later.
+            return TransferError::Temporary(format!(
+                "SharePoint sign-in: the signed assertion is outside its valid time \
+                 (AADSTS700024; check this machine's clock) ({detail})"
+            ));
         } else if has(7000222) {
             format!(
                 "the client_secret of app {} has expired (AADSTS7000222): create a new one",
