@@ -639,7 +639,7 @@ async fn handle(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segs.as_slice() {
-        ["sites", host, rest @ ..] => site(&shared, host, rest),
+        ["sites", host, rest @ ..] => site(host, rest),
         ["drives", drive, rest @ ..] => {
             let Some(root) = drive_root(drive) else {
                 return not_found();
@@ -801,7 +801,7 @@ fn check_assertion(inner: &Inner, jwt: &str, audience: &str) -> Result<(), Respo
     Ok(())
 }
 
-fn site(shared: &Shared, host: &str, rest: &[&str]) -> Response {
+fn site(host: &str, rest: &[&str]) -> Response {
     if host == SITE_ID {
         return match rest {
             ["drives"] => {
@@ -819,7 +819,6 @@ fn site(shared: &Shared, host: &str, rest: &[&str]) -> Response {
             _ => not_found(),
         };
     }
-    let _ = shared;
     // /sites/{host}:/sites/{name}
     let Some(host) = host.strip_suffix(':') else {
         return not_found();

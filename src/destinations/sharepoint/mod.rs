@@ -69,7 +69,7 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 const MAX_PAGES: usize = 10_000;
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
-/// What the library's site, drive and folder are called in Graph.
+/// The library's drive id and the folder's item id, as Graph names them.
 #[derive(Debug, Clone)]
 struct Ids {
     drive: String,
