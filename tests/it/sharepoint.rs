@@ -529,3 +529,46 @@ async fn a_certificate_signs_in_instead_of_a_secret() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_fragment_sent_again_is_answered_416_and_the_upload_catches_up() {
+    let fake = FakeGraph::start().await;
+    let dest = destination(&fake, "");
+    let bytes = data(3 * FRAGMENT as usize + 10, 80);
+    let piece = |i: u64| {
+        let end = ((i + 1) * FRAGMENT).min(bytes.len() as u64);
+        Bytes::copy_from_slice(&bytes[(i * FRAGMENT) as usize..end as usize])
+    };
+    let remote = "/Backups/HA/twice.tar";
+    let mut session = dest
+        .begin(remote, bytes.len() as u64, FRAGMENT)
+        .await
+        .unwrap();
+    // The checkpoint as it was before the first fragment's answer came.
+    let mut stale = session.clone();
+    dest.append(&mut session, 0, piece(0)).await.unwrap();
+    match dest.append(&mut stale.clone(), 0, piece(0)).await {
+        Err(TransferError::IncorrectOffset(at)) => assert_eq!(at, FRAGMENT),
+        other => panic!("a 416 asks the session where it is: {other:?}"),
+    }
+    // A resume from that checkpoint: the session is further along, the bytes are hashed from
+    // the source instead of being sent again.
+    assert_eq!(dest.position(&mut stale, 0).await.unwrap(), FRAGMENT);
+    dest.caught_up(&mut stale, 0, &piece(0)).unwrap();
+    dest.append(&mut stale, FRAGMENT, piece(1)).await.unwrap();
+    dest.append(&mut stale, 2 * FRAGMENT, piece(2))
+        .await
+        .unwrap();
+    let sha = offsite::transfer::sha256_hex(&bytes);
+    let sent = Sent {
+        size: bytes.len() as u64,
+        sha256: &sha,
+    };
+    let stored = dest
+        .finish(&mut stale, 3 * FRAGMENT, piece(3), remote, &sent)
+        .await
+        .unwrap();
+    assert_eq!(stored.path, remote);
+    assert!(fake.content("Backups/HA/twice.tar").unwrap() == bytes);
+    assert_eq!(fake.bytes_received(), bytes.len() as u64);
+}
