@@ -297,6 +297,8 @@ pub enum DestinationKind {
     Folder(crate::destinations::folder::FolderConfig),
     Dropbox(crate::destinations::dropbox::DropboxConfig),
     S3(crate::destinations::s3::S3Config),
+    #[serde(rename = "sharepoint")]
+    SharePoint(crate::destinations::sharepoint::SharePointConfig),
 }
 
 impl DestinationKind {
@@ -307,6 +309,7 @@ impl DestinationKind {
             DestinationKind::Folder(c) => c.validate().map_err(named),
             DestinationKind::Dropbox(c) => c.validate().map_err(named),
             DestinationKind::S3(c) => c.validate(),
+            DestinationKind::SharePoint(c) => c.validate().map_err(named),
         }
     }
 }
@@ -315,7 +318,8 @@ impl DestinationKind {
 #[derive(Debug, Clone)]
 pub struct DestinationConfig {
     pub kind: DestinationKind,
-    /// Bytes per request/write, in MiB (Dropbox: a multiple of 4, at most 148; S3: at least 5).
+    /// Bytes per request/write, in MiB (Dropbox: a multiple of 4, at most 148; S3: at least 5;
+    /// SharePoint: at most 59, rounded up to a multiple of 320 KiB).
     pub chunk_mib: u64,
     /// Keep the newest N backups offsite uploaded here (0: keep all).
     pub max_backups: u32,
@@ -861,6 +865,12 @@ impl Config {
                     return Err(self.err(
                         &key("chunk_mib"),
                         "must be from 5 to 5120 (S3 parts are 5 MiB to 5 GiB)",
+                    ));
+                }
+                DestinationKind::SharePoint(_) if !(1..=59).contains(&d.chunk_mib) => {
+                    return Err(self.err(
+                        &key("chunk_mib"),
+                        "must be from 1 to 59 (Graph fragments are below 60 MiB; each is rounded up to a multiple of 320 KiB)",
                     ));
                 }
                 _ if d.chunk_mib == 0 || d.chunk_mib > 5120 => {

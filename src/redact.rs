@@ -50,18 +50,69 @@ pub fn register(secret: &str) {
     }
 }
 
-/// `text` with every registered secret replaced by `***`.
+/// URL query parameters that are capabilities by themselves, masked wherever they appear even
+/// when this process never registered their value: a SharePoint upload session's `tempauth`
+/// (its `uploadUrl` sits in job checkpoints, which the API and the CLI show from the database).
+const CAPABILITY_PARAMS: &[&str] = &["tempauth="];
+
+/// `text` with every registered secret, and the value of every capability parameter, replaced
+/// by `***`.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let Ok(all) = SECRETS.read() else {
-        return Cow::Borrowed(text);
-    };
     let mut out = Cow::Borrowed(text);
-    for secret in all.by_length.iter() {
-        if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), MASK));
+    if let Ok(all) = SECRETS.read() {
+        for secret in all.by_length.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+    }
+    for param in CAPABILITY_PARAMS {
+        if out.contains(param) {
+            out = Cow::Owned(mask_param(&out, param));
         }
     }
     out
+}
+
+/// Replaces the value after each `?param` / `&param` up to the next delimiter.
+fn mask_param(text: &str, param: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(param) {
+        let at_param = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b';');
+        let value_start = i + param.len();
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if at_param {
+            let end = rest
+                .find(|c: char| {
+                    matches!(c, '&' | '"' | '\'' | '#' | '<' | '>') || c.is_whitespace()
+                })
+                .unwrap_or(rest.len());
+            if end > 0 {
+                out.push_str(MASK);
+            }
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A JSON document (a job's checkpoint) with [`redact`] applied to every string in it.
+pub fn redact_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => match redact(&s) {
+            Cow::Borrowed(_) => Value::String(s),
+            Cow::Owned(masked) => Value::String(masked),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(redact_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, redact_json(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// Standard error for the log, with secrets masked. The formatter writes each event with one
@@ -145,5 +196,23 @@ mod tests {
         out.write_all(b"token=s3cr3t-token-for-redact-test\n")
             .unwrap();
         assert_eq!(out.0, b"token=***\n");
+    }
+
+    #[test]
+    fn capability_parameters_are_masked_unregistered() {
+        let url = "https://contoso.sharepoint.com/sites/B/_api/v2.0/drives/b!x/items/01A/uploadSession?guid='1f'&overwrite=False&rename=True&dc=0&tempauth=eyJ0eXAiOiJKV1Qi.eyJhdWQi.sig";
+        let masked = redact(url);
+        assert!(masked.ends_with("&dc=0&tempauth=***"), "{masked}");
+        assert_eq!(
+            redact("say tempauth=x and a?tempauth=abc&b=1 \"?tempauth=z\""),
+            "say tempauth=x and a?tempauth=***&b=1 \"?tempauth=***\""
+        );
+        let checkpoint =
+            serde_json::json!({"session": {"upload_url": url, "size": 3}, "list": [url]});
+        let shown = redact_json(checkpoint).to_string();
+        assert!(
+            !shown.contains("eyJ0eXAi") && shown.contains("\"size\":3"),
+            "{shown}"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod dropbox;
 pub mod folder;
 pub mod layers;
 pub mod s3;
+pub mod sharepoint;
 
 use std::time::Duration;
 

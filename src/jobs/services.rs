@@ -8,7 +8,7 @@ use crate::{
     config::{Config, ConfigError, DestinationConfig, DestinationKind, Secret, SourceConfig},
     destinations::{
         SharedDestination, auth::credential_file, dropbox::DropboxDestination, folder::LocalFolder,
-        layers::Throttle, s3::S3Destination,
+        layers::Throttle, s3::S3Destination, sharepoint::SharePointDestination,
     },
     jobs::retention::RetentionPolicy,
     sources::{Source, folder::FolderSource, supervisor::SupervisorSource},
@@ -65,6 +65,10 @@ impl Services {
                 )),
                 DestinationKind::S3(c) => Arc::new(
                     S3Destination::new(c, http.clone())
+                        .map_err(|e| config.error(&format!("destinations.{name}"), e))?,
+                ),
+                DestinationKind::SharePoint(c) => Arc::new(
+                    SharePointDestination::new(c, http.clone())
                         .map_err(|e| config.error(&format!("destinations.{name}"), e))?,
                 ),
             };

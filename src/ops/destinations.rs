@@ -13,7 +13,7 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DestinationView {
     pub name: String,
-    /// `folder`, `dropbox` or `s3`.
+    /// `folder`, `dropbox`, `s3` or `sharepoint`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Where backups go on it.

@@ -64,7 +64,8 @@ impl From<JobRecord> for JobView {
             scheduled_at: to_datetime(j.scheduled_at),
             attempted_at: j.attempted_at.map(to_datetime),
             finalized_at: j.finalized_at.map(to_datetime),
-            checkpoint: j.checkpoint,
+            // A checkpoint may hold an upload session's URL, a credential by itself.
+            checkpoint: j.checkpoint.map(crate::redact::redact_json),
             progress: j.progress,
             last_error: j.last_error,
             cancel_requested: j.cancel_requested,

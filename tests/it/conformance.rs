@@ -26,6 +26,7 @@ use crate::{
     snapshots::{MIB, harness_with, spawn, wait_uploads},
     support::{
         dropbox::{DEFAULT_CLIENT_ID, FakeDropbox},
+        graph::{ApiFault, FakeGraph, UploadFault},
         s3::{Fault, FaultProxy, Moto},
     },
 };
@@ -84,7 +85,7 @@ fn config(backend: &dyn Backend) -> DestinationConfig {
     toml::from_str(&backend.toml()).expect("the backend's TOML is a destination")
 }
 
-async fn start(backend: &dyn Backend, throttle: Option<u64>) -> (Harness, PathBuf) {
+pub(crate) async fn start(backend: &dyn Backend, throttle: Option<u64>) -> (Harness, PathBuf) {
     let mut dest = config(backend);
     if let Some(rate) = throttle {
         dest.throttle_bytes_per_sec = rate;
@@ -104,7 +105,7 @@ async fn start(backend: &dyn Backend, throttle: Option<u64>) -> (Harness, PathBu
     (h, inbox)
 }
 
-async fn scan(h: &Harness) -> JobRecord {
+pub(crate) async fn scan(h: &Harness) -> JobRecord {
     let scan = h
         .enqueue(
             "snapshot_scan",
@@ -155,7 +156,7 @@ async fn second_upload(h: &Harness) -> (JobRecord, Vec<offsite::queue::store::Up
     (job, list)
 }
 
-fn acknowledged(j: &JobRecord) -> u64 {
+pub(crate) fn acknowledged(j: &JobRecord) -> u64 {
     j.checkpoint
         .as_ref()
         .and_then(|c| c["offset"].as_u64())
@@ -169,7 +170,7 @@ async fn read_back(dest: &dyn Destination, remote: &str, offset: u64) -> Vec<u8>
     out
 }
 
-fn destination(h: &Harness) -> Arc<dyn Destination> {
+pub(crate) fn destination(h: &Harness) -> Arc<dyn Destination> {
     h.running()
         .state
         .services
@@ -180,7 +181,7 @@ fn destination(h: &Harness) -> Arc<dyn Destination> {
 
 /// The one thing every scenario ends with: a recorded copy reads back byte for byte as the
 /// backup, and with no record there is nothing at the upload's path that looks like a backup.
-async fn assert_never_a_false_backup(h: &Harness, job: &JobRecord, bytes: &[u8]) {
+pub(crate) async fn assert_never_a_false_backup(h: &Harness, job: &JobRecord, bytes: &[u8]) {
     let dest = destination(h);
     let uploads = h.store().uploads(Some("dst"), true).await.unwrap();
     match uploads.first() {
@@ -766,6 +767,63 @@ impl Backend for S3Backend {
     }
 }
 
+/// A SharePoint library on the Microsoft Graph fake, in a folder two levels down.
+pub(crate) struct SharePointBackend {
+    pub(crate) fake: FakeGraph,
+}
+
+impl SharePointBackend {
+    pub(crate) async fn new() -> Self {
+        SharePointBackend {
+            fake: FakeGraph::start().await,
+        }
+    }
+}
+
+impl Faults for FakeGraph {
+    fn unavailable_next(&self, secs: u64) {
+        // The upload's first Graph call: is the file there already?
+        self.api_fault(1, ApiFault::Throttle { status: 503, secs });
+    }
+    fn rate_limited_next(&self, secs: u64) {
+        self.api_fault(1, ApiFault::Throttle { status: 429, secs });
+    }
+    fn fail_next_upload(&self, status: u16) {
+        self.upload_fault(1, UploadFault::Status(status));
+    }
+    fn drop_next_upload(&self) {
+        self.upload_fault(1, UploadFault::Cut);
+    }
+    fn accept_then_fail_next_upload(&self) {
+        self.upload_fault(1, UploadFault::AcceptThenFail);
+    }
+    fn corrupt_next_commit(&self) {
+        FakeGraph::corrupt_next_commit(self);
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for SharePointBackend {
+    fn toml(&self) -> String {
+        crate::sharepoint::toml(&self.fake, CHUNK / MIB as u64)
+    }
+    async fn authorize_before_start(&self, _: &Path) {}
+    async fn authorize(&self, _: &Harness) {}
+    async fn write_marker(&self, remote: &str) -> String {
+        let item = self.fake.item(remote).expect("the file is there");
+        format!("{}:{}", self.fake.bytes_received(), item.etag)
+    }
+    fn received(&self) -> Option<u64> {
+        Some(self.fake.bytes_received())
+    }
+    async fn lose_uploads(&self) {
+        self.fake.lose_sessions();
+    }
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(&self.fake)
+    }
+}
+
 /// A 404 from the destination's side (a proxy in front of S3 answering a part upload) is not
 /// a vanished backup: the upload is retried and completes, it is not cancelled.
 #[tokio::test]
@@ -844,6 +902,7 @@ macro_rules! conformance {
 conformance! {
     folder => FolderBackend::new().await;
     dropbox => DropboxBackend::new().await;
+    sharepoint => SharePointBackend::new().await;
     s3 => match S3Backend::new().await {
         Some(b) => b,
         None => return eprintln!("skipped: moto_server is not installed"),

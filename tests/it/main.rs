@@ -14,6 +14,7 @@ mod proxy;
 mod queue;
 mod s3;
 mod scheduler;
+mod sharepoint;
 mod snapshots;
 mod sources_tests;
 #[path = "../support/mod.rs"]

@@ -5,6 +5,8 @@
 //!
 //! - [`dropbox::FakeDropbox`]: Dropbox API v2 (OAuth2 + PKCE, upload
 //!   sessions, list_folder, delete_v2), per dropbox/dropbox-api-spec.
+//! - [`graph::FakeGraph`]: Microsoft Graph for a SharePoint library (app-only
+//!   token endpoint, site/drive/item routes, upload sessions), per Microsoft's docs.
 //! - [`s3::Moto`]: a real S3 server (moto_server) with a fault-injecting proxy.
 //! - [`supervisor::FakeSupervisor`]: the Home Assistant Supervisor API as an
 //!   add-on sees it (backups, Core API proxy), per home-assistant/supervisor
@@ -18,6 +20,7 @@
 
 pub mod dropbox;
 pub mod fault;
+pub mod graph;
 pub mod ingress;
 pub mod nginx;
 pub mod s3;
