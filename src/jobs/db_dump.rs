@@ -220,6 +220,12 @@ impl DatabaseConfig {
 /// A value put into a child's environment; the password one is a registered secret.
 struct EnvValue(String);
 
+impl std::fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvValue(***)")
+    }
+}
+
 impl EnvValue {
     fn expose(&self) -> &str {
         &self.0

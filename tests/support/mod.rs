@@ -20,5 +20,6 @@ pub mod dropbox;
 pub mod fault;
 pub mod ingress;
 pub mod nginx;
+pub mod postgres;
 pub mod s3;
 pub mod supervisor;
