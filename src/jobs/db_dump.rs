@@ -1092,12 +1092,15 @@ fn mount_points(info: &str) -> impl Iterator<Item = String> + '_ {
         let b = raw.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'\\' && i + 4 <= b.len() {
-                if let Ok(n) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).ok()?, 8) {
-                    out.push(n);
-                    i += 4;
-                    continue;
-                }
+            let octal = b
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok());
+            if b[i] == b'\\'
+                && let Some(n) = octal.and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                out.push(n);
+                i += 4;
+                continue;
             }
             out.push(b[i]);
             i += 1;
@@ -1162,13 +1165,12 @@ fn pg_dump_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
             }
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&path)
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(p) = std::env::split_paths(&path)
             .map(|d| d.join("pg_dump"))
             .find(|p| p.is_file())
-        {
-            out.push(p);
-        }
+    {
+        out.push(p);
     }
     out.sort();
     out
