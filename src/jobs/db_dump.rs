@@ -920,8 +920,14 @@ pub async fn dump(db: &DatabaseConfig, section: &str, spool: &Spool) -> Result<u
     };
     let size = spool.fill(reader).await.map_err(|e| {
         let e = e.to_string();
-        let e = e.strip_prefix("the producer failed: ").unwrap_or(&e);
-        DumpError::new("pg_dump failed", true).because(e)
+        match e.strip_prefix("the producer failed: ") {
+            Some(why) => DumpError::new("pg_dump failed", true).because(why),
+            None => DumpError::new(
+                format!("cannot write the dump on {}", db.external_path.display()),
+                true,
+            )
+            .because(e),
+        }
     })?;
     // The rename is durable once the directory is.
     if let Ok(dir) = tokio::fs::File::open(&db.external_path).await {
