@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::{Kind, destination_configured, services::Services};
 use crate::{
     config::{ConfigError, Secret},
-    queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Worker},
+    queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Progress, Worker},
     transfer::{
         TransferError,
         checkpoint::CopyCheckpoint,
@@ -528,6 +528,12 @@ struct DumpCheckpoint {
     dump: String,
 }
 
+/// The dump file a db_dump job made, from its checkpoint (for the views, and for the job's
+/// later attempts).
+pub fn dump_file_of(checkpoint: Option<serde_json::Value>) -> Option<String> {
+    earlier_dump(checkpoint)
+}
+
 /// The dump file this job made in an earlier attempt, from its checkpoint.
 fn earlier_dump(checkpoint: Option<serde_json::Value>) -> Option<String> {
     let v = checkpoint?;
@@ -819,7 +825,7 @@ impl DbDumpWorker {
             .into());
         }
         let root = dest.root().trim_end_matches('/');
-        copy(
+        let copied = copy(
             ctx,
             Copy {
                 source: spool,
@@ -830,7 +836,13 @@ impl DbDumpWorker {
             },
         )
         .await?;
-        Ok(())
+        ctx.progress(Progress {
+            done: copied.size,
+            total: Some(copied.size),
+            unit: "bytes",
+            message: None,
+        })
+        .await
     }
 
     /// Removes the dump after the upload's final outcome. With `keep_last_local` a successful

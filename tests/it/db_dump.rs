@@ -304,6 +304,29 @@ async fn db_dump_a_scheduled_slot_dumps_to_the_mount_restores_equal_uploads_and_
         "the password is never logged"
     );
 
+    // Home Assistant's sensor of the last dump.
+    let sensors = offsite::homeassistant::wanted_sensors(
+        h.store(),
+        &state.services,
+        &state.registry,
+        &state.config,
+        "offsite",
+    )
+    .await
+    .unwrap();
+    let dump = sensors
+        .iter()
+        .find(|s| s.entity_id == "sensor.offsite_last_database_dump")
+        .expect("the dump sensor");
+    assert_eq!(dump.state, "success");
+    assert_eq!(dump.attributes["file"].as_str(), Some(name.as_str()));
+    assert_eq!(dump.attributes["bytes"].as_u64(), Some(size));
+    assert!(
+        dump.attributes["next_run"].is_string(),
+        "{:?}",
+        dump.attributes
+    );
+
     // And on syslog, RFC 5424.
     let mut got = Vec::new();
     let mut buf = vec![0u8; 8192];
