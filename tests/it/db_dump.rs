@@ -327,6 +327,31 @@ async fn db_dump_a_scheduled_slot_dumps_to_the_mount_restores_equal_uploads_and_
         dump.attributes
     );
 
+    // The panel lists the dump: result, file, where, and Dump now.
+    let page = reqwest::get(format!("{}/", h.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let section = page
+        .split("<section id=dumps data-live>")
+        .nth(1)
+        .expect("a database dumps section")
+        .split("</section>")
+        .next()
+        .unwrap();
+    for want in [
+        "shop",
+        "success",
+        name.as_str(),
+        "/panel/dumps/shop/run",
+        "Dump now",
+        "→ nas",
+    ] {
+        assert!(section.contains(want), "{want} in {section}");
+    }
+
     // And on syslog, RFC 5424.
     let mut got = Vec::new();
     let mut buf = vec![0u8; 8192];
