@@ -389,7 +389,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         );
         db.insert("destination".into(), string(destination));
         databases.insert(
-            crate::jobs::db_dump::ENV_DATABASE.into(),
+            crate::sources::postgres::ENV_DATABASE.into(),
             toml::Value::Table(db),
         );
     }
@@ -568,7 +568,7 @@ mod tests {
             r#","dropbox_app_key":"abc123","database_host":"db.local","database_name":"app","database_user":"u","database_password":"pw-secret-123456","backup_schedule_days":["Mon","Fri"],"backup_schedule_time":"03:45","backup_timezone":"Europe/Berlin","backup_external_path":"/media/usb""#,
         );
         let c = load(&p, dir.path()).unwrap();
-        let db = &c.databases[crate::jobs::db_dump::ENV_DATABASE];
+        let db = &c.databases[crate::sources::postgres::ENV_DATABASE];
         assert_eq!(db.days, ["Mon", "Fri"]);
         assert_eq!(db.time, "03:45");
         assert_eq!(db.timezone.as_deref(), Some("Europe/Berlin"));

@@ -146,7 +146,7 @@ pub struct Config {
     pub snapshots: Option<SnapshotsConfig>,
     /// PostgreSQL databases dumped on their own schedules (the db_dump kind), by name.
     #[serde(default)]
-    pub databases: BTreeMap<String, crate::jobs::db_dump::DatabaseConfig>,
+    pub databases: BTreeMap<String, crate::sources::postgres::DatabaseConfig>,
     /// Notifications and sensors in Home Assistant (the add-on turns this on).
     pub homeassistant: Option<HomeAssistantConfig>,
     /// Where the configuration came from, for messages.
@@ -717,7 +717,10 @@ impl Config {
         env: Env,
         vars: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let backup = crate::jobs::db_dump::from_backup_env(vars)?;
+        let backup = crate::sources::postgres::from_backup_env(vars).map_err(|e| ConfigError {
+            file: Some("the environment".into()),
+            ..ConfigError::at(e.var, e.message)
+        })?;
         let above = Figment::from(env.clone());
         let mut figment = api_defaults();
         let mut text_of_file = None;

@@ -19,6 +19,10 @@ use crate::config::{LogConfig, LogFormat};
 /// (106 of 122 lines in 6 s), so statements belong to `trace`.
 const SQL_STATEMENTS: &str = "sqlx::query";
 
+/// The tracing target of the backup outcome lines (`component=Backup`), which [`Syslog`]
+/// forwards.
+pub const BACKUP_TARGET: &str = "offsite::backup";
+
 /// The filter for `spec` (a tracing filter such as `debug` or `offsite=debug,info`). When it
 /// goes down to debug but not to trace, and does not name sqlx itself, SQL statements are held
 /// at info (sqlx's warning about slow statements still shows).
@@ -81,7 +85,7 @@ pub fn init(config: &LogConfig) {
     .try_init();
 }
 
-/// Sends the events of [`crate::jobs::db_dump::TARGET`] (the backup outcomes) to a syslog
+/// Sends the events of [`BACKUP_TARGET`] (the backup outcomes) to a syslog
 /// socket as RFC 5424 messages: facility daemon, the event's fields as structured data
 /// `[offsite@32473 …]`, secrets masked. A socket that is not there loses the message only.
 pub struct Syslog {
@@ -164,7 +168,7 @@ pub fn rfc5424(
 
 impl<S: Subscriber> Layer<S> for Syslog {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() != crate::jobs::db_dump::TARGET {
+        if event.metadata().target() != BACKUP_TARGET {
             return;
         }
         let mut f = Fields::default();

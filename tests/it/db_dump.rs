@@ -832,3 +832,44 @@ fn db_dump_backup_env_configures_a_database_and_bad_values_stop_start_up_naming_
         );
     }
 }
+
+// ------------------------------------------------------------------ keep_last_local
+
+#[tokio::test]
+async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    // A dump of this database from an earlier day, and someone else's file.
+    std::fs::write(external.join("postgres_2026-01-05_02-15.sql"), b"-- old").unwrap();
+    std::fs::write(external.join("notes.txt"), b"mine").unwrap();
+    let dest = dir.path().join("dest");
+    let (_lines, _guard) = capture(LogFormat::Json, None);
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "app",
+        database(
+            &pg,
+            "postgres",
+            &external,
+            "require_mount = false\nkeep_last_local = true\n",
+        ),
+    );
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    assert_eq!(run_dump(&h, "app").await.state, JobState::Completed);
+    let uploaded = files_in(&dest);
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    let mut want = vec!["notes.txt".to_string(), uploaded[0].clone()];
+    want.sort();
+    assert_eq!(
+        files_in(&external),
+        want,
+        "the last one stays, the older one goes"
+    );
+    assert_eq!(
+        std::fs::read(external.join(&uploaded[0])).unwrap(),
+        std::fs::read(dest.join(&uploaded[0])).unwrap()
+    );
+}
