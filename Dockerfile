@@ -36,9 +36,17 @@ LABEL io.hass.type="addon" \
       org.opencontainers.image.source="https://github.com/offsite-backup/offsite"
 # CA certificates and zone data are taken current from the release, not pinned: stale ones
 # break TLS and schedules.
+# The db_dump kind runs pg_dump inside this container (FR-011), whose major must be at least
+# the server's: the image ships the PostgreSQL clients (pg_dump + psql) 15 (Debian bookworm's),
+# 16 and 17 (from apt.postgresql.org, set up by postgresql-common's own script and key), as
+# /usr/lib/postgresql/{15,16,17}/bin. offsite picks the oldest one at least as new as the
+# server, so PostgreSQL 9.2 to 17 servers can be dumped.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates tzdata \
+    && apt-get install -y --no-install-recommends ca-certificates tzdata postgresql-common \
+    && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+    && apt-get install -y --no-install-recommends \
+       postgresql-client-15 postgresql-client-16 postgresql-client-17 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/offsite /usr/local/bin/offsite
 COPY jobs /etc/offsite/jobs

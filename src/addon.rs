@@ -44,6 +44,56 @@ pub struct AddonOptions {
     pub chunk_mib: u64,
     #[serde(default = "default_log")]
     pub log_level: String,
+    /// The PostgreSQL dump (FR-011): off unless turned on.
+    #[serde(default)]
+    pub database_backup: bool,
+    #[serde(default)]
+    pub database_host: Option<String>,
+    #[serde(default = "default_pg_port")]
+    pub database_port: u64,
+    #[serde(default)]
+    pub database_name: Option<String>,
+    #[serde(default)]
+    pub database_user: Option<String>,
+    #[serde(default)]
+    pub database_password: Option<String>,
+    /// `- list(Mon|…|Sun)` in the schema: a multi-select.
+    #[serde(default)]
+    pub backup_schedule_days: Vec<String>,
+    /// `list(00:00|00:15|…|23:45)` in the schema.
+    #[serde(default = "default_backup_time")]
+    pub backup_schedule_time: String,
+    #[serde(default)]
+    pub backup_timezone: Option<String>,
+    #[serde(default = "default_external_path")]
+    pub backup_external_path: String,
+    #[serde(default = "yes")]
+    pub backup_require_mount: bool,
+    #[serde(default)]
+    pub backup_sharepoint_tenant_id: Option<String>,
+    #[serde(default)]
+    pub backup_sharepoint_client_id: Option<String>,
+    #[serde(default)]
+    pub backup_sharepoint_client_secret: Option<String>,
+    #[serde(default)]
+    pub backup_sharepoint_site: Option<String>,
+    #[serde(default)]
+    pub backup_sharepoint_library: Option<String>,
+    #[serde(default)]
+    pub backup_sharepoint_folder: Option<String>,
+}
+
+fn default_pg_port() -> u64 {
+    5432
+}
+fn default_backup_time() -> String {
+    "02:00".into()
+}
+fn default_external_path() -> String {
+    "/media/backup".into()
+}
+fn yes() -> bool {
+    true
 }
 
 fn default_log() -> String {
@@ -87,6 +137,35 @@ const OPTION_OF_KEY: &[(&str, &str)] = &[
     ),
     ("snapshots.schedule", "backup_interval_hours"),
     ("log.level", "log_level"),
+    ("databases.backup.days", "backup_schedule_days"),
+    ("databases.backup.time", "backup_schedule_time"),
+    ("databases.backup.timezone", "backup_timezone"),
+    ("databases.backup.external_path", "backup_external_path"),
+    ("databases.backup.host", "database_host"),
+    ("databases.backup.port", "database_port"),
+    ("databases.backup.database", "database_name"),
+    ("databases.backup.user", "database_user"),
+    ("databases.backup.password", "database_password"),
+    ("databases.backup", "database_backup"),
+    (
+        "destinations.sharepoint.tenant_id",
+        "backup_sharepoint_tenant_id",
+    ),
+    (
+        "destinations.sharepoint.client_id",
+        "backup_sharepoint_client_id",
+    ),
+    (
+        "destinations.sharepoint.client_secret",
+        "backup_sharepoint_client_secret",
+    ),
+    ("destinations.sharepoint.site", "backup_sharepoint_site"),
+    (
+        "destinations.sharepoint.library",
+        "backup_sharepoint_library",
+    ),
+    ("destinations.sharepoint.folder", "backup_sharepoint_folder"),
+    ("destinations.sharepoint", "backup_sharepoint_site"),
 ];
 
 fn option_of(key: &str) -> Option<&'static str> {
@@ -236,6 +315,84 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         }
         destinations.insert("dropbox".into(), toml::Value::Table(d));
     }
+    let mut databases = toml::Table::new();
+    if o.database_backup {
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        if !(1..=65535).contains(&o.database_port) {
+            return bad("database_port", "must be from 1 to 65535");
+        }
+        if o.backup_schedule_days.is_empty() {
+            return bad("backup_schedule_days", "choose at least one weekday");
+        }
+        let path = o.backup_external_path.trim();
+        if !path.starts_with('/') {
+            return bad(
+                "backup_external_path",
+                "must be an absolute path, e.g. /media/backup",
+            );
+        }
+        let sharepoint = [
+            ("tenant_id", &o.backup_sharepoint_tenant_id),
+            ("client_id", &o.backup_sharepoint_client_id),
+            ("client_secret", &o.backup_sharepoint_client_secret),
+            ("site", &o.backup_sharepoint_site),
+            ("library", &o.backup_sharepoint_library),
+            ("folder", &o.backup_sharepoint_folder),
+        ];
+        let destination = if sharepoint.iter().any(|(_, v)| given(v).is_some()) {
+            let mut d = toml::Table::new();
+            d.insert("type".into(), string("sharepoint"));
+            for (key, v) in sharepoint {
+                if let Some(v) = given(v) {
+                    d.insert(key.into(), string(v));
+                }
+            }
+            destinations.insert("sharepoint".into(), toml::Value::Table(d));
+            "sharepoint"
+        } else if dropbox {
+            "dropbox"
+        } else {
+            return bad(
+                "database_backup",
+                "say where the dumps go: the SharePoint fields (or a Dropbox app key)",
+            );
+        };
+        let mut db = toml::Table::new();
+        for (key, v) in [
+            ("host", &o.database_host),
+            ("database", &o.database_name),
+            ("user", &o.database_user),
+            ("password", &o.database_password),
+        ] {
+            if let Some(v) = given(v) {
+                db.insert(key.into(), string(v));
+            }
+        }
+        db.insert("port".into(), int(o.database_port));
+        db.insert(
+            "days".into(),
+            toml::Value::Array(o.backup_schedule_days.iter().map(string).collect()),
+        );
+        db.insert("time".into(), string(o.backup_schedule_time.trim()));
+        if let Some(tz) = given(&o.backup_timezone) {
+            db.insert("timezone".into(), string(tz));
+        }
+        db.insert("external_path".into(), string(path));
+        db.insert(
+            "require_mount".into(),
+            toml::Value::Boolean(o.backup_require_mount),
+        );
+        db.insert("destination".into(), string(destination));
+        databases.insert(
+            crate::sources::postgres::ENV_DATABASE.into(),
+            toml::Value::Table(db),
+        );
+    }
     let overlay = table([
         ("data_dir", string(data_dir.display().to_string())),
         (
@@ -262,6 +419,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
             table([("ha", table([("type", string("supervisor"))]))]),
         ),
         ("destinations", toml::Value::Table(destinations)),
+        ("databases", toml::Value::Table(databases)),
         (
             "snapshots",
             table([
@@ -399,5 +557,49 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("chunk_mib"), "{e}");
         assert!(e.file.unwrap().ends_with("options.json"));
+    }
+
+    #[test]
+    fn database_dump_options_map_onto_a_database_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = r#""backup_interval_hours":24,"max_backups_in_dropbox":10,"dropbox_backup_path":"/HomeAssistant/Backups","database_backup":true"#;
+        let with = |extra: &str| write(dir.path(), &format!("{{{base}{extra}}}"));
+        let p = with(
+            r#","dropbox_app_key":"abc123","database_host":"db.local","database_name":"app","database_user":"u","database_password":"pw-secret-123456","backup_schedule_days":["Mon","Fri"],"backup_schedule_time":"03:45","backup_timezone":"Europe/Berlin","backup_external_path":"/media/usb""#,
+        );
+        let c = load(&p, dir.path()).unwrap();
+        let db = &c.databases[crate::sources::postgres::ENV_DATABASE];
+        assert_eq!(db.days, ["Mon", "Fri"]);
+        assert_eq!(db.time, "03:45");
+        assert_eq!(db.timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(db.external_path, Path::new("/media/usb"));
+        assert_eq!(
+            db.destination, "dropbox",
+            "no SharePoint fields: the Dropbox destination"
+        );
+        assert!(db.require_mount);
+        assert_eq!(
+            (db.host.as_deref(), db.port),
+            (Some("db.local"), Some(5432))
+        );
+        assert_eq!(
+            db.password.as_ref().map(|p| p.expose()),
+            Some("pw-secret-123456")
+        );
+
+        let e = load(
+            &with(r#","dropbox_app_key":"abc123","backup_schedule_days":["Mon"],"backup_external_path":"media/usb""#),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backup_external_path"), "{e}");
+        let e = load(&with(r#","backup_schedule_days":["Mon"]"#), dir.path()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("database_backup"), "{e}");
+        let e = load(
+            &with(r#","dropbox_app_key":"abc123","backup_schedule_days":["Mon"],"backup_timezone":"Mars/Base""#),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backup_timezone"), "{e}");
     }
 }

@@ -144,6 +144,9 @@ pub struct Config {
     pub destinations: BTreeMap<String, DestinationConfig>,
     /// The built-in snapshot schedule: scan a source and upload new backups.
     pub snapshots: Option<SnapshotsConfig>,
+    /// PostgreSQL databases dumped on their own schedules (the db_dump kind), by name.
+    #[serde(default)]
+    pub databases: BTreeMap<String, crate::sources::postgres::DatabaseConfig>,
     /// Notifications and sensors in Home Assistant (the add-on turns this on).
     pub homeassistant: Option<HomeAssistantConfig>,
     /// Where the configuration came from, for messages.
@@ -188,6 +191,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter: `info`, `offsite=debug,info` …
     pub level: String,
+    /// Also send the backup outcome lines (`component=Backup`) to the host's syslog, RFC 5424.
+    pub syslog: bool,
+    /// The syslog socket (a Unix datagram socket).
+    pub syslog_socket: PathBuf,
 }
 
 impl Default for LogConfig {
@@ -195,6 +202,8 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Human,
             level: "info".into(),
+            syslog: false,
+            syslog_socket: "/dev/log".into(),
         }
     }
 }
@@ -692,14 +701,30 @@ impl Config {
     /// Per-key defaults, then `file` (which must exist when given; without one the built-in
     /// example configuration), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with(
+        Self::load_with_backup_env(
             file,
             Env::prefixed("OFFSITE_").split("__").ignore(&["config"]),
+            &std::env::vars().collect(),
         )
     }
 
     /// Like `load`, with the environment layer given (tests pass their own).
     pub fn load_with(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        Self::load_with_backup_env(file, env, &BTreeMap::new())
+    }
+
+    /// Like `load_with`, with the FR-011 `BACKUP_*` variables taken from `vars`: they make
+    /// `[databases.backup]` (and `[destinations.sharepoint]`), above the file and below the
+    /// `OFFSITE_*` variables.
+    pub fn load_with_backup_env(
+        file: Option<&Path>,
+        env: Env,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let backup = crate::sources::postgres::from_backup_env(vars).map_err(|e| ConfigError {
+            file: Some("the environment".into()),
+            ..ConfigError::at(e.var, e.message)
+        })?;
         let above = Figment::from(env.clone());
         let mut figment = api_defaults();
         let mut text_of_file = None;
@@ -734,6 +759,9 @@ impl Config {
                 Serialized::defaults(builtin(&data_dir)),
                 &above,
             ));
+        }
+        if let Some(backup) = backup {
+            figment = figment.merge(Serialized::defaults(backup));
         }
         // A problem in the file is shown with the line of its key.
         let on_line = |e: ConfigError| match (&text_of_file, file, &e.key) {
@@ -903,6 +931,20 @@ impl Config {
                 return Err(self.err(
                     "snapshots.destinations",
                     format!("{d:?} is not a destination under [destinations]"),
+                ));
+            }
+        }
+        for (name, db) in &self.databases {
+            if let Err((field, message)) = db.validate() {
+                return Err(self.err(&format!("databases.{name}.{field}"), message));
+            }
+            if !self.destinations.contains_key(&db.destination) {
+                return Err(self.err(
+                    &format!("databases.{name}.destination"),
+                    format!(
+                        "{:?} is not a destination under [destinations]",
+                        db.destination
+                    ),
                 ));
             }
         }

@@ -484,6 +484,10 @@ pub async fn wanted_sensors(
         });
     }
 
+    if !config.databases.is_empty() {
+        out.push(last_dump_sensor(store, registry, prefix).await?);
+    }
+
     let next = if config.snapshots.as_ref().is_some_and(|s| s.enabled) {
         store
             .schedules()
@@ -505,6 +509,48 @@ pub async fn wanted_sensors(
         }),
     });
     Ok(out)
+}
+
+/// `sensor.<prefix>_last_database_dump`: how the last PostgreSQL dump ended, its file and
+/// size, and when the next one is due.
+async fn last_dump_sensor(
+    store: &Store,
+    registry: &Registry,
+    prefix: &str,
+) -> Result<Sensor, crate::queue::store::StoreError> {
+    use crate::jobs::db_dump;
+    let finished = store
+        .last_finished(<db_dump::DbDumpArgs as crate::queue::JobArgs>::KIND)
+        .await?;
+    let result = match finished.as_ref().map(|j| j.state) {
+        Some(JobState::Completed) => "success",
+        Some(JobState::Discarded) => "failed",
+        Some(_) => "cancelled",
+        None => "unknown",
+    };
+    let next = store
+        .schedules()
+        .await?
+        .into_iter()
+        .filter(|s| s.def.enabled && s.def.name.starts_with(db_dump::SCHEDULE_PREFIX))
+        .filter_map(|s| s.next_run_at)
+        .min()
+        .map(|t| iso(to_datetime(t)));
+    Ok(Sensor {
+        entity_id: format!("sensor.{prefix}_last_database_dump"),
+        state: result.into(),
+        attributes: json!({
+            "friendly_name": "offsite last database dump",
+            "icon": if result == "failed" { "mdi:database-alert" } else { "mdi:database-check" },
+            "job_id": finished.as_ref().map(|j| j.id),
+            "job": finished.as_ref().map(|j| registry.describe_job(j)),
+            "file": finished.as_ref().and_then(|j| db_dump::dump_file_of(j.checkpoint.clone())),
+            "bytes": finished.as_ref().and_then(|j| j.progress.as_ref()?.get("total")?.as_u64()),
+            "error": finished.as_ref().and_then(|j| j.last_error.clone().filter(|_| j.state != JobState::Completed)),
+            "finished_at": finished.as_ref().and_then(|j| j.finalized_at).map(|t| iso(to_datetime(t))),
+            "next_run": next,
+        }),
+    })
 }
 
 #[cfg(test)]

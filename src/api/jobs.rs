@@ -45,6 +45,7 @@ pub struct EnqueueBody {
 pub(crate) fn documented_kinds() -> Vec<(&'static str, &'static str)> {
     use crate::{
         jobs::{
+            db_dump::DbDumpArgs,
             noop::NoopArgs,
             retention::RetentionPruneArgs,
             snapshot::{SnapshotScanArgs, SnapshotUploadArgs},
@@ -56,6 +57,7 @@ pub(crate) fn documented_kinds() -> Vec<(&'static str, &'static str)> {
         (SnapshotScanArgs::KIND, "SnapshotScanArgs"),
         (SnapshotUploadArgs::KIND, "SnapshotUploadArgs"),
         (RetentionPruneArgs::KIND, "RetentionPruneArgs"),
+        (DbDumpArgs::KIND, "DbDumpArgs"),
     ]
 }
 

@@ -182,7 +182,8 @@ impl Modify for Contract {
         crate::jobs::noop::NoopArgs,
         crate::jobs::snapshot::SnapshotScanArgs,
         crate::jobs::snapshot::SnapshotUploadArgs,
-        crate::jobs::retention::RetentionPruneArgs
+        crate::jobs::retention::RetentionPruneArgs,
+        crate::jobs::db_dump::DbDumpArgs
     )),
     modifiers(&BearerAuth, &Contract),
     security(("bearer" = [])),

@@ -1,6 +1,7 @@
 //! The job kinds offsite knows. A kind plugs in as one file (its args, worker, description,
 //! tags and config checks: [`JobArgs`] and [`Kind`]) plus one [`add`] line in [`registry_with`].
 
+pub mod db_dump;
 pub mod noop;
 pub mod retention;
 pub mod services;
@@ -98,6 +99,7 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     add::<snapshot::SnapshotScanArgs>(&mut registry, config, &services);
     add::<snapshot::SnapshotUploadArgs>(&mut registry, config, &services);
     add::<retention::RetentionPruneArgs>(&mut registry, config, &services);
+    add::<db_dump::DbDumpArgs>(&mut registry, config, &services);
 
     for kind in config.kinds.keys() {
         if registry.get(kind).is_none() {

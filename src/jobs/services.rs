@@ -17,6 +17,10 @@ use crate::{
 
 pub struct Services {
     sources: BTreeMap<String, Source>,
+    /// `[databases]`, for the db_dump kind.
+    databases: BTreeMap<String, crate::jobs::db_dump::DatabaseConfig>,
+    /// The configuration's time zone (else the system's).
+    timezone: String,
     destinations: BTreeMap<String, (SharedDestination, DestinationConfig)>,
 }
 
@@ -79,6 +83,8 @@ impl Services {
         }
         Ok(Services {
             sources,
+            databases: config.databases.clone(),
+            timezone: config.timezone(),
             destinations,
         })
     }
@@ -97,6 +103,16 @@ impl Services {
 
     pub fn destination_names(&self) -> impl Iterator<Item = &String> {
         self.destinations.keys()
+    }
+
+    /// A `[databases.<name>]` section.
+    pub fn database(&self, name: &str) -> Option<&crate::jobs::db_dump::DatabaseConfig> {
+        self.databases.get(name)
+    }
+
+    /// The time zone of schedules that name none.
+    pub fn timezone(&self) -> &str {
+        &self.timezone
     }
 
     pub fn has_source(&self, name: &str) -> bool {

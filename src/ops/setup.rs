@@ -64,6 +64,16 @@ impl Setup {
             }
             schedules.push(jobs::snapshots_schedule(snapshots, &registry, &config)?);
         }
+        for (name, db) in &config.databases {
+            let def = jobs::db_dump::schedule(name, db, &registry, &config)?;
+            if schedules.iter().any(|s| s.name == def.name) {
+                return Err(config.error(
+                    &format!("databases.{name}"),
+                    format!("a schedule file already defines {:?}", def.name),
+                ));
+            }
+            schedules.push(def);
+        }
         Ok(Setup {
             config: Arc::new(config),
             registry: Arc::new(registry),

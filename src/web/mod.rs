@@ -318,6 +318,33 @@ async fn backup_now(
     }
 }
 
+/// Dump now: the database's dump schedule, at once.
+async fn dump_now(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    let schedule = format!("{}{name}", crate::jobs::db_dump::SCHEDULE_PREFIX);
+    match ops::run_schedule(&state.store, &state.registry, &schedule).await {
+        Ok(_) => {
+            state.nudge();
+            back(
+                &state,
+                &prefix,
+                "ok",
+                &format!("Dumping database {name} now; the job appears under Activity."),
+                "activity",
+            )
+        }
+        Err(e) => back(&state, &prefix, "error", &user_message(e.into()), "top"),
+    }
+}
+
 async fn authorize(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -526,6 +553,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/", get(index))
         .route("/panel/sections", get(sections))
         .route("/panel/backup-now", post(backup_now))
+        .route("/panel/dumps/{name}/run", post(dump_now))
         .route("/panel/destinations/{name}/authorize", post(authorize))
         .route(
             "/panel/destinations/{name}/authorize/code",

@@ -167,9 +167,21 @@ pub struct QueueRow {
     pub counts: BTreeMap<JobState, i64>,
 }
 
+/// One `[databases.<name>]` dump: its schedule and its last job.
+pub struct DumpRow {
+    pub name: String,
+    pub schedule: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub last: Option<JobRecord>,
+    pub destination: String,
+    pub external_path: String,
+}
+
 /// Everything the page shows, read in one go.
 pub struct PanelData {
     pub destinations: Vec<DestinationRow>,
+    /// The database dumps, by database name.
+    pub dumps: Vec<DumpRow>,
     pub backups_configured: bool,
     pub schedule: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
@@ -202,8 +214,30 @@ impl PanelData {
                 view,
             });
         }
-        let snapshots = scheduler::list(store)
-            .await?
+        let schedules = scheduler::list(store).await?;
+        let mut dumps = Vec::new();
+        for (name, db) in &state.config.databases {
+            let schedule_name = format!("{}{name}", crate::jobs::db_dump::SCHEDULE_PREFIX);
+            let Some(s) = schedules
+                .iter()
+                .find(|s| s.record.def.name == schedule_name)
+            else {
+                continue;
+            };
+            let last = match s.record.last_job_id {
+                Some(id) => store.job(id).await?,
+                None => None,
+            };
+            dumps.push(DumpRow {
+                name: name.clone(),
+                schedule: s.spec.as_ref().map(|sp| sp.describe()),
+                next_run: s.record.next_run_at.map(to_datetime),
+                last,
+                destination: db.destination.clone(),
+                external_path: db.external_path.display().to_string(),
+            });
+        }
+        let snapshots = schedules
             .into_iter()
             .find(|s| s.record.def.name == SNAPSHOTS && s.record.def.enabled);
         let backups_configured = snapshots.is_some();
@@ -266,6 +300,7 @@ impl PanelData {
         }
         Ok(PanelData {
             destinations,
+            dumps,
             backups_configured,
             schedule,
             next_run,
@@ -374,13 +409,66 @@ pub fn index(c: &Ctx, d: &PanelData, flash: Option<(bool, String)>) -> String {
 
 /// The parts of the page that change while it is open, by element id.
 pub fn sections(c: &Ctx, d: &PanelData) -> Vec<(&'static str, String)> {
-    vec![
+    let mut out = vec![
         ("summary", summary(c, d)),
         ("destinations", destinations(c, d)),
+    ];
+    if !d.dumps.is_empty() {
+        out.push(("dumps", dumps(c, d)));
+    }
+    out.extend([
         ("activity", activity(c, d)),
         ("problems", problems(c, d)),
         ("uploads", uploads(c, d)),
-    ]
+    ]);
+    out
+}
+
+/// The database dumps: schedule, next and last run, result, size, file, where; Dump now.
+fn dumps(c: &Ctx, d: &PanelData) -> String {
+    let mut out = String::from(
+        "<h2>Database dumps</h2><table><thead><tr><th>Database</th><th>Schedule</th>\
+         <th>Next</th><th>Last</th><th>Result</th><th>Size</th><th>File</th><th>Where</th>\
+         <th></th></tr></thead><tbody>",
+    );
+    for row in &d.dumps {
+        let last = row.last.as_ref();
+        let finished = last.and_then(|j| millis(j.finalized_at));
+        let result = match last.map(|j| j.state) {
+            Some(JobState::Completed) => "success".to_string(),
+            Some(JobState::Discarded) => "failed".to_string(),
+            Some(s) => format!("{s:?}").to_lowercase(),
+            None => "—".to_string(),
+        };
+        let size = last
+            .and_then(|j| j.progress.as_ref()?.get("total")?.as_u64())
+            .map_or_else(|| "—".to_string(), bytes);
+        let file = last
+            .and_then(|j| crate::jobs::db_dump::dump_file_of(j.checkpoint.clone()))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{} → {}</td><td>{}</td></tr>",
+            esc(&row.name),
+            esc(row.schedule.as_deref().unwrap_or("")),
+            row.next_run.map_or_else(|| "—".to_string(), |t| c.time(t)),
+            finished.map_or_else(|| "—".to_string(), |t| c.time(t)),
+            esc(&result),
+            esc(&size),
+            esc(&file),
+            esc(&row.external_path),
+            esc(&row.destination),
+            c.button(
+                &format!("/panel/dumps/{}/run", enc(&row.name)),
+                "Dump now",
+                "",
+                "",
+            ),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 fn summary(c: &Ctx, d: &PanelData) -> String {

@@ -207,19 +207,54 @@ fn start_with(options: &serde_json::Map<String, Value>) -> Result<(), String> {
     }
 }
 
+/// A schema entry's type string, and whether the option is a list of it (`- list(…)`, which
+/// the Supervisor validates item by item; a list of `list(…)` is its multi-select).
+fn element_of(t: &Yaml) -> (&str, bool) {
+    match t {
+        Yaml::Array(items) => {
+            assert_eq!(items.len(), 1, "a list schema has one element type: {t:?}");
+            (items[0].as_str().expect("element type"), true)
+        }
+        other => (other.as_str().expect("a schema type string"), false),
+    }
+}
+
+/// A scalar (or list of scalars) option default as JSON.
+fn yaml_json(y: &Yaml) -> Value {
+    match y {
+        Yaml::Integer(i) => serde_json::json!(i),
+        Yaml::String(s) => serde_json::json!(s),
+        Yaml::Boolean(b) => serde_json::json!(b),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_json).collect()),
+        other => panic!("unexpected option default {other:?}"),
+    }
+}
+
 /// The manifest's default options as JSON, with an app key so that every Dropbox option is used.
 fn saved_defaults() -> (Yaml, serde_json::Map<String, Value>) {
     let c = load("offsite/config.yaml");
     let mut json = serde_json::Map::new();
     for (k, t) in c["schema"].as_hash().unwrap() {
-        let (k, t) = (k.as_str().unwrap(), t.as_str().unwrap());
-        let value = match &c["options"][k] {
-            Yaml::Integer(i) => serde_json::json!(i),
-            Yaml::String(s) => serde_json::json!(s),
-            Yaml::Boolean(b) => serde_json::json!(b),
-            other => panic!("option {k}: unexpected {other:?}"),
+        let k = k.as_str().unwrap();
+        let (t, list) = element_of(t);
+        let stored = if list {
+            // A list option: each item is checked against the element type.
+            let items = c["options"][k]
+                .as_vec()
+                .unwrap_or_else(|| panic!("option {k}: a list schema needs a list default"));
+            Value::Array(
+                items
+                    .iter()
+                    .map(|y| {
+                        supervisor_stores(t, &yaml_json(y))
+                            .unwrap_or_else(|e| panic!("option {k}: {e}"))
+                    })
+                    .collect(),
+            )
+        } else {
+            supervisor_stores(t, &yaml_json(&c["options"][k]))
+                .unwrap_or_else(|e| panic!("option {k}: {e}"))
         };
-        let stored = supervisor_stores(t, &value).unwrap_or_else(|e| panic!("option {k}: {e}"));
         json.insert(k.to_string(), stored);
     }
     json.insert("dropbox_app_key".into(), "abc123".into());
@@ -232,12 +267,23 @@ fn every_value_the_schema_lets_a_user_save_starts_the_addon() {
     let mut rng = Lcg(0x00ff_517e);
     let mut tried = 0;
     for (k, t) in c["schema"].as_hash().unwrap() {
-        let (option, schema) = (k.as_str().unwrap(), t.as_str().unwrap());
-        let mut saved: Vec<Option<Value>> = candidates(schema, &mut rng)
+        let option = k.as_str().unwrap();
+        let (schema, list) = element_of(t);
+        let items: Vec<Value> = candidates(schema, &mut rng)
             .iter()
             .filter_map(|v| supervisor_stores(schema, v).ok())
-            .map(Some)
             .collect();
+        let mut saved: Vec<Option<Value>> = if list {
+            // Each item alone, and all of them.
+            let mut lists: Vec<Option<Value>> = items
+                .iter()
+                .map(|v| Some(Value::Array(vec![v.clone()])))
+                .collect();
+            lists.push(Some(Value::Array(items.clone())));
+            lists
+        } else {
+            items.into_iter().map(Some).collect()
+        };
         assert!(!saved.is_empty(), "{option}: no sample fits {schema}");
         if schema.ends_with('?') {
             saved.push(None);
@@ -340,8 +386,19 @@ fn addon_manifest_passes_the_supervisor_rules() {
     assert!(["hot", "cold"].contains(&str_of(&c, "backup").unwrap()));
     assert!(str_of(&c, "backup_pre").unwrap().contains("db-snapshot"));
     // Least privilege: backups come through the Supervisor API (hassio_role backup), so no
-    // folder of the host is mapped in, not even /backup read-only.
-    assert!(c["map"].is_badvalue(), "no map: {:?}", c["map"]);
+    // folder of the host is mapped in, not even /backup read-only. The one exception is where
+    // external drives appear (media, share), which database dumps are written to (FR-011).
+    let mapped: Vec<(&str, Option<bool>)> = c["map"]
+        .as_vec()
+        .expect("map: the external drive folders")
+        .iter()
+        .map(|m| (str_of(m, "type").unwrap(), m["read_only"].as_bool()))
+        .collect();
+    assert_eq!(
+        mapped,
+        [("media", Some(false)), ("share", Some(false))],
+        "only where external drives appear"
+    );
     assert!(
         !std::fs::read_to_string(root().join("offsite/apparmor.txt"))
             .unwrap()
@@ -419,13 +476,7 @@ fn the_defaults_of_the_manifest_load_as_a_configuration() {
     let c = load("offsite/config.yaml");
     let mut json = serde_json::Map::new();
     for (k, v) in c["options"].as_hash().unwrap() {
-        let value = match v {
-            Yaml::Integer(i) => serde_json::json!(i),
-            Yaml::String(s) => serde_json::json!(s),
-            Yaml::Boolean(b) => serde_json::json!(b),
-            other => panic!("unexpected {other:?}"),
-        };
-        json.insert(k.as_str().unwrap().into(), value);
+        json.insert(k.as_str().unwrap().into(), yaml_json(v));
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("options.json");

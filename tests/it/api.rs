@@ -760,7 +760,8 @@ fn the_description_declares_problems_401s_and_each_kinds_args() {
             "noop",
             "snapshot_scan",
             "snapshot_upload",
-            "retention_prune"
+            "retention_prune",
+            "db_dump"
         ]
     );
     let scan = &body["oneOf"][1];

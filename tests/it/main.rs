@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod conformance;
 mod crash;
+mod db_dump;
 mod dropbox;
 mod layers;
 mod panel;

@@ -370,9 +370,16 @@ fn shipped_schedule_examples_are_valid() {
         "dropbox".into(),
         toml::from_str("type = \"dropbox\"\npath = \"/B\"\napp_key = \"k\"").unwrap(),
     );
+    config.databases.insert(
+        "app".into(),
+        toml::from_str(
+            "days = [\"Mon\"]\ntime = \"02:15\"\nexternal_path = \"/media/backup\"\ndestination = \"dropbox\"",
+        )
+        .unwrap(),
+    );
     let (reg, _) = registry(&config);
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
-    let planned = ["device_fetch", "db_dump", "google_delta"];
+    let planned = ["device_fetch", "google_delta"];
     let mut kinds = Vec::new();
     for entry in std::fs::read_dir(&examples).unwrap() {
         let file = entry.unwrap().path();
@@ -394,7 +401,7 @@ fn shipped_schedule_examples_are_valid() {
     }
     for kind in planned
         .iter()
-        .chain(["noop", "snapshot_scan", "retention_prune"].iter())
+        .chain(["noop", "snapshot_scan", "retention_prune", "db_dump"].iter())
     {
         assert!(kinds.iter().any(|k| k == kind), "no example for {kind}");
     }

@@ -31,10 +31,10 @@ use crate::{
 // ------------------------------------------------------------------ helpers
 
 /// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 /// True as root; otherwise says the test was skipped (and fails under CI, which runs as root).
-fn may_mount() -> bool {
+pub(crate) fn may_mount() -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -50,7 +50,7 @@ fn may_mount() -> bool {
 }
 
 impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
         if !may_mount() {
             return None;
         }

@@ -23,5 +23,6 @@ pub mod fault;
 pub mod graph;
 pub mod ingress;
 pub mod nginx;
+pub mod postgres;
 pub mod s3;
 pub mod supervisor;

@@ -1,0 +1,875 @@
+//! db_dump against a real PostgreSQL 15 (tests/support/postgres.rs): a scheduled slot dumps to
+//! a real mount, the dump restores to equal data, is uploaded and removed; the external path's
+//! checks fail fast without an upload; pg_dump missing, too old or dying midway; upload
+//! failures until the retries are spent; wrong credentials; the outcome lines in both log
+//! formats and on syslog; the schedule across daylight saving and a restart; the FR's
+//! environment variables.
+
+use std::{
+    io::Write,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{TimeZone, Utc};
+use offsite::{
+    config::{Config, LogConfig, LogFormat},
+    jobs::db_dump::DatabaseConfig,
+    queue::{
+        EnqueueRequest, JobState,
+        executor::Executor,
+        scheduler::{ScheduleSpec, Scheduler},
+        state::now_ms,
+        store::{JobFilter, JobRecord},
+    },
+    redact::RedactingWriter,
+};
+use serde_json::{Value, json};
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+
+use crate::{
+    cli::bin,
+    common::{Harness, registry, test_config, wait_for},
+    snapshots::folder_dest,
+    support::postgres::Postgres,
+    trust::{Tmpfs, may_mount},
+};
+
+// ------------------------------------------------------------------ helpers
+
+/// The log lines of this test (its thread: `#[tokio::test]` runs the worker on it), written
+/// by the production formatter through the production redaction.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+struct LineWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = RedactingWriter<LineWriter>;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(LineWriter(self.0.clone()))
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    /// The JSON lines of the backup component.
+    fn backup_json(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["component"] == "Backup")
+            .collect()
+    }
+    fn outcome_json(&self, outcome: &str) -> Value {
+        self.backup_json()
+            .into_iter()
+            .find(|v| v["fields"]["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} line in:\n{}", self.text()))
+    }
+}
+
+fn capture(format: LogFormat, syslog: Option<&Path>) -> (Lines, tracing::subscriber::DefaultGuard) {
+    let lines = Lines::default();
+    let config = LogConfig {
+        format,
+        syslog: syslog.is_some(),
+        syslog_socket: syslog.map(Path::to_path_buf).unwrap_or_default(),
+        ..Default::default()
+    };
+    let sub = offsite::logging::subscriber(&config, EnvFilter::new("info"), lines.clone(), false);
+    (lines, tracing::subscriber::set_default(sub))
+}
+
+/// A database with a few tables, types and rows.
+const SCHEMA: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE customers (
+  id serial PRIMARY KEY,
+  name text NOT NULL,
+  email text UNIQUE,
+  balance numeric(12,2) DEFAULT 0,
+  joined timestamptz NOT NULL,
+  active boolean NOT NULL,
+  tags text[],
+  profile jsonb,
+  avatar bytea,
+  feeling mood
+);
+CREATE TABLE orders (
+  id bigserial PRIMARY KEY,
+  customer int REFERENCES customers(id),
+  placed date NOT NULL,
+  total double precision,
+  note text
+);
+CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+INSERT INTO customers (name, email, balance, joined, active, tags, profile, avatar, feeling) VALUES
+  ('Ada Lovelace', 'ada@example.org', 1234.56, '2026-01-08 10:00:00+01', true, '{a,b}', '{"vip": true, "n": [1,2]}', '\xdeadbeef', 'happy'),
+  ('Bob "Tables"; DROP', NULL, -3.10, '2025-12-31 23:59:59+00', false, '{}', NULL, NULL, 'sad'),
+  ('Zoë Ünïcødé 🎉', 'zoe@example.org', 0, '2026-03-29 02:30:00+02', true, NULL, '{"tab": "a\tb", "nl": "x\ny"}', '\x00ff', NULL);
+INSERT INTO orders (customer, placed, total, note)
+  SELECT 1 + (i % 3), DATE '2026-01-01' + i, i * 1.5, 'order ' || i FROM generate_series(1, 500) i;
+"#;
+
+/// What must come back equal after the restore.
+const CHECK: &str = "SELECT row_to_json(c)::text FROM customers c ORDER BY id; \
+     SELECT count(*), sum(total), max(note) FROM orders; SELECT count(*) FROM big_orders; \
+     SELECT last_value FROM orders_id_seq; SELECT enum_range(NULL::mood)::text;";
+
+fn database(pg: &Postgres, db: &str, external: &Path, extra: &str) -> DatabaseConfig {
+    toml::from_str(&format!(
+        "{}days = [\"Mon\", \"Wed\", \"Fri\"]\ntime = \"02:15\"\ntimezone = \"Europe/Berlin\"\n\
+         external_path = \"{}\"\ndestination = \"nas\"\nretries = 0\n{extra}",
+        pg.connection_toml(db),
+        external.display()
+    ))
+    .unwrap()
+}
+
+fn config_with(dir: &Path, dest: &Path, name: &str, db: DatabaseConfig) -> Config {
+    let mut c = test_config(dir);
+    c.destinations.insert("nas".into(), folder_dest(dest, 0));
+    c.databases.insert(name.into(), db);
+    c
+}
+
+async fn run_dump(h: &Harness, name: &str) -> JobRecord {
+    let job = h
+        .enqueue_req(EnqueueRequest {
+            kind: "db_dump".into(),
+            args: json!({ "database": name }),
+            max_attempts: h.running().state.config.databases[name]
+                .retries
+                .checked_add(1)
+                .map(i64::from),
+            ..Default::default()
+        })
+        .await;
+    wait_for(h.store(), job.id, |j| {
+        matches!(
+            j.state,
+            JobState::Completed | JobState::Discarded | JobState::Cancelled
+        )
+    })
+    .await
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn assert_outcome_fields(line: &Value, file_prefix: &str) {
+    let f = &line["fields"];
+    assert_eq!(f["user"], "*system", "{line}");
+    assert_eq!(f["component"], "Backup", "{line}");
+    let file = f["file"].as_str().unwrap();
+    assert!(
+        file.starts_with(file_prefix) && file.ends_with(".sql"),
+        "{line}"
+    );
+    assert!(f["duration"].as_str().unwrap().ends_with('s'), "{line}");
+    assert!(f["size"].is_string(), "{line}");
+}
+
+// ------------------------------------------------------------------ the whole flow
+
+#[tokio::test]
+async fn db_dump_a_scheduled_slot_dumps_to_the_mount_restores_equal_uploads_and_removes_it() {
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE shop");
+    pg.sql("shop", SCHEMA);
+
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    let _drive = Tmpfs::mount(&external, "64m").unwrap();
+    let dest = dir.path().join("sharepoint-stand-in");
+    let syslog_path = dir.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    syslog.set_nonblocking(true).unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, Some(&syslog_path));
+
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "shop",
+        database(&pg, "shop", &external, ""),
+    );
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+
+    // The slot comes due: the scheduler (as it ticks) enqueues the slot's job.
+    let state = &h.running().state;
+    let schedule = h
+        .store()
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.def.name == "db_dump.shop")
+        .expect("the database's schedule");
+    assert!(
+        schedule.def.spec.contains("\"weekly\""),
+        "{}",
+        schedule.def.spec
+    );
+    let sched = Scheduler {
+        store: state.store.clone(),
+        registry: state.registry.clone(),
+        executor: state.executor.clone(),
+    };
+    sched.tick().await.unwrap();
+    h.store()
+        .set_next_run("db_dump.shop", Some(now_ms() - 1_000))
+        .await
+        .unwrap();
+    sched.tick().await.unwrap();
+    let jobs = h
+        .store()
+        .list_jobs(&JobFilter::default(), 10, None)
+        .await
+        .unwrap();
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == "db_dump")
+        .expect("the slot enqueued a dump");
+    assert!(
+        job.idempotency_key
+            .as_deref()
+            .unwrap()
+            .starts_with("schedule:db_dump.shop:")
+    );
+    assert_eq!(job.max_attempts, 1, "retries = 0");
+    let job = h.wait_state(job.id, JobState::Completed).await;
+    assert_eq!(job.state, JobState::Completed);
+
+    // Uploaded under {database}_{YYYY-MM-DD_HH-mm}.sql; nothing left on the drive.
+    let uploaded = files_in(&dest);
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    let name = &uploaded[0];
+    let re = regex::Regex::new(r"^shop_\d{4}-\d\d-\d\d_\d\d-\d\d\.sql$").unwrap();
+    assert!(re.is_match(name), "{name}");
+    assert_eq!(
+        files_in(&external),
+        Vec::<String>::new(),
+        "the local dump is removed"
+    );
+
+    // A plain SQL dump that restores into a fresh database with equal data.
+    let text = std::fs::read_to_string(dest.join(name)).unwrap();
+    assert!(text.contains("PostgreSQL database dump"), "plain format");
+    pg.sql("postgres", "CREATE DATABASE restored");
+    pg.restore("restored", &dest.join(name));
+    assert_eq!(pg.sql("restored", CHECK), pg.sql("shop", CHECK));
+    assert!(pg.sql("shop", CHECK).contains("Zoë Ünïcødé 🎉"));
+
+    // The outcome lines: dumped, uploaded, with the required fields, no password anywhere.
+    let dumped = lines.outcome_json("dumped");
+    assert_outcome_fields(&dumped, "shop_");
+    let up = lines.outcome_json("upload_succeeded");
+    assert_outcome_fields(&up, "shop_");
+    assert_eq!(up["fields"]["file"].as_str(), Some(name.as_str()));
+    let size = std::fs::metadata(dest.join(name)).unwrap().len();
+    assert_eq!(
+        up["fields"]["size"].as_str(),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(up["level"], "INFO");
+    assert!(
+        !lines.text().contains(&pg.password),
+        "the password is never logged"
+    );
+
+    // Home Assistant's sensor of the last dump.
+    let sensors = offsite::homeassistant::wanted_sensors(
+        h.store(),
+        &state.services,
+        &state.registry,
+        &state.config,
+        "offsite",
+    )
+    .await
+    .unwrap();
+    let dump = sensors
+        .iter()
+        .find(|s| s.entity_id == "sensor.offsite_last_database_dump")
+        .expect("the dump sensor");
+    assert_eq!(dump.state, "success");
+    assert_eq!(dump.attributes["file"].as_str(), Some(name.as_str()));
+    assert_eq!(dump.attributes["bytes"].as_u64(), Some(size));
+    assert!(
+        dump.attributes["next_run"].is_string(),
+        "{:?}",
+        dump.attributes
+    );
+
+    // The panel lists the dump: result, file, where, and Dump now.
+    let page = reqwest::get(format!("{}/", h.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let section = page
+        .split("<section id=dumps data-live>")
+        .nth(1)
+        .expect("a database dumps section")
+        .split("</section>")
+        .next()
+        .unwrap();
+    for want in [
+        "shop",
+        "success",
+        name.as_str(),
+        "/panel/dumps/shop/run",
+        "Dump now",
+        "→ nas",
+    ] {
+        assert!(section.contains(want), "{want} in {section}");
+    }
+
+    // And on syslog, RFC 5424.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = syslog.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let line = got
+        .iter()
+        .find(|l| l.contains("outcome=\"upload_succeeded\""))
+        .unwrap_or_else(|| panic!("no upload line on syslog: {got:?}"));
+    let re = regex::Regex::new(
+        r#"^<30>1 \S+Z \S+ offsite \d+ backup \[offsite@32473 user="\*system" component="Backup" outcome="upload_succeeded" database="shop" file="shop_[^"]+\.sql" size="\d+" duration="[0-9.]+s"\] backup uploaded$"#,
+    )
+    .unwrap();
+    assert!(re.is_match(line), "{line}");
+}
+
+// ------------------------------------------------------------------ fail fast
+
+#[tokio::test]
+async fn db_dump_external_path_missing_read_only_or_not_a_mount_fails_fast_without_upload() {
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    let (lines, _guard) = capture(LogFormat::Human, None);
+
+    let missing = dir.path().join("unplugged");
+    let plain = dir.path().join("plain-dir");
+    std::fs::create_dir_all(&plain).unwrap();
+    let ro = dir.path().join("ro-drive");
+    let _ro_mount = Tmpfs::mount(&ro, "8m").unwrap();
+    let ok = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount read-only");
+
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dest, 0));
+    for (name, path) in [("missing", &missing), ("plain", &plain), ("ro", &ro)] {
+        config
+            .databases
+            .insert(name.into(), database(&pg, "postgres", path, ""));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let before: Vec<String> = files_in(dir.path());
+
+    for (name, why) in [
+        ("missing", "is missing (is the drive attached and mounted?)"),
+        ("plain", "is not a mount point"),
+        ("ro", "is not writable"),
+    ] {
+        let job = run_dump(&h, name).await;
+        assert_eq!(job.state, JobState::Discarded, "{name}");
+        let text = lines.text();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains("outcome=\"dump_failed\"") && l.contains(&format!("database=\"{name}\""))
+            })
+            .unwrap_or_else(|| panic!("no dump_failed line for {name}:\n{text}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(
+            line.contains("user=\"*system\"") && line.contains("component=\"Backup\""),
+            "{line}"
+        );
+        assert!(line.contains(why), "{name}: {line}");
+        assert!(line.contains("duration="), "{line}");
+        assert!(!text.contains("upload_"), "no upload attempt: {text}");
+    }
+    assert!(!missing.exists(), "the missing path was not created");
+    assert_eq!(files_in(&plain), Vec::<String>::new());
+    assert_eq!(files_in(&ro), Vec::<String>::new());
+    assert_eq!(files_in(&dest), Vec::<String>::new(), "nothing uploaded");
+    assert_eq!(files_in(dir.path()), before, "nothing written elsewhere");
+    assert!(!lines.text().contains(&pg.password));
+}
+
+// ------------------------------------------------------------------ pg_dump
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn db_dump_pg_dump_missing_too_old_or_dying_midway_is_a_clear_error_and_leaves_no_file() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+
+    let old = script(
+        &dir.path().join("old"),
+        "pg_dump",
+        "echo 'pg_dump (PostgreSQL) 9.6.0'",
+    );
+    let dying = script(
+        &dir.path().join("dying"),
+        "pg_dump",
+        "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.4'; exit 0; fi\n\
+         echo 'CREATE TABLE half (id int);'\necho 'could not read block' >&2\nkill -9 $$",
+    );
+    let failing = script(
+        &dir.path().join("failing"),
+        "pg_dump",
+        "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.4'; exit 0; fi\n\
+         echo 'CREATE TABLE half (id int);'\necho 'pg_dump: error: query failed' >&2\nexit 1",
+    );
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dest, 0));
+    let cases = [
+        (
+            "nopgdump",
+            "/nonexistent/bin/pg_dump".into(),
+            "pg_dump not found at /nonexistent/bin/pg_dump (databases.nopgdump.pg_dump)"
+                .to_string(),
+        ),
+        (
+            "old",
+            old.clone(),
+            format!(
+                "pg_dump 9.6 ({}) is older than the server (PostgreSQL 15): pg_dump must be version 15 or newer",
+                old.display()
+            ),
+        ),
+        ("dying", dying, "pg_dump failed".into()),
+        ("failing", failing, "pg_dump failed".into()),
+    ];
+    for (name, bin, _) in &cases {
+        let extra = format!("require_mount = false\npg_dump = \"{}\"\n", bin.display());
+        config
+            .databases
+            .insert((*name).into(), database(&pg, "postgres", &external, &extra));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    for (name, _, message) in &cases {
+        let job = run_dump(&h, name).await;
+        assert_eq!(job.state, JobState::Discarded, "{name}");
+        let line = lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == *name)
+            .unwrap_or_else(|| panic!("no dump_failed for {name}:\n{}", lines.text()));
+        assert_eq!(
+            line["fields"]["error"].as_str(),
+            Some(message.as_str()),
+            "{line}"
+        );
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(
+            files_in(&external),
+            Vec::<String>::new(),
+            "{name}: no file, no partial"
+        );
+    }
+    let cause = |name: &str| {
+        lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == name)
+            .unwrap()["fields"]["cause"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cause("dying"), "pg_dump was killed: could not read block");
+    assert_eq!(
+        cause("failing"),
+        "pg_dump exited with status 1: pg_dump: error: query failed"
+    );
+    assert_eq!(files_in(&dest), Vec::<String>::new());
+}
+
+// ------------------------------------------------------------------ credentials
+
+#[tokio::test]
+async fn db_dump_wrong_credentials_are_a_clear_error_without_the_secret() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dir.path().join("dest"), 0));
+    let wrong = "Wr0ng-and-secret-passw0rd";
+    let mut db = database(&pg, "postgres", &external, "require_mount = false\n");
+    db.password = Some(offsite::config::Secret::new(wrong));
+    config.databases.insert("app".into(), db);
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let job = run_dump(&h, "app").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let line = lines.outcome_json("dump_failed");
+    assert_eq!(line["fields"]["error"], "cannot connect to the database");
+    let cause = line["fields"]["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("password authentication failed for user \"postgres\""),
+        "{cause}"
+    );
+    assert!(!lines.text().contains(wrong), "no secret in any log line");
+    let stored = format!("{job:?}");
+    assert!(!stored.contains(wrong));
+    assert_eq!(files_in(&external), Vec::<String>::new());
+}
+
+// ------------------------------------------------------------------ upload failures
+
+#[tokio::test]
+async fn db_dump_upload_failing_until_retries_are_spent_removes_the_file_and_logs_it() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&blocker, 0));
+    config.engine.backoff_cap = std::time::Duration::from_millis(500);
+    config.databases.insert(
+        "app".into(),
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    config.databases.get_mut("app").unwrap().retries = 1;
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    // The destination's folder, once the worker started, becomes a regular file: every
+    // upload fails.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    std::fs::write(&blocker, b"x").unwrap();
+    let job = h
+        .enqueue_req(EnqueueRequest {
+            kind: "db_dump".into(),
+            args: json!({ "database": "app" }),
+            max_attempts: Some(2),
+            ..Default::default()
+        })
+        .await;
+    // After the first failed attempt the dump stays: it is what the retry uploads.
+    let first = wait_for(h.store(), job.id, |j| j.state == JobState::Retryable).await;
+    assert_eq!(first.attempt, 1);
+    let kept = files_in(&external);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let retry = lines.outcome_json("upload_failed_will_retry");
+    assert_eq!(retry["level"], "WARN");
+
+    let last = wait_for(h.store(), job.id, |j| j.state == JobState::Discarded).await;
+    assert_eq!(last.attempt, 2);
+    assert_eq!(
+        files_in(&external),
+        Vec::<String>::new(),
+        "removed after the final failure"
+    );
+    let failed = lines.outcome_json("upload_failed");
+    assert_outcome_fields(&failed, "postgres_");
+    assert_eq!(failed["fields"]["file"].as_str(), Some(kept[0].as_str()));
+    assert_eq!(failed["level"], "ERROR");
+    assert!(
+        !failed["fields"]["error"].as_str().unwrap().is_empty(),
+        "{failed}"
+    );
+    assert!(
+        format!(
+            "{}: {}",
+            failed["fields"]["error"], failed["fields"]["cause"]
+        )
+        .contains("not-a-dir"),
+        "the error and its causes: {failed}"
+    );
+    assert_eq!(
+        lines
+            .backup_json()
+            .iter()
+            .filter(|l| l["fields"]["outcome"] == "dumped")
+            .count(),
+        1,
+        "the retry uploads the same dump, it does not dump again"
+    );
+}
+
+// ------------------------------------------------------------------ schedule
+
+#[tokio::test]
+async fn db_dump_schedule_follows_berlin_across_daylight_saving_and_a_restart_does_not_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: DatabaseConfig = toml::from_str(
+        "database = \"app\"\ndays = [\"Sun\", \"Wed\"]\ntime = \"02:30\"\ntimezone = \"Europe/Berlin\"\n\
+         external_path = \"/media/backup\"\ndestination = \"nas\"\n",
+    )
+    .unwrap();
+    let config = config_with(dir.path(), &dir.path().join("dest"), "app", db.clone());
+    let (reg, _) = registry(&config);
+    let def = offsite::jobs::db_dump::schedule("app", &db, &reg, &config).unwrap();
+    assert_eq!(def.name, "db_dump.app");
+    assert_eq!(def.max_attempts, Some(6), "5 retries by default");
+    let spec: ScheduleSpec = serde_json::from_str(&def.spec).unwrap();
+    let utc = |y, m, d, h, mi| Utc.with_ymd_and_hms(y, m, d, h, mi, 0).unwrap();
+    // Sunday 29 March 2026 02:30 does not exist in Berlin (02:00 → 03:00): the hour after.
+    assert_eq!(
+        spec.next_after(utc(2026, 3, 28, 12, 0)),
+        Some(utc(2026, 3, 29, 1, 30))
+    );
+    // Then Wednesday 1 April at 02:30 CEST.
+    assert_eq!(
+        spec.next_after(utc(2026, 3, 29, 1, 30)),
+        Some(utc(2026, 4, 1, 0, 30))
+    );
+    // Sunday 25 October 2026 02:30 happens twice (03:00 → 02:00): once, the first time.
+    assert_eq!(
+        spec.next_after(utc(2026, 10, 24, 12, 0)),
+        Some(utc(2026, 10, 25, 0, 30))
+    );
+    assert_eq!(
+        spec.next_after(utc(2026, 10, 25, 0, 30)),
+        Some(utc(2026, 10, 28, 1, 30))
+    );
+
+    // Fired once; a restart on the same database does not fire the slot again; a slot missed
+    // while offsite was down is not backfilled.
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let open = || async {
+        let store = offsite::queue::Store::open(&config.database_path())
+            .await
+            .unwrap();
+        store
+            .sync_schedules(std::slice::from_ref(&def))
+            .await
+            .unwrap();
+        let (reg, _) = registry(&config);
+        let reg = Arc::new(reg);
+        let executor = Executor::new(
+            store.clone(),
+            reg.clone(),
+            "t".into(),
+            Default::default(),
+            vec![],
+            Default::default(),
+        );
+        Scheduler {
+            store,
+            registry: reg,
+            executor,
+        }
+    };
+    let s = open().await;
+    s.tick().await.unwrap();
+    let slot = now_ms() - 5_000;
+    s.store
+        .set_next_run("db_dump.app", Some(slot))
+        .await
+        .unwrap();
+    s.tick().await.unwrap();
+    let jobs = s
+        .store
+        .list_jobs(&JobFilter::default(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].kind, "db_dump");
+    assert_eq!(jobs[0].max_attempts, 6);
+    let next = s.store.schedules().await.unwrap()[0].next_run_at.unwrap();
+    assert!(next > now_ms());
+
+    let s = open().await; // the restart
+    s.store
+        .set_next_run("db_dump.app", Some(slot))
+        .await
+        .unwrap();
+    s.tick().await.unwrap();
+    assert_eq!(
+        s.store
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "slot enqueued twice"
+    );
+
+    s.store
+        .set_next_run("db_dump.app", Some(now_ms() - 2 * 3_600_000))
+        .await
+        .unwrap();
+    s.tick().await.unwrap();
+    assert_eq!(
+        s.store
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "backfilled"
+    );
+    assert!(s.store.schedules().await.unwrap()[0].next_run_at.unwrap() > now_ms());
+}
+
+// ------------------------------------------------------------------ the FR's variables
+
+#[test]
+fn db_dump_backup_env_configures_a_database_and_bad_values_stop_start_up_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::cli::write_config(
+        dir.path(),
+        &format!(
+            "[destinations.nas]\ntype = \"folder\"\npath = \"{}/dest\"\n",
+            dir.path().display()
+        ),
+    );
+    let run = |vars: &[(&str, &str)]| {
+        let mut c = Command::new(bin());
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["config", "check"])
+            .env_remove("RUST_LOG");
+        for (k, v) in [
+            ("BACKUP_SCHEDULE_DAYS", "Mon,Wed,Fri"),
+            ("BACKUP_SCHEDULE_TIME", "02:15"),
+            ("BACKUP_TIMEZONE", "Europe/Berlin"),
+            ("BACKUP_EXTERNAL_PATH", "/media/backup"),
+            ("BACKUP_DESTINATION", "nas"),
+        ] {
+            c.env(k, v);
+        }
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let ok = run(&[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out =
+        String::from_utf8_lossy(&ok.stdout).into_owned() + &String::from_utf8_lossy(&ok.stderr);
+    assert!(out.contains("db_dump.backup"), "{out}");
+
+    for (var, value, says) in [
+        ("BACKUP_SCHEDULE_TIME", "02:10", "not on a quarter hour"),
+        (
+            "BACKUP_SCHEDULE_DAYS",
+            "Mon,Someday",
+            "unknown weekday \"Someday\"",
+        ),
+        (
+            "BACKUP_EXTERNAL_PATH",
+            "media/backup",
+            "not an absolute path",
+        ),
+        ("BACKUP_TIMEZONE", "Europe/Atlantis", "unknown time zone"),
+    ] {
+        let o = run(&[(var, value)]);
+        assert_eq!(o.status.code(), Some(2), "{var}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one message: {err}");
+        assert!(
+            lines[0].contains(&format!("`{var}`")) && lines[0].contains(says),
+            "{err}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ keep_last_local
+
+#[tokio::test]
+async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    // A dump of this database from an earlier day, and someone else's file.
+    std::fs::write(external.join("postgres_2026-01-05_02-15.sql"), b"-- old").unwrap();
+    std::fs::write(external.join("notes.txt"), b"mine").unwrap();
+    let dest = dir.path().join("dest");
+    let (_lines, _guard) = capture(LogFormat::Json, None);
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "app",
+        database(
+            &pg,
+            "postgres",
+            &external,
+            "require_mount = false\nkeep_last_local = true\n",
+        ),
+    );
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    assert_eq!(run_dump(&h, "app").await.state, JobState::Completed);
+    let uploaded = files_in(&dest);
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    let mut want = vec!["notes.txt".to_string(), uploaded[0].clone()];
+    want.sort();
+    assert_eq!(
+        files_in(&external),
+        want,
+        "the last one stays, the older one goes"
+    );
+    assert_eq!(
+        std::fs::read(external.join(&uploaded[0])).unwrap(),
+        std::fs::read(dest.join(&uploaded[0])).unwrap()
+    );
+}
