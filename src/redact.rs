@@ -17,14 +17,17 @@ const MIN_LEN: usize = 8;
 /// What stands in for a secret.
 pub const MASK: &str = "***";
 
-/// How many secrets are remembered. Access tokens are renewed every few hours for as long as
-/// offsite runs; the oldest (long expired) make room. Configured secrets are made at start-up
-/// and renewed ones replace each other, so the live ones are always among the newest.
+/// How many short-lived secrets (access tokens, signed assertions, upload URLs) are
+/// remembered. They are made for as long as offsite runs, some every hour; the least recently
+/// made (long expired) make room. Secrets from the configuration are kept apart and never
+/// forgotten.
 const CAPACITY: usize = 256;
 
 #[derive(Default)]
 struct Registry {
-    /// In the order they were made, oldest first.
+    /// Secrets from the configuration: few, and needed for as long as the process runs.
+    kept: Vec<String>,
+    /// Short-lived ones, least recently made first.
     made: std::collections::VecDeque<String>,
     /// The same, longest first, so a secret that contains another is masked whole.
     by_length: Vec<String>,
@@ -32,22 +35,41 @@ struct Registry {
 
 static SECRETS: LazyLock<RwLock<Registry>> = LazyLock::new(Default::default);
 
-/// Remembers `secret` so that it never appears in what [`redact`] cleans.
+/// Remembers a short-lived `secret` so that it never appears in what [`redact`] cleans. Made
+/// again, it counts as new.
 pub fn register(secret: &str) {
+    remember(secret, false);
+}
+
+/// Remembers a secret from the configuration, for the life of the process.
+pub fn register_kept(secret: &str) {
+    remember(secret, true);
+}
+
+fn remember(secret: &str, kept: bool) {
     if secret.len() < MIN_LEN {
         return;
     }
-    if let Ok(mut all) = SECRETS.write()
-        && !all.made.iter().any(|s| s == secret)
-    {
+    let Ok(mut all) = SECRETS.write() else {
+        return;
+    };
+    if all.kept.iter().any(|s| s == secret) {
+        return;
+    }
+    if let Some(i) = all.made.iter().position(|s| s == secret) {
+        all.made.remove(i);
+    }
+    if kept {
+        all.kept.push(secret.to_string());
+    } else {
         all.made.push_back(secret.to_string());
         if all.made.len() > CAPACITY {
             all.made.pop_front();
         }
-        let mut by_length: Vec<String> = all.made.iter().cloned().collect();
-        by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        all.by_length = by_length;
     }
+    let mut by_length: Vec<String> = all.kept.iter().chain(all.made.iter()).cloned().collect();
+    by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all.by_length = by_length;
 }
 
 /// URL query parameters that are capabilities by themselves, masked wherever they appear even
@@ -144,14 +166,17 @@ impl<W: Write> Write for RedactingWriter<W> {
 }
 
 /// A value that must never be printed: `Debug` shows `***`, and every secret made is
-/// registered with this module, which masks it in logs, stored errors and API answers.
+/// registered with this module, which masks it in logs, stored errors and API answers. One
+/// read from the configuration (deserialized) is kept for the life of the process; one made
+/// at run time (`Secret::new`: a token, an upload URL) is short-lived.
 #[derive(Clone, serde::Deserialize, PartialEq, Eq)]
 #[serde(from = "String")]
 pub struct Secret(String);
 
 impl From<String> for Secret {
     fn from(s: String) -> Self {
-        Secret::new(s)
+        register_kept(&s);
+        Secret(s)
     }
 }
 
@@ -181,6 +206,27 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_secrets_outlive_any_number_of_short_lived_ones() {
+        let configured: Secret =
+            serde_json::from_str("\"configured-client-secret-for-test\"").unwrap();
+        let early = Secret::new("early-token-made-again-later-0001");
+        for i in 0..(2 * CAPACITY) {
+            Secret::new(format!("hourly-access-token-for-test-{i:05}"));
+            if i == CAPACITY + CAPACITY / 2 {
+                // Made again: counts as new, so it is not the first to go.
+                Secret::new(early.expose());
+            }
+        }
+        let text = format!("{} {}", configured.expose(), early.expose());
+        assert_eq!(redact(&text), "*** ***");
+        assert_eq!(
+            redact("hourly-access-token-for-test-00000"),
+            "hourly-access-token-for-test-00000",
+            "the oldest short-lived ones make room"
+        );
+    }
 
     #[test]
     fn registered_secrets_are_masked_wherever_they_appear() {
