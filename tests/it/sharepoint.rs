@@ -572,3 +572,55 @@ async fn a_fragment_sent_again_is_answered_416_and_the_upload_catches_up() {
     assert!(fake.content("Backups/HA/twice.tar").unwrap() == bytes);
     assert_eq!(fake.bytes_received(), bytes.len() as u64);
 }
+
+#[tokio::test]
+async fn a_fragment_refused_401_opens_a_new_session_instead_of_failing() {
+    // The upload URL carries its own authorization (`tempauth`); when SharePoint stops taking
+    // it, a new access token cannot help, a new session does.
+    let backend = SharePointBackend::new().await;
+    let fake = &backend.fake;
+    let (mut h, inbox) = start(&backend, None).await;
+    let bytes = data(3 * CHUNK as usize + 5, 81);
+    std::fs::write(inbox.join("tempauth.tar"), &bytes).unwrap();
+    fake.upload_fault(2, UploadFault::Status(401));
+    let job = scan(&h).await;
+    let done = h.wait_state(job.id, JobState::Completed).await;
+    assert_never_a_false_backup(&h, &done, &bytes).await;
+    let starts = fake.fragments().iter().filter(|f| f.0 == 0).count();
+    assert_eq!(starts, 2, "a second session from byte 0");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_file_whose_blocks_are_swapped_is_not_taken_for_ours() {
+    // QuickXorHash XORs bytes into bit position 11·i mod 160: 160-byte blocks in another order
+    // hash alike. The committed-file check must not be fooled by that.
+    let fake = FakeGraph::start().await;
+    let dest = destination(&fake, "");
+    dest.prepare().await.unwrap();
+    let ours = data(4 * 160, 82);
+    let mut swapped = ours.clone();
+    swapped[..160].copy_from_slice(&ours[160..320]);
+    swapped[160..320].copy_from_slice(&ours[..160]);
+    assert_ne!(swapped, ours);
+    assert_eq!(
+        offsite::destinations::sharepoint::quick_xor_hash(&swapped),
+        offsite::destinations::sharepoint::quick_xor_hash(&ours),
+        "the premise: QuickXorHash cannot tell them apart"
+    );
+    fake.put_file("Backups/HA/swapped.tar", &swapped);
+    let stored = dest.stat("/Backups/HA/swapped.tar").await.unwrap().unwrap();
+    let source: offsite::transfer::ByteStream = Box::pin(std::io::Cursor::new(ours.clone()));
+    assert!(
+        !dest
+            .same_content(&stored, source, ours.len() as u64)
+            .await
+            .unwrap()
+    );
+    let source: offsite::transfer::ByteStream = Box::pin(std::io::Cursor::new(swapped.clone()));
+    assert!(
+        dest.same_content(&stored, source, swapped.len() as u64)
+            .await
+            .unwrap()
+    );
+}

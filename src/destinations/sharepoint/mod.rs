@@ -37,7 +37,6 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, RANGE, RETRY_AFT
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 pub use self::config::{
@@ -714,6 +713,12 @@ impl SharePointDestination {
         Ok(ids)
     }
 
+    /// Drops the resolved ids: the next call resolves site, library and folder again (and
+    /// creates the folder if it was removed).
+    async fn forget_ids(&self) {
+        *self.ids.lock().await = None;
+    }
+
     async fn resolve(&self) -> Result<Ids, TransferError> {
         #[derive(Deserialize)]
         struct Site {
@@ -971,8 +976,10 @@ impl SharePointDestination {
                 )));
             }
             404 => {
+                // The folder was removed (or moved): look it up again next time.
+                self.forget_ids().await;
                 return Err(TransferError::Temporary(format!(
-                    "{} (was the folder removed? it is looked up again at the next start)",
+                    "{} (was the folder removed? it is looked up again at the next attempt)",
                     self.failure(what, &reply)
                 )));
             }
@@ -1087,7 +1094,9 @@ impl SharePointDestination {
                 )),
                 Err(e) => e,
             },
-            404 | 410 => {
+            // The session is gone, or its URL's own authorization (`tempauth`) has run out: a
+            // new bearer token cannot help, a new session does.
+            401 | 404 | 410 => {
                 TransferError::SessionGone(self.failure("fragment upload", reply).to_string())
             }
             409 => self.conflict_error(&s.remote, reply),
@@ -1129,22 +1138,6 @@ impl SharePointDestination {
                 _ => return Err(self.failure(what, &reply)),
             }
         }
-    }
-
-    async fn hash_of(mut source: ByteStream) -> Result<(u64, String), TransferError> {
-        let mut hasher = QuickXorHash::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = source
-                .read(&mut buf)
-                .await
-                .map_err(|e| TransferError::Temporary(format!("reading failed: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok((hasher.len(), hasher.finalize()))
     }
 }
 
@@ -1219,12 +1212,13 @@ impl Destination for SharePointDestination {
         let mut files = Vec::new();
         for _ in 0..MAX_PAGES {
             let Some(page_url) = next.take() else { break };
-            let page: Page = self.get_json("listing", &page_url).await?.ok_or_else(|| {
-                TransferError::Temporary(format!(
-                    "SharePoint: the folder {} is gone",
+            let Some(page) = self.get_json::<Page>("listing", &page_url).await? else {
+                self.forget_ids().await;
+                return Err(TransferError::Temporary(format!(
+                    "SharePoint: the folder {} is gone; it is looked up again at the next attempt",
                     self.where_()
-                ))
-            })?;
+                )));
+            };
             files.extend(
                 page.value
                     .iter()
@@ -1511,7 +1505,9 @@ impl Destination for SharePointDestination {
         }
     }
 
-    /// Compares SharePoint's QuickXorHash with that of `source`: no download needed.
+    /// Reads the stored file back and compares its SHA-256 with that of `source`. Its
+    /// QuickXorHash is not enough to say "this is our file": it is an XOR of shifted bytes, so
+    /// blocks of 160 bytes in another order (two fragments swapped) hash alike.
     async fn same_content(
         &self,
         stored: &RemoteFile,
@@ -1521,20 +1517,12 @@ impl Destination for SharePointDestination {
         if stored.size != size {
             return Ok(false);
         }
-        match &stored.content_hash {
-            Some(theirs) => {
-                let (len, ours) = Self::hash_of(source).await?;
-                Ok(len == size && ours == *theirs)
-            }
-            None => {
-                let theirs = self.open_at(&stored.path, 0).await?;
-                let (a, b) = tokio::try_join!(
-                    crate::transfer::sha256_of(source),
-                    crate::transfer::sha256_of(theirs)
-                )?;
-                Ok(a.0 == size && b.0 == size && a.1 == b.1)
-            }
-        }
+        let theirs = self.open_at(&stored.path, 0).await?;
+        let (a, b) = tokio::try_join!(
+            crate::transfer::sha256_of(source),
+            crate::transfer::sha256_of(theirs)
+        )?;
+        Ok(a.0 == size && b.0 == size && a.1 == b.1)
     }
 }
 
