@@ -47,29 +47,42 @@ pub fn register_kept(secret: &str) {
 }
 
 fn remember(secret: &str, kept: bool) {
-    if secret.len() < MIN_LEN {
-        return;
+    if let Ok(mut all) = SECRETS.write() {
+        all.remember(secret, kept);
     }
-    let Ok(mut all) = SECRETS.write() else {
-        return;
-    };
-    if all.kept.iter().any(|s| s == secret) {
-        return;
-    }
-    if let Some(i) = all.made.iter().position(|s| s == secret) {
-        all.made.remove(i);
-    }
-    if kept {
-        all.kept.push(secret.to_string());
-    } else {
-        all.made.push_back(secret.to_string());
-        if all.made.len() > CAPACITY {
-            all.made.pop_front();
+}
+
+impl Registry {
+    fn remember(&mut self, secret: &str, kept: bool) {
+        if secret.len() < MIN_LEN || self.kept.iter().any(|s| s == secret) {
+            return;
         }
+        if let Some(i) = self.made.iter().position(|s| s == secret) {
+            self.made.remove(i);
+        }
+        if kept {
+            self.kept.push(secret.to_string());
+        } else {
+            self.made.push_back(secret.to_string());
+            if self.made.len() > CAPACITY {
+                self.made.pop_front();
+            }
+        }
+        let mut by_length: Vec<String> =
+            self.kept.iter().chain(self.made.iter()).cloned().collect();
+        by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.by_length = by_length;
     }
-    let mut by_length: Vec<String> = all.kept.iter().chain(all.made.iter()).cloned().collect();
-    by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    all.by_length = by_length;
+
+    fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for secret in self.by_length.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+        out
+    }
 }
 
 /// URL query parameters that are capabilities by themselves, masked wherever they appear even
@@ -80,14 +93,10 @@ const CAPABILITY_PARAMS: &[&str] = &["tempauth="];
 /// `text` with every registered secret, and the value of every capability parameter, replaced
 /// by `***`.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let mut out = Cow::Borrowed(text);
-    if let Ok(all) = SECRETS.read() {
-        for secret in all.by_length.iter() {
-            if out.contains(secret.as_str()) {
-                out = Cow::Owned(out.replace(secret.as_str(), MASK));
-            }
-        }
-    }
+    let mut out = match SECRETS.read() {
+        Ok(all) => all.mask(text),
+        Err(_) => Cow::Borrowed(text),
+    };
     for param in CAPABILITY_PARAMS {
         if out.contains(param) {
             out = Cow::Owned(mask_param(&out, param));
@@ -209,23 +218,35 @@ mod tests {
 
     #[test]
     fn configured_secrets_outlive_any_number_of_short_lived_ones() {
-        let configured: Secret =
-            serde_json::from_str("\"configured-client-secret-for-test\"").unwrap();
-        let early = Secret::new("early-token-made-again-later-0001");
+        // A registry of its own: flooding the process-wide one would push out what other
+        // tests registered.
+        let mut reg = Registry::default();
+        reg.remember("configured-client-secret-for-test", true);
+        reg.remember("early-token-made-again-later-0001", false);
         for i in 0..(2 * CAPACITY) {
-            Secret::new(format!("hourly-access-token-for-test-{i:05}"));
+            reg.remember(&format!("hourly-access-token-for-test-{i:05}"), false);
             if i == CAPACITY + CAPACITY / 2 {
                 // Made again: counts as new, so it is not the first to go.
-                Secret::new(early.expose());
+                reg.remember("early-token-made-again-later-0001", false);
             }
         }
-        let text = format!("{} {}", configured.expose(), early.expose());
-        assert_eq!(redact(&text), "*** ***");
         assert_eq!(
-            redact("hourly-access-token-for-test-00000"),
+            reg.mask("configured-client-secret-for-test early-token-made-again-later-0001"),
+            "*** ***"
+        );
+        assert_eq!(
+            reg.mask("hourly-access-token-for-test-00000"),
             "hourly-access-token-for-test-00000",
             "the oldest short-lived ones make room"
         );
+        assert_eq!(reg.made.len(), CAPACITY);
+    }
+
+    #[test]
+    fn a_deserialized_secret_is_kept() {
+        let s: Secret = serde_json::from_str("\"configured-secret-for-kept-test\"").unwrap();
+        let all = SECRETS.read().unwrap();
+        assert!(all.kept.iter().any(|k| k == s.expose()));
     }
 
     #[test]
