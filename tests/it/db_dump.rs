@@ -3,7 +3,9 @@
 //! checks fail fast without an upload; pg_dump missing, too old or dying midway; upload
 //! failures until the retries are spent; wrong credentials; the outcome lines in both log
 //! formats and on syslog; the schedule across daylight saving and a restart; the FR's
-//! environment variables.
+//! environment variables; to the SharePoint destination (the Microsoft Graph fake) through
+//! the real binary, configured by the environment alone, and killed with `kill -9`
+//! mid-upload.
 
 use std::{
     io::Write,
@@ -872,4 +874,335 @@ async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
         std::fs::read(external.join(&uploaded[0])).unwrap(),
         std::fs::read(dest.join(&uploaded[0])).unwrap()
     );
+}
+
+// ------------------------------------------------------------------ to SharePoint
+
+/// A table that makes the dump a few MiB.
+const FILLER: &str = "CREATE TABLE filler AS SELECT i, md5(i::text) AS h, \
+     repeat(md5((i * 7)::text), 6) AS pad FROM generate_series(1, 30000) i;";
+
+/// What `pg_dump --format=plain` of `db` writes, run here with PostgreSQL 15's own pg_dump
+/// (the one offsite picks for a 15 server): the dump offsite must have stored, byte for byte
+/// but for the random key of its `\restrict` / `\unrestrict` lines (pg_dump 15.14 and later
+/// draw a new one each run).
+fn own_dump(pg: &Postgres, db: &str) -> Vec<u8> {
+    let out = Command::new(Postgres::bin().join("pg_dump"))
+        .args(["--format=plain", "--no-password", "-h"])
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.port.to_string(), "-U", "postgres", "-d", db])
+        .env("PGPASSWORD", &pg.password)
+        .env_remove("PGPASSFILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `dump` with the key of its `\restrict` / `\unrestrict` lines blanked.
+fn without_restrict_keys(dump: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dump.len());
+    for line in dump.split_inclusive(|b| *b == b'\n') {
+        match [&b"\\restrict "[..], &b"\\unrestrict "[..]]
+            .into_iter()
+            .find(|p| line.starts_with(p))
+        {
+            Some(p) => {
+                out.extend_from_slice(p);
+                out.extend_from_slice(b"KEY\n");
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+/// Polls the worker's store until the schedule `name` is there (the worker syncs it at start).
+async fn wait_schedule(store: &offsite::queue::Store, name: &str, log: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !store
+        .schedules()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.def.name == name)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no schedule {name}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the store until a db_dump job exists and `pred` holds for it.
+async fn wait_dump_job(
+    store: &offsite::queue::Store,
+    log: &Path,
+    what: &str,
+    pred: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let jobs = store
+            .list_jobs(&JobFilter::default(), 10, None)
+            .await
+            .unwrap();
+        if let Some(j) = jobs.into_iter().find(|j| j.kind == "db_dump" && pred(j)) {
+            return j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn db_dump_to_sharepoint_via_the_backup_environment_variables() {
+    use crate::support::graph::{CLIENT_ID, CLIENT_SECRET, FakeGraph, TENANT_ID, quick_xor_hash};
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE shop");
+    pg.sql("shop", SCHEMA);
+    let fake = FakeGraph::start().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    let _drive = Tmpfs::mount(&external, "64m").unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let log = dir.path().join("log");
+    // No configuration file: the FR's variables, PG* for the connection, and the two
+    // OFFSITE_* overrides that point the sign-in and Graph at the fake.
+    let port = pg.port.to_string();
+    let external_s = external.display().to_string();
+    let data_s = data_dir.display().to_string();
+    let site = fake.site();
+    let login = fake.login_url();
+    let graph = fake.graph_url();
+    let socket = pg.socket_dir().display().to_string();
+    let vars: Vec<(&str, &str)> = vec![
+        ("BACKUP_SCHEDULE_DAYS", "Mon,Tue,Wed,Thu,Fri,Sat,Sun"),
+        ("BACKUP_SCHEDULE_TIME", "02:15"),
+        ("BACKUP_TIMEZONE", "Europe/Berlin"),
+        ("BACKUP_EXTERNAL_PATH", &external_s),
+        ("BACKUP_SHAREPOINT_SITE", &site),
+        ("BACKUP_SHAREPOINT_LIBRARY", "Documents"),
+        ("BACKUP_SHAREPOINT_FOLDER", "Backups/db"),
+        ("BACKUP_SHAREPOINT_TENANT_ID", TENANT_ID),
+        ("BACKUP_SHAREPOINT_CLIENT_ID", CLIENT_ID),
+        ("BACKUP_SHAREPOINT_CLIENT_SECRET", CLIENT_SECRET),
+        ("PGHOST", &socket),
+        ("PGPORT", &port),
+        ("PGUSER", "postgres"),
+        ("PGPASSWORD", &pg.password),
+        ("PGDATABASE", "shop"),
+        ("OFFSITE_DATA_DIR", &data_s),
+        ("OFFSITE_API__ENABLED", "false"),
+        ("OFFSITE_LOG__LEVEL", "debug"),
+        ("OFFSITE_DESTINATIONS__SHAREPOINT__LOGIN_URL", &login),
+        ("OFFSITE_DESTINATIONS__SHAREPOINT__GRAPH_URL", &graph),
+    ];
+    let command = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.current_dir(dir.path())
+            .args(args)
+            .env_remove("OFFSITE_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSFILE");
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+        c
+    };
+    let log_file = std::fs::File::create(&log).unwrap();
+    let worker = command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let store = offsite::queue::Store::open(&data_dir.join("offsite.db"))
+        .await
+        .unwrap();
+    wait_schedule(&store, "db_dump.backup", &log).await;
+
+    // Run now, as an operator would.
+    let out = command(&["schedules", "run", "db_dump.backup"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = wait_dump_job(&store, &log, "no db_dump job", |_| true).await;
+    let job = wait_for(&store, job.id, |j| {
+        matches!(j.state, JobState::Completed | JobState::Discarded)
+    })
+    .await;
+    crate::snapshots::stop(worker);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(job.state, JobState::Completed, "{text}");
+
+    // In the library's folder: the dump, byte for byte, with Graph's hash of it.
+    let names = fake.names_in("Backups/db");
+    assert_eq!(names.len(), 1, "{names:?}");
+    let re = regex::Regex::new(r"_\d{4}-\d\d-\d\d_\d\d-\d\d\.sql$").unwrap();
+    assert!(re.is_match(&names[0]), "{}", names[0]);
+    let path = format!("Backups/db/{}", names[0]);
+    let stored = fake.content(&path).unwrap();
+    assert!(
+        without_restrict_keys(&stored) == without_restrict_keys(&own_dump(&pg, "shop")),
+        "the dump's exact bytes"
+    );
+    assert!(stored.starts_with(b"--\n-- PostgreSQL database dump\n"));
+    // And it restores to equal data.
+    let restored_from = dir.path().join("restore.sql");
+    std::fs::write(&restored_from, &stored).unwrap();
+    pg.sql("postgres", "CREATE DATABASE restored");
+    pg.restore("restored", &restored_from);
+    assert_eq!(pg.sql("restored", CHECK), pg.sql("shop", CHECK));
+    let item = fake.item(&path).unwrap();
+    assert_eq!(item.size, stored.len() as u64);
+    assert_eq!(item.quick_xor_hash, quick_xor_hash(&stored));
+    assert_eq!(fake.open_sessions(), 0);
+    assert_eq!(files_in(&external), Vec::<String>::new(), "removed locally");
+
+    assert!(text.contains("backup uploaded"), "{text}");
+    assert!(
+        !text.contains(CLIENT_SECRET),
+        "the client secret is logged:\n{text}"
+    );
+    assert!(
+        !text.contains(&pg.password),
+        "the password is logged:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_ranges() {
+    use crate::support::graph::{CLIENT_SECRET, FRAGMENT, FakeGraph, quick_xor_hash};
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE shop");
+    pg.sql("shop", SCHEMA);
+    pg.sql("shop", FILLER);
+    let fake = FakeGraph::start().await;
+    // chunk_mib = 1, the smallest allowed: 1 MiB rounded up to Graph's 320 KiB rule.
+    let fragment = 4 * FRAGMENT;
+
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    let _drive = Tmpfs::mount(&external, "64m").unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let cfg = dir.path().join("offsite.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[api]\nenabled = false\n[engine]\nlease = \"10m\"\n\
+             [destinations.sp]\n{}throttle_bytes_per_sec = {fragment}\n\
+             [databases.shop]\n{}days = [\"Mon\", \"Tue\", \"Wed\", \"Thu\", \"Fri\", \"Sat\", \"Sun\"]\n\
+             time = \"02:15\"\ntimezone = \"Europe/Berlin\"\nexternal_path = \"{}\"\n\
+             destination = \"sp\"\n",
+            data_dir.display(),
+            crate::sharepoint::toml(&fake, 1),
+            pg.connection_toml("shop"),
+            external.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut worker = crate::snapshots::spawn(&cfg, &log);
+    let store = offsite::queue::Store::open(&data_dir.join("offsite.db"))
+        .await
+        .unwrap();
+    wait_schedule(&store, "db_dump.shop", &log).await;
+    let out = Command::new(bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "schedules",
+            "run",
+            "db_dump.shop",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = wait_dump_job(&store, &log, "the upload never got going", |j| {
+        crate::conformance::acknowledged(j) >= 2 * fragment
+    })
+    .await;
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let at_kill = crate::conformance::acknowledged(&store.job(job.id).await.unwrap().unwrap());
+    assert!(at_kill >= 2 * fragment, "killed mid-way");
+
+    // The dump stays on the drive for the retry: it is what must arrive.
+    let kept = files_in(&external);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let dump = std::fs::read(external.join(&kept[0])).unwrap();
+    assert!(
+        dump.len() as u64 > at_kill + fragment,
+        "a dump of a few MiB: {}",
+        dump.len()
+    );
+    assert!(fake.open_sessions() >= 1, "the session outlives the worker");
+
+    let worker = crate::snapshots::spawn(&cfg, &log);
+    let done = wait_dump_job(&store, &log, "the upload did not complete", |j| {
+        j.id == job.id && j.state == JobState::Completed
+    })
+    .await;
+    crate::snapshots::stop(worker);
+    let text = std::fs::read_to_string(&log).unwrap();
+
+    let path = format!("Backups/HA/{}", kept[0]);
+    let stored = fake.content(&path).expect("the item");
+    assert!(stored == dump, "byte-identical to the dump");
+    assert_eq!(
+        fake.item(&path).unwrap().quick_xor_hash,
+        quick_xor_hash(&dump)
+    );
+    let resent = fake.bytes_received() - dump.len() as u64;
+    assert!(
+        resent <= fragment,
+        "resent {resent} bytes, more than one fragment (acknowledged {at_kill}); log:\n{text}"
+    );
+    let starts: Vec<u64> = fake.fragments().iter().map(|f| f.0).collect();
+    assert_eq!(
+        starts.iter().filter(|s| **s == 0).count(),
+        1,
+        "resumed from the session's ranges, not started over: {starts:?}"
+    );
+    assert_eq!(
+        store.attempts(done.id).await.unwrap().len(),
+        2,
+        "killed once, resumed once"
+    );
+    assert_eq!(fake.open_sessions(), 0);
+    assert_eq!(
+        files_in(&external),
+        Vec::<String>::new(),
+        "removed at the end"
+    );
+    assert!(text.contains("backup uploaded"), "{text}");
+    assert!(!text.contains(CLIENT_SECRET), "{text}");
 }
