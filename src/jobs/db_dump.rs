@@ -272,7 +272,11 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
         // another job left (a kept dump of the same minute) is replaced by a fresh dump.
         if !(resumed && spool.is_complete().await) {
             let started = Instant::now();
-            match dump(db, &args.database, &spool).await {
+            let alive = {
+                let ctx = ctx.clone();
+                std::sync::Arc::new(move || ctx.touch())
+            };
+            match dump(db, &args.database, &spool, alive).await {
                 Ok(size) => {
                     outcome(
                         Outcome::Dumped,

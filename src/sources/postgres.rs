@@ -471,7 +471,14 @@ impl std::fmt::Display for DumpError {
 /// Checks the external path, finds the right pg_dump, and spools its output there. Returns
 /// the dump's size. Nothing is written before the path passed its checks; a pg_dump that fails
 /// leaves no file.
-pub async fn dump(db: &DatabaseConfig, section: &str, spool: &Spool) -> Result<u64, DumpError> {
+/// `alive` is called whenever pg_dump's output moves: a dump that takes an hour is not a stall,
+/// a pg_dump that stops writing (stuck behind a lock) still is.
+pub async fn dump(
+    db: &DatabaseConfig,
+    section: &str,
+    spool: &Spool,
+    alive: Alive,
+) -> Result<u64, DumpError> {
     check_external(&db.external_path, db.require_mount).await?;
     remove_partials(&db.external_path, &db.database_name(section)).await;
     let env = db
@@ -498,6 +505,7 @@ pub async fn dump(db: &DatabaseConfig, section: &str, spool: &Spool) -> Result<u
     let stderr = child.stderr.take().expect("piped");
     let errors = tokio::spawn(read_tail(stderr));
     let reader = DumpOutput {
+        alive,
         stdout,
         exit: Some(Box::pin(async move { child.wait().await })),
         errors: Some(errors),
@@ -538,12 +546,16 @@ async fn read_tail(mut stderr: tokio::process::ChildStderr) -> String {
     crate::redact::redact(String::from_utf8_lossy(&all).trim()).into_owned()
 }
 
+/// Called as a long step makes progress.
+pub type Alive = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 type ExitFuture = Pin<Box<dyn Future<Output = std::io::Result<std::process::ExitStatus>> + Send>>;
 type TailFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// pg_dump's stdout whose end is an end only when pg_dump exited 0: otherwise the reader
 /// fails, so the spool is never completed from a dump that broke off.
 struct DumpOutput {
+    alive: Alive,
     stdout: tokio::process::ChildStdout,
     exit: Option<ExitFuture>,
     errors: Option<tokio::task::JoinHandle<String>>,
@@ -560,7 +572,10 @@ impl AsyncRead for DumpOutput {
         if this.exit.is_some() {
             let before = buf.filled().len();
             match Pin::new(&mut this.stdout).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    (this.alive)();
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(Ok(())) => {}
                 other => return other,
             }
@@ -892,6 +907,52 @@ pub async fn choose_pg_dump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child's output as `dump` reads it: `alive` moves with every read.
+    fn output_of(script: &str, alive: Alive) -> DumpOutput {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let errors = tokio::spawn(read_tail(child.stderr.take().unwrap()));
+        DumpOutput {
+            alive,
+            stdout,
+            exit: Some(Box::pin(async move { child.wait().await })),
+            errors: Some(errors),
+            waiting: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_dump_reports_that_it_is_alive_as_its_output_moves() {
+        use tokio::io::AsyncReadExt;
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let alive: Alive = std::sync::Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut out = output_of("for i in 1 2 3; do echo line $i; done", alive);
+        let mut all = String::new();
+        out.read_to_string(&mut all).await.unwrap();
+        assert!(all.contains("line 3"), "{all}");
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        // A dump that broke off is an error, and no progress was invented for it.
+        let quiet = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = quiet.clone();
+        let alive: Alive = std::sync::Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut out = output_of("echo broken >&2; exit 3", alive);
+        let mut all = Vec::new();
+        let e = out.read_to_end(&mut all).await.unwrap_err();
+        assert!(e.to_string().contains("status 3"), "{e}");
+        assert_eq!(quiet.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn versions_compare_across_the_numbering_change() {
