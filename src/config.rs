@@ -1005,11 +1005,7 @@ impl Config {
     pub fn timezone(&self) -> String {
         self.timezone
             .clone()
-            .or_else(|| {
-                iana_time_zone::get_timezone()
-                    .ok()
-                    .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
-            })
+            .or_else(|| system_timezone(std::env::var("TZ").ok().as_deref()))
             .unwrap_or_else(|| "UTC".into())
     }
 
@@ -1023,8 +1019,34 @@ impl Config {
     }
 }
 
+/// The server's local zone: `TZ` first (the Supervisor sets it for every add-on, while the
+/// image's `/etc/localtime` says UTC), then what the system is set to. Only names chrono-tz
+/// knows count.
+fn system_timezone(tz_env: Option<&str>) -> Option<String> {
+    let known = |tz: &str| tz.parse::<chrono_tz::Tz>().is_ok();
+    tz_env
+        .map(|tz| tz.trim_start_matches(':').to_string())
+        .filter(|tz| known(tz))
+        .or_else(|| iana_time_zone::get_timezone().ok().filter(|tz| known(tz)))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_local_zone_is_read_from_tz_first() {
+        assert_eq!(
+            super::system_timezone(Some("Europe/Berlin")).as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(
+            super::system_timezone(Some(":America/New_York")).as_deref(),
+            Some("America/New_York")
+        );
+        // A POSIX rule or nonsense falls back to the system's setting, never to the bad name.
+        let fallback = super::system_timezone(None);
+        assert_eq!(super::system_timezone(Some("CET-1CEST")), fallback);
+        assert_eq!(super::system_timezone(Some("Not/AZone")), fallback);
+    }
     use super::*;
 
     fn no_env() -> Env {
