@@ -389,13 +389,20 @@ impl DbDumpWorker {
             },
         )
         .await?;
-        ctx.progress(Progress {
-            done: copied.size,
-            total: Some(copied.size),
-            unit: "bytes",
-            message: None,
-        })
-        .await
+        // The dump is stored: a store hiccup reporting the last progress must not turn that
+        // into "upload failed" (and a removed local file).
+        if let Err(e) = ctx
+            .progress(Progress {
+                done: copied.size,
+                total: Some(copied.size),
+                unit: "bytes",
+                message: None,
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "could not record the final progress");
+        }
+        Ok(())
     }
 
     /// Removes the dump after the upload's final outcome. With `keep_last_local` a successful
