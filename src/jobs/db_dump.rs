@@ -319,7 +319,8 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
                     started.elapsed(),
                     None,
                 );
-                self.cleanup(db, &args.database, &name, true).await;
+                self.cleanup(db, &args.database, &name, Some(ctx.store()))
+                    .await;
             }
             Err(e) if will_retry(&ctx, e) => {
                 outcome(
@@ -340,7 +341,7 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
                     started.elapsed(),
                     Some(&e.into()),
                 );
-                self.cleanup(db, &args.database, &name, false).await;
+                self.cleanup(db, &args.database, &name, None).await;
             }
         }
         result
@@ -352,7 +353,7 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
             return;
         };
         if let Some(name) = earlier_dump(checkpoint) {
-            self.cleanup(db, &args.database, &name, false).await;
+            self.cleanup(db, &args.database, &name, None).await;
         }
         remove_partials(&db.external_path, &db.database_name(&args.database)).await;
     }
@@ -406,16 +407,41 @@ impl DbDumpWorker {
     }
 
     /// Removes the dump after the upload's final outcome. With `keep_last_local` a successful
-    /// one stays and the older ones of this database go instead. A failure is logged only.
-    async fn cleanup(&self, db: &DatabaseConfig, section: &str, name: &str, uploaded: bool) {
+    /// one (`uploaded`: the store, to ask) stays and the older ones of this database go
+    /// instead — except those another unfinished job still has to upload. A failure is logged
+    /// only.
+    async fn cleanup(
+        &self,
+        db: &DatabaseConfig,
+        section: &str,
+        name: &str,
+        uploaded: Option<&crate::queue::Store>,
+    ) {
         let dir = &db.external_path;
         let mut doomed = Vec::new();
-        if db.keep_last_local && uploaded {
+        if db.keep_last_local
+            && let Some(store) = uploaded
+        {
+            let pending: std::collections::HashSet<String> = match store
+                .checkpoints(DbDumpArgs::KIND, false)
+                .await
+            {
+                Ok(cps) => cps
+                    .into_iter()
+                    .filter_map(|c| earlier_dump(Some(c)))
+                    .collect(),
+                Err(e) => {
+                    // Not knowing which dumps are still owed, remove none.
+                    tracing::warn!(error = %e, "cannot tell which dumps are still to upload; keeping the older ones");
+                    return;
+                }
+            };
             let prefix = dump_prefix(&db.database_name(section));
             if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
                 while let Ok(Some(e)) = entries.next_entry().await {
                     let n = e.file_name().to_string_lossy().into_owned();
                     if n != name
+                        && !pending.contains(&n)
                         && n.starts_with(&prefix)
                         && n.ends_with(".sql")
                         && n.len() == prefix.len() + STAMP_LEN

@@ -860,10 +860,40 @@ async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
         ),
     );
     let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    // A dump another job still has to upload (it waits for its retry): not an older one to
+    // throw away.
+    let owed = "postgres_2026-01-06_02-15.sql";
+    std::fs::write(external.join(owed), b"-- still to upload").unwrap();
+    let waiting = h
+        .store()
+        .enqueue(&offsite::queue::store::NewJob {
+            kind: "db_dump".into(),
+            queue: "uploads".into(),
+            args: r#"{"database":"app"}"#.into(),
+            priority: 2,
+            max_attempts: 6,
+            scheduled_at: Some(now_ms() + 3_600_000),
+            idempotency_key: None,
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .job;
+    let mut db = crate::trust::raw(&h.running().state.config.database_path()).await;
+    sqlx::query("update jobs set checkpoint = ?1 where id = ?2")
+        .bind(format!(r#"{{"dump":"{owed}"}}"#))
+        .bind(waiting.id)
+        .execute(&mut db)
+        .await
+        .unwrap();
     assert_eq!(run_dump(&h, "app").await.state, JobState::Completed);
     let uploaded = files_in(&dest);
     assert_eq!(uploaded.len(), 1, "{uploaded:?}");
-    let mut want = vec!["notes.txt".to_string(), uploaded[0].clone()];
+    let mut want = vec![
+        "notes.txt".to_string(),
+        owed.to_string(),
+        uploaded[0].clone(),
+    ];
     want.sort();
     assert_eq!(
         files_in(&external),
