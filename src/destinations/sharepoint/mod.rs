@@ -1505,25 +1505,9 @@ impl Destination for SharePointDestination {
         }
     }
 
-    /// Reads the stored file back and compares its SHA-256 with that of `source`. Its
-    /// QuickXorHash is not enough to say "this is our file": it is an XOR of shifted bytes, so
-    /// blocks of 160 bytes in another order (two fragments swapped) hash alike.
-    async fn same_content(
-        &self,
-        stored: &RemoteFile,
-        source: ByteStream,
-        size: u64,
-    ) -> Result<bool, TransferError> {
-        if stored.size != size {
-            return Ok(false);
-        }
-        let theirs = self.open_at(&stored.path, 0).await?;
-        let (a, b) = tokio::try_join!(
-            crate::transfer::sha256_of(source),
-            crate::transfer::sha256_of(theirs)
-        )?;
-        Ok(a.0 == size && b.0 == size && a.1 == b.1)
-    }
+    // `same_content` is the trait's: read back and compare SHA-256. SharePoint's QuickXorHash is
+    // not enough to say "this is our file": it is an XOR of shifted bytes, so blocks of 160
+    // bytes in another order (two fragments swapped) hash alike.
 }
 
 #[cfg(test)]
