@@ -998,21 +998,23 @@ impl SharePointDestination {
         Ok(url.expose().to_string())
     }
 
+    /// One call to an upload session's own URL (no Authorization: the URL is the credential).
+    async fn session_call(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, TransferError> {
+        async { read_reply(request.timeout(CALL_TIMEOUT).send().await?).await }
+            .await
+            .map_err(|e| self.transport_error(what, e))
+    }
+
     /// Where the session wants bytes next (GET uploadUrl, no Authorization).
     async fn session_position(&self, s: &UploadSession) -> Result<u64, TransferError> {
         let what = "upload session status";
-        let reply = async {
-            read_reply(
-                self.http
-                    .get(&s.upload_url)
-                    .timeout(CALL_TIMEOUT)
-                    .send()
-                    .await?,
-            )
-            .await
-        }
-        .await
-        .map_err(|e| self.transport_error(what, e))?;
+        let reply = self
+            .session_call(what, self.http.get(&s.upload_url))
+            .await?;
         match reply.status.as_u16() {
             200 => next_expected(&reply.body).ok_or_else(|| {
                 TransferError::SessionGone(format!(
@@ -1475,18 +1477,9 @@ impl Destination for SharePointDestination {
             return Ok(());
         }
         let what = "upload session cancel";
-        let reply = async {
-            read_reply(
-                self.http
-                    .delete(&s.upload_url)
-                    .timeout(CALL_TIMEOUT)
-                    .send()
-                    .await?,
-            )
-            .await
-        }
-        .await
-        .map_err(|e| self.transport_error(what, e))?;
+        let reply = self
+            .session_call(what, self.http.delete(&s.upload_url))
+            .await?;
         if reply.status.is_success() || matches!(reply.status.as_u16(), 404 | 410) {
             return Ok(());
         }
