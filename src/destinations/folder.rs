@@ -397,10 +397,11 @@ impl Destination for LocalFolder {
     ) -> Result<(), TransferError> {
         let FolderSession { temp } = session.get()?;
         let reading = self.reading(&temp);
+        let path = temp.clone();
         let appended =
-            blocking(move || append_blocking(&temp, offset, &chunk, reading.as_deref())).await;
+            blocking(move || append_blocking(&path, offset, &chunk, reading.as_deref())).await;
         if matches!(appended, Err(TransferError::SessionGone(_))) {
-            self.stop_reading(&session.get::<FolderSession>()?.temp);
+            self.stop_reading(&temp);
         }
         appended
     }

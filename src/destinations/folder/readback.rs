@@ -9,10 +9,10 @@
 //! Each of our writes is bracketed by `fstat`s: the file must look exactly as we left it before
 //! we write again (inode, length, mtime and ctime to the nanosecond), and once more after the
 //! read-back ends. That proof needs a file system whose timestamps change on every write seen
-//! after a `stat` (Linux's fine-grained "multigrain" timestamps, ext4/xfs/btrfs/tmpfs since
-//! 6.13); [`fine_grained_times`] tests that on the file itself, and where it fails (NFS,
-//! SMB, older kernels) or anything differs, the whole file is read back after the last chunk
-//! as before.
+//! after a `stat` (Linux's fine-grained "multigrain" timestamps, since 6.13; seen on ext4 and
+//! tmpfs); [`fine_grained_times`] tests that on the file itself, and where it fails (expected
+//! on NFS, SMB, older kernels) or anything differs, the whole file is read back after the last
+//! chunk as before.
 
 use std::{
     fs::File,
@@ -59,7 +59,6 @@ pub(crate) fn fine_grained_times(file: &File) -> std::io::Result<bool> {
     Ok(moved)
 }
 
-#[derive(Default)]
 struct State {
     /// Bytes written, synced and free to read back.
     ready: u64,
@@ -67,7 +66,7 @@ struct State {
     hashed: u64,
     sha: Sha256State,
     /// The file after our last write.
-    stamp: Option<Stamp>,
+    stamp: Stamp,
     /// Something other than us changed the file, or reading it failed: the early read-back
     /// proves nothing.
     spoiled: Option<String>,
@@ -86,8 +85,11 @@ impl ReadBack {
         let shared = Arc::new((
             Mutex::new(State {
                 ready,
-                stamp: Some(stamp),
-                ..State::default()
+                hashed: 0,
+                sha: Sha256State::new(),
+                stamp,
+                spoiled: None,
+                closed: false,
             }),
             Condvar::new(),
         ));
@@ -115,7 +117,7 @@ impl ReadBack {
     /// Before our next write: the file must be as our last write left it.
     pub(crate) fn check(&self, now: Stamp) {
         let mut st = self.lock();
-        if st.stamp != Some(now) && st.spoiled.is_none() {
+        if st.stamp != now && st.spoiled.is_none() {
             st.spoiled = Some("the partial file changed between our writes".into());
         }
     }
@@ -125,7 +127,7 @@ impl ReadBack {
     pub(crate) fn written(&self, ready: u64, stamp: Stamp) {
         let mut st = self.lock();
         st.ready = ready;
-        st.stamp = Some(stamp);
+        st.stamp = stamp;
         self.shared.1.notify_all();
     }
 
@@ -144,7 +146,7 @@ impl ReadBack {
             (st.sha.clone(), st.stamp)
         };
         let now = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
-        (now.is_some() && now == stamp).then(|| sha.hex())
+        (now == Some(stamp)).then(|| sha.hex())
     }
 }
 
@@ -213,6 +215,15 @@ mod tests {
         Stamp::of(&std::fs::metadata(path).unwrap())
     }
 
+    /// An empty partial file in a temp dir, with its read-back started.
+    fn empty_part() -> (tempfile::TempDir, PathBuf, ReadBack) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        File::create(&path).unwrap();
+        let back = ReadBack::start(path.clone(), 0, stamp(&path));
+        (dir, path, back)
+    }
+
     fn write(path: &Path, at: u64, bytes: &[u8]) -> Stamp {
         let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         f.write_at(bytes, at).unwrap();
@@ -243,10 +254,7 @@ mod tests {
 
     #[test]
     fn reads_back_what_was_written_as_it_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        File::create(&path).unwrap();
-        let back = ReadBack::start(path.clone(), 0, stamp(&path));
+        let (_dir, path, back) = empty_part();
         let mut all = Vec::new();
         for i in 0..5u8 {
             let chunk = vec![i; 300_000];
@@ -263,10 +271,7 @@ mod tests {
 
     #[test]
     fn a_change_between_our_writes_spoils_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        File::create(&path).unwrap();
-        let back = ReadBack::start(path.clone(), 0, stamp(&path));
+        let (_dir, path, back) = empty_part();
         let s = write(&path, 0, &[1u8; 4096]);
         back.written(4096, s);
         // Someone else rewrites a byte that may already have been read back.
@@ -279,10 +284,7 @@ mod tests {
 
     #[test]
     fn a_change_after_our_last_write_spoils_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        File::create(&path).unwrap();
-        let back = ReadBack::start(path.clone(), 0, stamp(&path));
+        let (_dir, path, back) = empty_part();
         let s = write(&path, 0, &[1u8; 4096]);
         back.written(4096, s);
         // Same length, other bytes: only the timestamps can tell.
