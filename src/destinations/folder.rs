@@ -127,8 +127,8 @@ fn append_blocking(
     }
     let len = meta.len();
     if len != offset {
-        // Resume already cut the file back to our offset: anything else means another
-        // writer or a torn write. Never trust those bytes; start over.
+        // Resume counted every byte in the file: anything else means another writer. Never
+        // trust those bytes; start over.
         return Err(TransferError::SessionGone(format!(
             "{} has {len} bytes where {offset} were acknowledged",
             temp.display()
@@ -350,8 +350,13 @@ impl Destination for LocalFolder {
         Ok(Session::new(&FolderSession { temp }))
     }
 
-    /// Cuts the temporary file back to `ours`: bytes past the checkpoint were never
-    /// acknowledged and are not trusted. A file shorter than that is gone for our purpose.
+    /// The temporary file's length: every byte in it is one we wrote, in order, from the
+    /// source (the copy loop saves a chunk's checkpoint while the next is written, so a crash
+    /// can leave up to two chunks past `ours`). The copy loop reads the source over them
+    /// instead of writing them again, and the read-back, started again from byte 0, proves
+    /// them with the rest before the file is renamed into place (a torn tail after a power
+    /// loss fails that check and the upload starts over). A file shorter than `ours` is gone
+    /// for our purpose.
     async fn position(&self, session: &mut Session, ours: u64) -> Result<u64, TransferError> {
         let FolderSession { temp } = session.get()?;
         let this = self.clone();
@@ -376,15 +381,11 @@ impl Destination for LocalFolder {
                     temp.display()
                 )));
             }
-            file.set_len(ours)
-                .map_err(|e| io_err("cannot truncate", &temp, e))?;
-            file.sync_all()
-                .map_err(|e| io_err("cannot sync", &temp, e))?;
-            // What the last process read back is gone with it: the prefix is read again,
+            // What the last process read back is gone with it: the file is read again,
             // beside the rest of the upload.
-            this.start_reading(&temp, &file, ours)
+            this.start_reading(&temp, &file, len)
                 .map_err(|e| io_err("cannot stat", &temp, e))?;
-            Ok(ours)
+            Ok(len)
         })
         .await
     }

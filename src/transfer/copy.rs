@@ -3,10 +3,11 @@
 //! kind that moves bytes calls [`copy`]; what differs between destinations lives behind
 //! [`Destination`], what differs between producers behind [`ByteSource`].
 //!
-//! - One chunk in flight while the next is read and the sent one hashed: the read does not
-//!   wait for the send.
-//! - A destination further along than the checkpoint (it took a chunk whose answer never came)
-//!   is caught up to, not restarted; a session that is gone starts over, once per attempt,
+//! - One chunk in flight while the next is read, the sent one hashed and the previous one's
+//!   checkpoint committed: neither the read nor the checkpoint's fsync waits for the send.
+//! - A destination further along than the checkpoint (it took a chunk whose answer never came,
+//!   or the process died while that chunk's checkpoint was being saved) is caught up to, not
+//!   restarted; a session that is gone starts over, once per attempt,
 //!   after checking whether the destination already has the file.
 //! - The SHA-256 of every byte read from the source is carried in the checkpoint, so the
 //!   transfer ends with the hash of the whole file even across restarts, and the destination is
@@ -159,6 +160,13 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
         };
         let chunk = cp.chunk as usize;
         let mut current = reader.read(chunk).await?;
+        // The checkpoint of the chunk just acknowledged, committed while the next one is sent:
+        // its fsync no longer waits for the destination's, nor the destination's for it. A
+        // crash then leaves the destination further along than the checkpoint says (by the
+        // chunk whose checkpoint was being saved, and what it took of the one in flight);
+        // the resume asks it where it is and catches up, sending nothing twice but the
+        // unfinished chunk.
+        let mut saving: Option<CopyCheckpoint> = None;
         loop {
             let offset = cp.dst_offset;
             let end = offset + current.len() as u64;
@@ -170,7 +178,10 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
             // Paced before it is sent: a stop during the wait loses nothing.
             tokio::select! {
                 _ = dest.pace(current.len() as u64) => {}
-                _ = ctx.stopping() => return Err(JobError::Interrupted),
+                _ = ctx.stopping() => {
+                    save(ctx, saving.take()).await?;
+                    return Err(JobError::Interrupted);
+                }
             }
             let before = cp.sha256.clone();
             let hashing = {
@@ -191,27 +202,38 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     size: total,
                     sha256: &hex,
                 };
-                let stored = dest
-                    .finish(&mut session, offset, current.clone(), &job.remote, &sent)
-                    .await;
+                let (stored, saved) = tokio::join!(
+                    dest.finish(&mut session, offset, current.clone(), &job.remote, &sent),
+                    save(ctx, saving.take())
+                );
                 drop(keepalive);
                 match stored {
+                    // The file is committed and checked: a checkpoint that did not save no
+                    // longer matters.
                     Ok(stored) => {
+                        if let Err(e) = saved {
+                            warn!(error = %e, "the last checkpoint was not saved");
+                        }
                         return Ok(Copied {
                             stored,
                             size: total,
                             sha256: hex,
                         });
                     }
-                    Err(e) => (Err(e), Ok(Bytes::new())),
+                    Err(e) => {
+                        saved?;
+                        (Err(e), Ok(Bytes::new()))
+                    }
                 }
             } else {
-                let (sent, next, sha) = tokio::join!(
+                let (sent, next, sha, saved) = tokio::join!(
                     dest.append(&mut session, offset, current.clone()),
                     reader.read(chunk),
-                    joined(hashing)
+                    joined(hashing),
+                    save(ctx, saving.take())
                 );
                 drop(keepalive);
+                saved?;
                 match sent {
                     Ok(()) => {
                         cp.sha256 = sha?;
@@ -225,7 +247,7 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     cp.dst_offset = end;
                     cp.src_offset = end;
                     cp.session = Some(session.clone());
-                    ctx.save_checkpoint(&cp).await?;
+                    saving = Some(cp.clone());
                     ctx.progress(Progress {
                         done: end,
                         total: Some(total),
@@ -390,6 +412,14 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
         size: total,
         sha256,
     }))
+}
+
+/// Commits a checkpoint held back to overlap with the next chunk, if there is one.
+async fn save(ctx: &JobContext, cp: Option<CopyCheckpoint>) -> Result<(), JobError> {
+    match cp {
+        Some(cp) => ctx.save_checkpoint(&cp).await,
+        None => Ok(()),
+    }
 }
 
 async fn joined(task: tokio::task::JoinHandle<Sha256State>) -> Result<Sha256State, JobError> {

@@ -293,6 +293,17 @@ impl Worker {
         }
     }
 
+    /// Bytes the live process has passed to `write(2)` and its kin, whatever file they went
+    /// to (`wchar` in `/proc/<pid>/io`).
+    fn wrote(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
     fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
@@ -754,16 +765,15 @@ async fn kill9(destination: &'static str, work: &Path) -> Result<Kill9, String> 
         .max();
     w.spawn().await;
     let done = w.wait_job(|j| j.state.is_final()).await;
+    let wrote = w.wrote();
     w.stop();
     if done.state != JobState::Completed {
         return Err(format!("{:?}: {}", done.last_error, w.log()));
     }
     let (resent, how) = match destination {
         "folder" => (
-            partial_len
-                .ok_or("no .offsite-partial file at the kill")?
-                .saturating_sub(at_kill),
-            "partial file length at kill − acknowledged",
+            wrote.saturating_sub(size - partial_len.ok_or("no .offsite-partial file at the kill")?),
+            "bytes the restarted process wrote (wchar: upload, SQLite, log) − bytes not on disk at the kill",
         ),
         "dropbox" => (
             dropbox.bytes_received() - size,

@@ -154,6 +154,19 @@ async fn text_of(c: &Client, css: &str) -> String {
     on(c, css, |el| async move { el.text().await }).await
 }
 
+/// The text of `css` once it contains `needle` (a message the page shows after a request
+/// answers replaces the one before it); the last text seen when it never does.
+async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = text_of(c, css).await;
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn click(c: &Client, css: &str) {
     on(c, css, |el| async move { el.click().await }).await
 }
@@ -229,7 +242,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
     })
     .await;
     click(&c, "form.row button[type=submit]").await;
-    let flash = text_of(&c, "#flash").await;
+    let flash = wait_text(&c, "#flash", "is authorized").await;
     assert!(flash.contains("is authorized"), "{flash}");
     assert_eq!(
         text_of(&c, "li[data-destination=dropbox] .badge").await,
@@ -314,7 +327,7 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
 
     // 8. Retry from the page: it uploads, and the problem is gone.
     click(&c, "#problems button[data-retry]").await;
-    let flash = text_of(&c, "#flash").await;
+    let flash = wait_text(&c, "#flash", "will run again").await;
     assert!(flash.contains("will run again"), "{flash}");
     wait_css(&c, "#uploads tr[data-backup=e2e00002]").await;
     wait_css(&c, "#problems #no-problems").await;

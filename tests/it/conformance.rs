@@ -73,9 +73,9 @@ pub(crate) trait Backend: Send + Sync {
     async fn tamper_with_partial(&self) -> bool {
         false
     }
-    /// After a `kill -9`: the bytes past `acknowledged` the destination had taken (re-sent on
-    /// resume), where it cannot count them itself.
-    fn unacknowledged_on_disk(&self, _acknowledged: u64) -> Option<u64> {
+    /// After a `kill -9`, where the destination cannot count what it received (a folder: no
+    /// wire): how many bytes of the upload are on disk.
+    fn partial_on_disk(&self) -> Option<u64> {
         None
     }
     fn faults(&self) -> Option<&dyn Faults>;
@@ -315,11 +315,14 @@ pub(crate) async fn kill_9_resumes(backend: &dyn Backend) {
     worker.kill().unwrap();
     worker.wait().unwrap();
     let at_kill = acknowledged(&store.job(job.id).await.unwrap().unwrap());
-    let on_disk = backend.unacknowledged_on_disk(at_kill);
+    let on_disk = backend.partial_on_disk();
 
     let worker = spawn(&cfg, &log);
     let list = wait_uploads(&store, 1).await;
     let done = wait_for(&store, job.id, |j| j.state == JobState::Completed).await;
+    // Every byte the restarted process wrote (the upload's, SQLite's, its log's): an upper
+    // bound on what it wrote to the folder.
+    let wrote = bytes_written_by(worker.id());
     crate::snapshots::stop(worker);
     let config = offsite::config::Config::load(Some(&cfg)).unwrap();
     let services = offsite::jobs::services::Services::new(&config).unwrap();
@@ -330,7 +333,8 @@ pub(crate) async fn kill_9_resumes(backend: &dyn Backend) {
     );
     let resent = match (backend.received(), on_disk) {
         (Some(received), _) => received - bytes.len() as u64,
-        (None, Some(extra)) => extra,
+        // What it wrote beyond the bytes that were not on disk yet was written twice.
+        (None, Some(had)) => wrote.saturating_sub(bytes.len() as u64 - had),
         (None, None) => panic!("the backend cannot tell what was sent twice"),
     };
     assert!(
@@ -344,6 +348,16 @@ pub(crate) async fn kill_9_resumes(backend: &dyn Backend) {
         2,
         "killed once, resumed once"
     );
+}
+
+/// The bytes a live process has passed to `write(2)` and its kin (`wchar` in
+/// `/proc/<pid>/io`), whatever file they went to.
+fn bytes_written_by(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/<pid>/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("wchar in /proc/<pid>/io")
 }
 
 /// The server took a chunk whose answer never came: the next attempt continues from the
@@ -593,13 +607,11 @@ impl Backend for FolderBackend {
         std::io::Write::write_all(&mut f, b"\0rot").unwrap();
         true
     }
-    fn unacknowledged_on_disk(&self, acknowledged: u64) -> Option<u64> {
-        let len = self
-            .partials()
+    fn partial_on_disk(&self) -> Option<u64> {
+        self.partials()
             .iter()
             .map(|p| p.metadata().unwrap().len())
-            .max()?;
-        Some(len.saturating_sub(acknowledged))
+            .max()
     }
     fn faults(&self) -> Option<&dyn Faults> {
         None
