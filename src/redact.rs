@@ -68,9 +68,14 @@ impl Registry {
                 self.made.pop_front();
             }
         }
-        let mut by_length: Vec<String> =
-            self.kept.iter().chain(self.made.iter()).cloned().collect();
-        by_length.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut by_length: Vec<String> = self
+            .kept
+            .iter()
+            .chain(self.made.iter())
+            .flat_map(|s| spellings(s))
+            .collect();
+        by_length.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        by_length.dedup();
         self.by_length = by_length;
     }
 
@@ -83,6 +88,31 @@ impl Registry {
         }
         out
     }
+}
+
+/// A secret as it may be written where it leaves the process: the sinks mask text after it is
+/// formatted, and a password with a `"` or `\` in it reads `\"` in a JSON log line, in a
+/// `Debug`-printed error and in syslog's structured data, and `%22` in a URL or form body.
+fn spellings(secret: &str) -> Vec<String> {
+    let quoted = |s: String| s[1..s.len() - 1].to_string();
+    let json = serde_json::to_string(secret)
+        .map(quoted)
+        .unwrap_or_default();
+    let debug = quoted(format!("{secret:?}"));
+    let syslog: String = secret
+        .chars()
+        .flat_map(|c| {
+            let escape = matches!(c, '"' | '\\' | ']');
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect();
+    let percent: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let path = percent.replace('+', "%20");
+    let mut all = vec![secret.to_string(), json, debug, syslog, percent, path];
+    all.retain(|s| s.len() >= MIN_LEN);
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// URL query parameters that are capabilities by themselves, masked wherever they appear even
@@ -240,6 +270,36 @@ mod tests {
             "the oldest short-lived ones make room"
         );
         assert_eq!(reg.made.len(), CAPACITY);
+    }
+
+    #[test]
+    fn a_secret_is_masked_however_a_sink_escaped_it() {
+        let mut reg = Registry::default();
+        // "zebra" appears nowhere else in the texts below.
+        let secret = r#"pa"ss\wo]rd zebra/ü"#;
+        reg.remember(secret, true);
+        let json = serde_json::json!({ "error": format!("login failed for {secret}") });
+        let debug = format!("{:?}", format!("password={secret}"));
+        let syslog = format!(
+            "[offsite@32473 error=\"{}\"]",
+            secret
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace(']', "\\]")
+        );
+        let form: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_secret", secret)
+            .finish();
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let url = format!("postgres://u:{}@db/x", encoded.replace('+', "%20"));
+        for text in [json.to_string(), debug, syslog, form, url] {
+            assert!(text.contains("zebra"), "{text}");
+            let masked = reg.mask(&text);
+            assert!(
+                masked.contains(MASK) && !masked.contains("zebra"),
+                "{text} → {masked}"
+            );
+        }
     }
 
     #[test]
