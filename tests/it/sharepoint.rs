@@ -624,3 +624,103 @@ async fn a_stored_file_whose_blocks_are_swapped_is_not_taken_for_ours() {
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_managed_identity_signs_in_on_an_azure_vm_and_says_what_is_missing_elsewhere() {
+    let fake = FakeGraph::start().await;
+    let with_identity = |extra: &str| {
+        let mut keys: Vec<String> = own_keys(
+            &fake,
+            &format!(
+                "managed_identity = true\nidentity_endpoint = \"{}\"",
+                fake.identity_endpoint()
+            ),
+        )
+        .lines()
+        .filter(|l| !l.starts_with("client_secret") && !l.starts_with("client_id"))
+        .map(str::to_string)
+        .collect();
+        // Later keys replace earlier ones.
+        for line in extra.lines() {
+            let key = line.split('=').next().unwrap().trim();
+            keys.retain(|l| l.split('=').next().unwrap().trim() != key);
+            keys.push(line.to_string());
+        }
+        let config: SharePointConfig = toml::from_str(&keys.join("\n")).unwrap();
+        config.validate().map_err(|(f, m)| format!("{f}: {m}"))?;
+        SharePointDestination::new(&config, reqwest::Client::new())
+    };
+
+    // A VM without an identity: told so, for good.
+    let e = permanent(with_identity("").unwrap().prepare().await);
+    assert!(
+        e.contains("managed_identity")
+            && e.contains("system-assigned")
+            && e.contains("Identity not found"),
+        "{e}"
+    );
+
+    // With one: signs in through IMDS, never at the login endpoint, and uploads.
+    fake.assign_system_identity(TENANT_ID);
+    let dest = with_identity("").unwrap();
+    dest.prepare().await.unwrap();
+    let bytes = data(FRAGMENT as usize + 9, 91);
+    let stored = upload(&dest, "/Backups/HA/identity.tar", &bytes, FRAGMENT)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, bytes.len() as u64);
+    assert!(fake.identity_requests() >= 1);
+    assert_eq!(fake.token_requests(), 0, "no app sign-in");
+
+    // A user-assigned identity by its client id: unknown, then assigned.
+    let uai = "7d0e1c55-user-assigned-identity-0001";
+    let e = permanent(
+        with_identity(&format!("client_id = \"{uai}\""))
+            .unwrap()
+            .prepare()
+            .await,
+    );
+    assert!(e.contains(uai) && e.contains("Identity not found"), "{e}");
+    fake.assign_user_identity(uai, TENANT_ID);
+    with_identity(&format!("client_id = \"{uai}\""))
+        .unwrap()
+        .prepare()
+        .await
+        .unwrap();
+
+    // The identity must belong to the configured tenant: the files go to its SharePoint.
+    let e = permanent(
+        with_identity("tenant_id = \"00000000-0000-0000-0000-000000000bad\"")
+            .unwrap()
+            .prepare()
+            .await,
+    );
+    assert!(e.contains("tenant_id") && e.contains(TENANT_ID), "{e}");
+
+    // No Instance Metadata Service (not an Azure VM): a temporary failure that says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dest = with_identity(&format!(
+        "identity_endpoint = \"http://127.0.0.1:{port}/metadata/identity/oauth2/token\""
+    ))
+    .unwrap();
+    match dest.prepare().await {
+        Err(TransferError::Temporary(m)) => {
+            assert!(
+                m.contains("Instance Metadata Service") && m.contains("Azure VM"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // An app credential beside it is a mistake the configuration names.
+    let e = with_identity(&format!("client_secret = \"{CLIENT_SECRET}\""))
+        .err()
+        .unwrap();
+    assert!(
+        e.starts_with("client_secret: ") && e.contains("managed_identity"),
+        "{e}"
+    );
+}

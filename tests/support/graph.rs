@@ -122,6 +122,19 @@ struct Inner {
     assertion_sign_ins: u64,
     page_size: usize,
     counter: u64,
+    /// The Azure VM's managed identities as IMDS knows them.
+    identity: Identity,
+}
+
+/// What the fake Instance Metadata Service hands out tokens for.
+#[derive(Default)]
+struct Identity {
+    system_assigned: bool,
+    /// Client ids of user-assigned identities.
+    user_assigned: Vec<String>,
+    /// The tenant the identities belong to (the token's `tid`).
+    tenant: String,
+    requests: u64,
 }
 
 struct Shared {
@@ -234,6 +247,25 @@ impl FakeGraph {
     /// The next commit stores one byte flipped (its QuickXorHash is of what is stored).
     pub fn corrupt_next_commit(&self) {
         self.inner().corrupt_commits += 1;
+    }
+    /// IMDS's token endpoint (`identity_endpoint`).
+    pub fn identity_endpoint(&self) -> String {
+        format!("{}/metadata/identity/oauth2/token", self.base_url())
+    }
+    /// The VM gets a system-assigned identity in `tenant`.
+    pub fn assign_system_identity(&self, tenant: &str) {
+        let mut inner = self.inner();
+        inner.identity.system_assigned = true;
+        inner.identity.tenant = tenant.into();
+    }
+    /// The VM gets the user-assigned identity `client_id` in `tenant`.
+    pub fn assign_user_identity(&self, client_id: &str, tenant: &str) {
+        let mut inner = self.inner();
+        inner.identity.user_assigned.push(client_id.into());
+        inner.identity.tenant = tenant.into();
+    }
+    pub fn identity_requests(&self) -> u64 {
+        self.inner().identity.requests
     }
     pub fn set_quota(&self, bytes: Option<u64>) {
         self.inner().quota = bytes;
@@ -582,6 +614,9 @@ async fn handle(
     if let Some(rest) = path.strip_prefix("/login/") {
         return token(&shared, rest, request).await;
     }
+    if path == "/metadata/identity/oauth2/token" {
+        return identity_token(&shared, &query, request.headers());
+    }
     if let Some(id) = path.strip_prefix("/upload/") {
         let id = id.to_string();
         return upload(&shared, &id, &query, &conn, request).await;
@@ -724,6 +759,80 @@ async fn token(shared: &Shared, rest: &str, request: Request) -> Response {
     json_ok(
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token}),
+    )
+}
+
+/// The Azure Instance Metadata Service's managed-identity token endpoint, as documented
+/// ("How to use managed identities for Azure resources on an Azure VM to acquire an access
+/// token"): `GET` with `Metadata: true`, `api-version` and `resource`, optionally `client_id`;
+/// the answer's numbers are strings; refusals are 400 `invalid_request` bodies.
+fn identity_token(shared: &Shared, query: &str, headers: &axum::http::HeaderMap) -> Response {
+    let mut inner = shared.inner.lock().unwrap();
+    inner.identity.requests += 1;
+    let refuse = |description: &str| {
+        json_ok(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": description}),
+        )
+    };
+    if headers.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return refuse("Required metadata header not specified");
+    }
+    if headers.contains_key("X-Forwarded-For") {
+        return refuse("Request contains X-Forwarded-For header");
+    }
+    if query_param(query, "api-version").is_none() {
+        return refuse("Required query variable 'api-version' is missing");
+    }
+    let Some(resource) = query_param(query, "resource") else {
+        return refuse("Required query variable 'resource' is missing");
+    };
+    if resource.trim_end_matches('/') != "https://graph.microsoft.com" {
+        return json_ok(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_resource",
+                   "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")}),
+        );
+    }
+    let client_id = query_param(query, "client_id");
+    let known = match &client_id {
+        Some(id) => inner.identity.user_assigned.iter().any(|u| u == id),
+        None => inner.identity.system_assigned,
+    };
+    if !known {
+        return refuse("Identity not found");
+    }
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.{}",
+        b64(json!({"typ": "JWT", "alg": "RS256"})),
+        b64(
+            json!({"aud": "https://graph.microsoft.com", "tid": inner.identity.tenant,
+                   "idtyp": "app", "oid": random_token(12)})
+        ),
+        random_token(40)
+    );
+    let ttl = inner.token_ttl;
+    inner
+        .tokens
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json_ok(
+        StatusCode::OK,
+        json!({
+            "access_token": token,
+            "client_id": client_id.unwrap_or_else(|| "5f8c1a2b-system-assigned".into()),
+            "expires_in": ttl.to_string(),
+            "expires_on": (now + ttl).to_string(),
+            "ext_expires_in": ttl.to_string(),
+            "not_before": now.to_string(),
+            "resource": "https://graph.microsoft.com",
+            "token_type": "Bearer",
+        }),
     )
 }
 

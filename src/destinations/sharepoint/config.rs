@@ -37,10 +37,21 @@ impl Conflict {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharePointConfig {
-    /// Directory (tenant) id of the Azure app registration, or the tenant's domain.
+    /// Directory (tenant) id of the Azure app registration, or the tenant's domain. With
+    /// `managed_identity` optional: when given, the identity must belong to this tenant.
+    #[serde(default)]
     pub tenant_id: String,
-    /// Application (client) id.
+    /// Application (client) id. With `managed_identity`: the client id of a user-assigned
+    /// identity, or empty for the host's system-assigned one.
+    #[serde(default)]
     pub client_id: String,
+    /// Sign in as the Azure host's managed identity, through the Azure Instance Metadata
+    /// Service, instead of with an app's secret or certificate. Only an Azure VM has one.
+    #[serde(default)]
+    pub managed_identity: bool,
+    /// The Instance Metadata Service's token endpoint (for tests; Azure's is fixed).
+    #[serde(default = "default_identity_endpoint")]
+    pub identity_endpoint: String,
     /// A client secret of the app registration; or sign in with a certificate instead
     /// (`certificate_key` + `certificate_thumbprint`).
     #[serde(default)]
@@ -69,6 +80,11 @@ pub struct SharePointConfig {
     pub graph_url: String,
 }
 
+pub const DEFAULT_IDENTITY_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+fn default_identity_endpoint() -> String {
+    DEFAULT_IDENTITY_ENDPOINT.into()
+}
 fn default_library() -> String {
     DEFAULT_LIBRARY.into()
 }
@@ -164,12 +180,15 @@ type Invalid = (&'static str, String);
 impl SharePointConfig {
     /// The first problem found, as (field, message).
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.tenant_id.trim().is_empty() {
-            return Err((
-                "tenant_id",
-                "required: the Directory (tenant) ID of the Azure app registration".into(),
-            ));
+        if self.managed_identity {
+            self.validate_managed_identity()?;
+        } else {
+            self.validate_app()?;
         }
+        self.validate_location()
+    }
+
+    fn tenant_id_is_well_formed(&self) -> Result<(), Invalid> {
         if !self
             .tenant_id
             .trim()
@@ -181,6 +200,53 @@ impl SharePointConfig {
                 "a tenant id (a GUID) or domain, without '/' or spaces".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Signing in as the host's identity: no app credential, the rest optional.
+    fn validate_managed_identity(&self) -> Result<(), Invalid> {
+        for (field, set) in [
+            ("client_secret", self.client_secret.is_some()),
+            ("certificate_key", self.certificate_key.is_some()),
+            (
+                "certificate_thumbprint",
+                self.certificate_thumbprint.is_some(),
+            ),
+        ] {
+            if set {
+                return Err((
+                    field,
+                    "not used with managed_identity = true (the host's identity signs in);                      remove it, or set managed_identity = false"
+                        .into(),
+                ));
+            }
+        }
+        self.tenant_id_is_well_formed()?;
+        if self.client_id.trim().contains(char::is_whitespace) {
+            return Err((
+                "client_id",
+                "the client id of a user-assigned identity (a GUID), or empty for the                  system-assigned one"
+                    .into(),
+            ));
+        }
+        match url::Url::parse(&self.identity_endpoint) {
+            Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Ok(()),
+            _ => Err((
+                "identity_endpoint",
+                format!("{:?} is not an http URL", self.identity_endpoint),
+            )),
+        }
+    }
+
+    /// Signing in as an app registration: tenant, client and a secret or certificate.
+    fn validate_app(&self) -> Result<(), Invalid> {
+        if self.tenant_id.trim().is_empty() {
+            return Err((
+                "tenant_id",
+                "required: the Directory (tenant) ID of the Azure app registration".into(),
+            ));
+        }
+        self.tenant_id_is_well_formed()?;
         if self.client_id.trim().is_empty() {
             return Err((
                 "client_id",
@@ -236,6 +302,10 @@ impl SharePointConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_location(&self) -> Result<(), Invalid> {
         if self.site.trim().is_empty() {
             return Err((
                 "site",

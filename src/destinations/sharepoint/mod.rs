@@ -88,7 +88,20 @@ enum Credential {
         key: Box<rsa::RsaPrivateKey>,
         x5t: String,
     },
+    /// The Azure host's managed identity, asked for through the Instance Metadata Service
+    /// (never through a proxy: IMDS refuses forwarded requests, and a proxy is not the host).
+    ManagedIdentity {
+        endpoint: String,
+        /// A user-assigned identity's client id; none for the system-assigned one.
+        client_id: Option<String>,
+        http: reqwest::Client,
+    },
 }
+
+/// The resource a managed-identity token is asked for (IMDS takes a resource, not a scope).
+const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+/// The IMDS token API version every Azure SDK uses.
+const IMDS_API_VERSION: &str = "2018-02-01";
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -219,6 +232,18 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| parse_retry_after(v, Utc::now()))
 }
 
+/// The `tid` claim of an access token (a JWT; read, not verified: Graph verifies it), when
+/// the token is one.
+fn token_tenant(token: &str) -> Option<String> {
+    use base64::Engine;
+    let claims = token.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&claims).ok()?;
+    claims.get("tid")?.as_str().map(str::to_string)
+}
+
 /// Graph's error body: `{"error": {"code": "...", "message": "...", "innerError": {...}}}`.
 fn graph_error(body: &[u8]) -> (String, String) {
     #[derive(Deserialize)]
@@ -294,6 +319,14 @@ impl SharePointDestination {
             &config.certificate_key,
             &config.certificate_thumbprint,
         ) {
+            _ if config.managed_identity => Credential::ManagedIdentity {
+                endpoint: config.identity_endpoint.trim().to_string(),
+                client_id: Some(config.client_id.trim().to_string()).filter(|c| !c.is_empty()),
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| format!("sharepoint.managed_identity: {e}"))?,
+            },
             (Some(secret), _, _) => Credential::Secret(secret.clone()),
             (None, Some(path), Some(thumbprint)) => {
                 use base64::Engine;
@@ -387,6 +420,16 @@ impl SharePointDestination {
             #[serde(default)]
             expires_in: Option<u64>,
         }
+        if let Credential::ManagedIdentity {
+            endpoint,
+            client_id,
+            http,
+        } = &self.credential
+        {
+            return self
+                .identity_token(endpoint, client_id.as_deref(), http)
+                .await;
+        }
         let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, self.tenant);
         let mut form: Vec<(&str, String)> = vec![
             ("grant_type", "client_credentials".into()),
@@ -395,6 +438,7 @@ impl SharePointDestination {
         ];
         match &self.credential {
             Credential::Secret(secret) => form.push(("client_secret", secret.expose().into())),
+            Credential::ManagedIdentity { .. } => unreachable!("asked for above"),
             Credential::Certificate { key, x5t } => {
                 let assertion = self.client_assertion(key, x5t, &url)?;
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
@@ -429,6 +473,126 @@ impl SharePointDestination {
             });
         }
         Err(self.sign_in_refused(&reply))
+    }
+
+    /// A token for Graph from the host's managed identity: `GET` the Instance Metadata
+    /// Service's token endpoint with `Metadata: true`. Its answer carries `expires_in` as a
+    /// string. A `tenant_id` in the configuration must be the identity's (the token's `tid`):
+    /// the files go to that tenant's SharePoint.
+    async fn identity_token(
+        &self,
+        endpoint: &str,
+        client_id: Option<&str>,
+        http: &reqwest::Client,
+    ) -> Result<AccessToken, TransferError> {
+        #[derive(Deserialize)]
+        struct Granted {
+            access_token: String,
+            #[serde(default)]
+            expires_in: Option<Value>,
+        }
+        let which = match client_id {
+            Some(id) => format!("the user-assigned managed identity {id}"),
+            None => "the system-assigned managed identity".to_string(),
+        };
+        let mut query = vec![
+            ("api-version", IMDS_API_VERSION),
+            ("resource", GRAPH_RESOURCE),
+        ];
+        if let Some(id) = client_id {
+            query.push(("client_id", id));
+        }
+        let asked_at = Instant::now();
+        let reply = async {
+            read_reply(
+                http.get(endpoint)
+                    .query(&query)
+                    .header("Metadata", "true")
+                    .timeout(TOKEN_TIMEOUT)
+                    .send()
+                    .await?,
+            )
+            .await
+        }
+        .await
+        .map_err(|e| match self.transport_error("sign-in", e) {
+            TransferError::Temporary(m) => TransferError::Temporary(format!(
+                "{m} (no answer from the Azure Instance Metadata Service at {endpoint}: a                  managed identity exists only on an Azure VM; elsewhere set client_secret or                  a certificate and managed_identity = false)"
+            )),
+            other => other,
+        })?;
+        let status = reply.status.as_u16();
+        if !reply.status.is_success() {
+            #[derive(Deserialize, Default)]
+            struct Refused {
+                #[serde(default)]
+                error: String,
+                #[serde(default)]
+                error_description: String,
+            }
+            let refused: Refused = serde_json::from_slice(&reply.body).unwrap_or_default();
+            let detail = redacted(format!(
+                "HTTP {status} {}: {}",
+                refused.error, refused.error_description
+            ));
+            // IMDS's advice: 404 (it is being updated), 410, 429 and 5xx pass; the rest is
+            // how this host is set up.
+            return Err(match status {
+                404 | 410 | 429 | 500..=599 => match reply.retry_after {
+                    Some(wait) => TransferError::RetryAfter {
+                        wait,
+                        message: format!("SharePoint sign-in with {which}: {detail}"),
+                    },
+                    None => TransferError::Temporary(format!(
+                        "SharePoint sign-in with {which}: {detail}"
+                    )),
+                },
+                _ if refused.error_description.contains("Identity not found") => {
+                    TransferError::Permanent(format!(
+                        "sharepoint.managed_identity: this host has no {}; assign it to the VM                          in the Azure portal (Identity), or fix client_id ({detail})",
+                        which.trim_start_matches("the ")
+                    ))
+                }
+                _ => TransferError::Permanent(format!(
+                    "SharePoint sign-in with {which} refused: {detail}"
+                )),
+            });
+        }
+        // No serde detail: it could quote the token.
+        let granted: Granted = serde_json::from_slice(&reply.body).map_err(|_| {
+            TransferError::Temporary("SharePoint sign-in: unreadable token answer".into())
+        })?;
+        let token = Secret::new(granted.access_token);
+        if !self.tenant.is_empty() {
+            match token_tenant(token.expose()) {
+                Some(tid) if tid.eq_ignore_ascii_case(&self.tenant) => {}
+                Some(tid) => {
+                    return Err(TransferError::Permanent(format!(
+                        "sharepoint.tenant_id: {which} belongs to tenant {tid}, not {}",
+                        self.tenant
+                    )));
+                }
+                // A domain cannot be compared with the token's tenant id.
+                None if !self.tenant.contains('.') => {
+                    return Err(TransferError::Permanent(format!(
+                        "sharepoint.tenant_id: the token of {which} names no tenant to compare                          with {}; leave tenant_id empty to accept the identity's",
+                        self.tenant
+                    )));
+                }
+                None => {}
+            }
+        }
+        let secs = match granted.expires_in {
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            Some(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        };
+        let ttl = Duration::from_secs(secs.unwrap_or(3600));
+        let margin = RENEW_MARGIN.min(ttl / 2);
+        Ok(AccessToken {
+            token,
+            renew_at: asked_at + (ttl - margin),
+        })
     }
 
     /// A client-assertion JWT for the token endpoint `audience`, signed RS256 with the
