@@ -337,6 +337,25 @@ fn offsite_config(
     )
 }
 
+/// The binary under test: this build's, or `BENCH_OFFSITE_BIN` (diagnostics: an A/B of two builds).
+fn offsite_bin() -> std::path::PathBuf {
+    std::env::var_os("BENCH_OFFSITE_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_offsite").into())
+}
+
+/// The worker, killed if the bench panics before it is stopped.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -355,7 +374,19 @@ async fn offsite_dump(pg: &Postgres, db: &str, work: &Path) -> OffsiteRun {
     std::fs::write(&cfg, offsite_config(pg, db, &fake, &data, &external)).unwrap();
     let log = dir.path().join("log");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let child = Command::new(env!("CARGO_BIN_EXE_offsite"))
+    // Diagnostics only: BENCH_WRAP="perf record -g -o FILE" or "strace -f -c -o FILE" runs
+    // the worker under a wrapper (the RSS and CPU figures are then the wrapper's).
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(prog) => {
+            let mut c = Command::new(prog);
+            c.args(words).arg(offsite_bin());
+            c
+        }
+        None => Command::new(offsite_bin()),
+    };
+    let child = cmd
         .current_dir(dir.path())
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .env_remove("RUST_LOG")
@@ -364,6 +395,7 @@ async fn offsite_dump(pg: &Postgres, db: &str, work: &Path) -> OffsiteRun {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let mut child = Running(Some(child));
     let db_file = data.join("offsite.db");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !db_file.exists() {
@@ -385,7 +417,7 @@ async fn offsite_dump(pg: &Postgres, db: &str, work: &Path) -> OffsiteRun {
 
     sync_fs(work);
     let sampler = Sampler::start(pid);
-    let out = Command::new(env!("CARGO_BIN_EXE_offsite"))
+    let out = Command::new(offsite_bin())
         .args([
             "--config",
             cfg.to_str().unwrap(),
@@ -418,7 +450,7 @@ async fn offsite_dump(pg: &Postgres, db: &str, work: &Path) -> OffsiteRun {
     };
     let hwm = status_mib(pid, "VmHWM:");
     let samples = sampler.finish();
-    stop(child);
+    stop(child.0.take().unwrap());
     let text = read_log();
     assert_eq!(
         job.state,
@@ -502,8 +534,9 @@ async fn main() {
     assert!(runs >= 1, "--runs N with N ≥ 1");
     let work = tempfile::tempdir().unwrap();
     println!(
-        "offsite db_dump benchmark — real binary, PostgreSQL 15 ({BIN}), Graph fake on loopback, \
+        "offsite db_dump benchmark — {}, PostgreSQL 15 ({BIN}), Graph fake on loopback, \
          temp dir {}, load {}",
+        offsite_bin().display(),
         work.path().display(),
         loadavg()
     );
