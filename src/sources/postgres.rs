@@ -504,13 +504,12 @@ pub async fn dump(
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let errors = tokio::spawn(read_tail(stderr));
-    let reader = DumpOutput {
+    let reader = DumpOutput::new(
         alive,
         stdout,
-        exit: Some(Box::pin(async move { child.wait().await })),
-        errors: Some(errors),
-        waiting: None,
-    };
+        Box::pin(async move { child.wait().await }),
+        errors,
+    );
     let size = spool.fill(reader).await.map_err(|e| {
         let e = e.to_string();
         match e.strip_prefix("the producer failed: ") {
@@ -552,14 +551,47 @@ pub type Alive = std::sync::Arc<dyn Fn() + Send + Sync>;
 type ExitFuture = Pin<Box<dyn Future<Output = std::io::Result<std::process::ExitStatus>> + Send>>;
 type TailFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
+/// How much of pg_dump's output is gathered before it is handed on. pg_dump writes the pipe
+/// a few KiB at a time and every piece handed on was one write of the spool (a round trip
+/// through tokio's blocking pool each, ~16,000 per 128 MiB); gathered, it is one per MiB.
+const GATHER: usize = 1024 * 1024;
+
 /// pg_dump's stdout whose end is an end only when pg_dump exited 0: otherwise the reader
-/// fails, so the spool is never completed from a dump that broke off.
+/// fails, so the spool is never completed from a dump that broke off. Hands on its output in
+/// pieces of [`GATHER`] bytes (the last one shorter).
 struct DumpOutput {
     alive: Alive,
     stdout: tokio::process::ChildStdout,
     exit: Option<ExitFuture>,
     errors: Option<tokio::task::JoinHandle<String>>,
     waiting: Option<(std::process::ExitStatus, TailFuture)>,
+    /// Output read but not handed on yet: `gathered[given..have]`.
+    gathered: Box<[u8]>,
+    have: usize,
+    given: usize,
+    /// stdout reached its end.
+    ended: bool,
+}
+
+impl DumpOutput {
+    fn new(
+        alive: Alive,
+        stdout: tokio::process::ChildStdout,
+        exit: ExitFuture,
+        errors: tokio::task::JoinHandle<String>,
+    ) -> Self {
+        DumpOutput {
+            alive,
+            stdout,
+            exit: Some(exit),
+            errors: Some(errors),
+            waiting: None,
+            gathered: vec![0u8; GATHER].into_boxed_slice(),
+            have: 0,
+            given: 0,
+            ended: false,
+        }
+    }
 }
 
 impl AsyncRead for DumpOutput {
@@ -570,14 +602,29 @@ impl AsyncRead for DumpOutput {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if this.exit.is_some() {
-            let before = buf.filled().len();
-            match Pin::new(&mut this.stdout).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                    (this.alive)();
+            loop {
+                // A full piece, or what is left at the end, is handed on.
+                if this.given < this.have && (this.have == GATHER || this.ended) {
+                    let n = (this.have - this.given).min(buf.remaining());
+                    buf.put_slice(&this.gathered[this.given..this.given + n]);
+                    this.given += n;
+                    if this.given == this.have {
+                        (this.given, this.have) = (0, 0);
+                    }
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(())) => {}
-                other => return other,
+                if this.ended {
+                    break;
+                }
+                let mut into = ReadBuf::new(&mut this.gathered[this.have..]);
+                std::task::ready!(Pin::new(&mut this.stdout).poll_read(cx, &mut into))?;
+                match into.filled().len() {
+                    0 => this.ended = true,
+                    n => {
+                        this.have += n;
+                        (this.alive)();
+                    }
+                }
             }
             // End of output: it counts once pg_dump said how it ended.
             let status = match this.exit.as_mut().expect("checked").as_mut().poll(cx) {
@@ -919,13 +966,12 @@ mod tests {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let errors = tokio::spawn(read_tail(child.stderr.take().unwrap()));
-        DumpOutput {
+        DumpOutput::new(
             alive,
             stdout,
-            exit: Some(Box::pin(async move { child.wait().await })),
-            errors: Some(errors),
-            waiting: None,
-        }
+            Box::pin(async move { child.wait().await }),
+            errors,
+        )
     }
 
     #[tokio::test]
