@@ -151,8 +151,8 @@ impl DatabaseConfig {
         Ok(())
     }
 
-    /// The environment pg_dump and psql get: what the section sets; the rest of the
-    /// environment (PG* variables, `PGPASSFILE`, `~/.pgpass`) is inherited.
+    /// The environment pg_dump and psql get: what the section sets; beside it the user's PG*
+    /// variables (`PGPASSFILE`, `~/.pgpass` through `HOME`) and little else ([`passed_to_pg`]).
     fn connection(&self) -> Result<Vec<(&'static str, EnvValue)>, String> {
         if let Some(url) = &self.url {
             return connection_of_url(url.expose());
@@ -210,6 +210,40 @@ impl EnvValue {
     fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// What pg_dump and psql get of offsite's environment: only what libpq and the program need —
+/// `PATH`, `HOME` (`~/.pgpass`, `~/.pg_service.conf`), `USER`/`LOGNAME` (libpq's default user),
+/// `TZ`, `LANG`/`LC_*` (messages, encoding), `TMPDIR`, and the standard `PG*` variables the
+/// user set (connection, `PGPASSFILE`, `PGPASSWORD`, TLS, service). Everything else — a
+/// destination's secret, `AWS_*`, `SUPERVISOR_TOKEN`, `OFFSITE_*` — stays with offsite.
+pub(crate) fn passed_to_pg(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "TZ" | "LANG" | "LANGUAGE" | "TMPDIR"
+    ) || name.starts_with("LC_")
+        || (name.len() > 2
+            && name.starts_with("PG")
+            && name[2..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'))
+}
+
+/// A pg_dump or psql command with a cleared environment plus what [`passed_to_pg`] lets
+/// through and the section's connection (`env`, which wins over the inherited PG* values).
+fn pg_command(program: &Path, env: &[(&'static str, EnvValue)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(passed_to_pg) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v.expose());
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd
 }
 
 fn connection_of_url(raw: &str) -> Result<Vec<(&'static str, EnvValue)>, String> {
@@ -489,15 +523,10 @@ pub async fn dump(
     let server = server_version(&psql, &env).await?;
     let pg_dump = choose_pg_dump(&candidates, server, db.pg_dump.as_deref(), section).await?;
 
-    let mut cmd = tokio::process::Command::new(&pg_dump);
+    let mut cmd = pg_command(&pg_dump, &env);
     cmd.args(["--format=plain", "--no-password"])
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in &env {
-        cmd.env(k, v.expose());
-    }
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         DumpError::new(format!("cannot start {}", pg_dump.display()), false).because(e)
     })?;
@@ -812,7 +841,7 @@ fn psql_for(configured: Option<&Path>, candidates: &[PathBuf]) -> PathBuf {
 
 /// The server's major version, asked with `SHOW server_version_num`.
 async fn server_version(psql: &Path, env: &[(&'static str, EnvValue)]) -> Result<Major, DumpError> {
-    let mut cmd = tokio::process::Command::new(psql);
+    let mut cmd = pg_command(psql, env);
     cmd.args([
         "-X",
         "-A",
@@ -820,12 +849,7 @@ async fn server_version(psql: &Path, env: &[(&'static str, EnvValue)]) -> Result
         "--no-password",
         "-c",
         "SHOW server_version_num",
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v.expose());
-    }
+    ]);
     let out = cmd.output().await.map_err(|e| {
         DumpError::new(
             format!(
@@ -859,11 +883,7 @@ pub async fn choose_pg_dump(
 ) -> Result<PathBuf, DumpError> {
     let mut found = Vec::new();
     for c in candidates {
-        let out = tokio::process::Command::new(c)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await;
+        let out = pg_command(c, &[]).arg("--version").output().await;
         match out {
             Ok(o) if o.status.success() => {
                 if let Some(v) = Major::of_version_text(&String::from_utf8_lossy(&o.stdout)) {
@@ -952,6 +972,36 @@ mod tests {
         let e = out.read_to_end(&mut all).await.unwrap_err();
         assert!(e.to_string().contains("status 3"), "{e}");
         assert_eq!(quiet.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn pg_dump_gets_the_pg_variables_but_not_the_workers_secrets() {
+        for kept in [
+            "PATH",
+            "HOME",
+            "TZ",
+            "LANG",
+            "LC_ALL",
+            "PGPASSFILE",
+            "PGPASSWORD",
+            "PGHOST",
+            "PGSSLROOTCERT",
+            "PGSERVICE",
+        ] {
+            assert!(passed_to_pg(kept), "{kept}");
+        }
+        for dropped in [
+            "BACKUP_SHAREPOINT_CLIENT_SECRET",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "SUPERVISOR_TOKEN",
+            "OFFSITE_API__TOKEN",
+            "PGX_SECRET1",
+            "PG",
+            "LD_PRELOAD",
+        ] {
+            assert!(!passed_to_pg(dropped), "{dropped}");
+        }
     }
 
     #[test]

@@ -1236,3 +1236,109 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
     assert!(text.contains("backup uploaded"), "{text}");
     assert!(!text.contains(CLIENT_SECRET), "{text}");
 }
+
+// ------------------------------------------------------------------ names, sweeps, limits
+
+#[tokio::test]
+async fn db_dump_pg_dump_gets_the_pg_environment_but_not_the_workers_secrets() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let seen = dir.path().join("pg_dump.env");
+    let wrapper = script(
+        &dir.path().join("wrap"),
+        "pg_dump",
+        &format!(
+            "[ \"$1\" = --version ] || env > {}\nexec {} \"$@\"",
+            seen.display(),
+            Postgres::bin().join("pg_dump").display()
+        ),
+    );
+    // The password comes from the standard PGPASSWORD, the connection from the section.
+    let config = crate::cli::write_config(
+        dir.path(),
+        &format!(
+            "[destinations.nas]\ntype = \"folder\"\npath = \"{}\"\n\
+             [databases.app]\nhost = \"{}\"\nport = {}\ndatabase = \"postgres\"\nuser = \"postgres\"\n\
+             days = [\"Mon\"]\ntime = \"02:15\"\nexternal_path = \"{}\"\nrequire_mount = false\n\
+             destination = \"nas\"\nretries = 3\npg_dump = \"{}\"\n",
+            dest.display(),
+            pg.socket_dir().display(),
+            pg.port,
+            external.display(),
+            wrapper.display()
+        ),
+    );
+    let secrets = [
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-0123456789"),
+        ("SUPERVISOR_TOKEN", "supervisor-token-0123456789"),
+        ("OFFSITE_API__TOKEN", "offsite-api-token-0123456789abcdef"),
+    ];
+    let command = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.current_dir(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSFILE")
+            .env("PGPASSWORD", &pg.password)
+            .env("PGAPPNAME", "offsite-env-test");
+        for (k, v) in secrets {
+            c.env(k, v);
+        }
+        c
+    };
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let log = dir.path().join("worker.log");
+    let worker = command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let store = offsite::queue::Store::open(&dir.path().join("data/offsite.db"))
+        .await
+        .unwrap();
+    wait_schedule(&store, "db_dump.app", &log).await;
+    // Through the CLI: the job gets the section's retries.
+    let out = command(&[
+        "enqueue",
+        "db_dump",
+        "--args",
+        r#"{"database":"app"}"#,
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["job"]["id"].as_i64().unwrap();
+    let job = wait_for(&store, id, |j| {
+        matches!(j.state, JobState::Completed | JobState::Discarded)
+    })
+    .await;
+    crate::snapshots::stop(worker);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(job.state, JobState::Completed, "{text}");
+    assert_eq!(files_in(&dest).len(), 1);
+
+    let env = std::fs::read_to_string(&seen).unwrap();
+    let vars: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(
+        env.contains(&format!("PGPASSWORD={}\n", pg.password)),
+        "{vars:?}"
+    );
+    assert!(env.contains("PGAPPNAME=offsite-env-test\n"), "{vars:?}");
+    assert!(env.contains("PGHOST="), "{vars:?}");
+    assert!(vars.contains(&"PATH"), "{vars:?}");
+    for (k, v) in secrets {
+        assert!(!env.contains(v), "{k} reached pg_dump: {vars:?}");
+    }
+    assert!(!vars.iter().any(|v| v.starts_with("OFFSITE_")), "{vars:?}");
+}
