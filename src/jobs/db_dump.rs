@@ -128,6 +128,12 @@ impl Kind for DbDumpArgs {
         };
         destination_configured(services, "database", &db.destination)
     }
+    /// The section's `retries` (plus the first attempt), as its schedule's jobs get.
+    fn max_attempts(&self, services: &Services) -> Option<i64> {
+        services
+            .database(&self.database)
+            .map(|db| i64::from(db.retries) + 1)
+    }
 }
 
 pub struct DbDumpWorker(pub Arc<Services>);

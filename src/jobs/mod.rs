@@ -47,15 +47,23 @@ pub trait Kind: JobArgs {
     fn check(&self, _services: &Services) -> Result<(), FieldError> {
         Ok(())
     }
+    /// The attempts a job with these args gets unless its submission says otherwise (`None`:
+    /// the kind's setting), so that the API, the CLI and a schedule agree (a database's
+    /// `retries`).
+    fn max_attempts(&self, _services: &Services) -> Option<i64> {
+        None
+    }
 }
 
 /// Registers kind `K` with the config's overrides of its settings.
 pub fn add<K: Kind>(registry: &mut Registry, config: &Config, services: &Arc<Services>) {
     let s = services.clone();
-    registry.register_checked::<K, _>(
+    let m = services.clone();
+    registry.register_with::<K, _>(
         K::worker(services),
         |k| apply(config, K::KIND, k),
         move |a| a.check(&s),
+        move |a| a.max_attempts(&m),
     );
 }
 

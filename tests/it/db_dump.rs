@@ -1240,6 +1240,43 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
 // ------------------------------------------------------------------ names, sweeps, limits
 
 #[tokio::test]
+async fn db_dump_jobs_submitted_through_the_api_get_the_sections_retries() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let mut config = config_with(
+        dir.path(),
+        &dir.path().join("dest"),
+        "app",
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    config.databases.get_mut("app").unwrap().retries = 2;
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let c = reqwest::Client::new();
+    let post = |body: Value| {
+        c.post(format!("{}/api/v1/jobs", h.base_url()))
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"kind": "db_dump", "args": {"database": "app"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["job"]["max_attempts"], 3,
+        "retries = 2, plus the first: {v}"
+    );
+    // What the submission says itself still wins.
+    let r = post(json!({"kind": "db_dump", "args": {"database": "app"}, "max_attempts": 9}))
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["job"]["max_attempts"], 9, "{v}");
+}
+
+#[tokio::test]
 async fn db_dump_pg_dump_gets_the_pg_environment_but_not_the_workers_secrets() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
@@ -1341,4 +1378,8 @@ async fn db_dump_pg_dump_gets_the_pg_environment_but_not_the_workers_secrets() {
         assert!(!env.contains(v), "{k} reached pg_dump: {vars:?}");
     }
     assert!(!vars.iter().any(|v| v.starts_with("OFFSITE_")), "{vars:?}");
+    assert_eq!(
+        v["job"]["max_attempts"], 4,
+        "retries = 3, plus the first: {v}"
+    );
 }
