@@ -282,7 +282,8 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
                 let ctx = ctx.clone();
                 std::sync::Arc::new(move || ctx.touch())
             };
-            match dump(db, &args.database, &spool, alive).await {
+            let data = ctx.store().path().parent().map(|p| p.to_path_buf());
+            match dump(db, &args.database, &spool, alive, data.as_deref()).await {
                 Ok(size) => {
                     outcome(
                         Outcome::Dumped,

@@ -502,7 +502,8 @@ impl std::fmt::Display for DumpError {
 
 // ------------------------------------------------------------------ the dump
 
-/// Checks the external path, finds the right pg_dump, and spools its output there. Returns
+/// Checks the external path (`data`: offsite's own data directory, which the drive must not
+/// be), finds the right pg_dump, and spools its output there. Returns
 /// the dump's size. Nothing is written before the path passed its checks; a pg_dump that fails
 /// leaves no file.
 /// `alive` is called whenever pg_dump's output moves: a dump that takes an hour is not a stall,
@@ -512,8 +513,9 @@ pub async fn dump(
     section: &str,
     spool: &Spool,
     alive: Alive,
+    data: Option<&Path>,
 ) -> Result<u64, DumpError> {
-    check_external(&db.external_path, db.require_mount).await?;
+    check_external(&db.external_path, db.require_mount, data, section).await?;
     remove_partials(&db.external_path, &db.database_name(section)).await;
     let env = db
         .connection()
@@ -657,9 +659,35 @@ pub(crate) async fn remove_partials(dir: &Path, database: &str) {
     }
 }
 
+/// How a section's key is called where the user sets it: `databases.<name>.<key>`, and for
+/// the FR's section also its environment variable and add-on option.
+pub fn option_name(section: &str, key: &str) -> String {
+    let mut out = format!("databases.{section}.{key}");
+    if section == ENV_DATABASE {
+        match key {
+            "external_path" => {
+                out.push_str(", BACKUP_EXTERNAL_PATH, add-on option backup_external_path")
+            }
+            "require_mount" => out.push_str(", add-on option backup_require_mount"),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The external path must exist, be a directory, be writable, and (when `require_mount`) be
-/// a mount point. The writability probe is a file on the path itself, removed at once.
-pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), DumpError> {
+/// a drive of its own: a mount point (listed in `/proc/self/mountinfo`, or on another device
+/// than its parent) on another device than offsite's own data (`data`, the directory of its
+/// database). The second half is what the add-on needs: there `/media`, `/share` and `/data`
+/// are bind mounts of the same system partition, so each is a mount point without any drive;
+/// a USB disk or NAS share the host mounts at `/media/<name>` is a device of its own.
+/// The writability probe is a file on the path itself, removed at once.
+pub async fn check_external(
+    path: &Path,
+    require_mount: bool,
+    data: Option<&Path>,
+    section: &str,
+) -> Result<(), DumpError> {
     let fail = |m: String| DumpError::new(m, true);
     let meta = match tokio::fs::metadata(path).await {
         Ok(m) => m,
@@ -677,11 +705,26 @@ pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), Dump
             path.display()
         )));
     }
-    if require_mount && !is_mount_point(path).await {
-        return Err(fail(format!(
-            "the external path {} is not a mount point (is the drive attached? set require_mount = false to allow a plain directory)",
-            path.display()
-        )));
+    if require_mount {
+        if !is_mount_point(path).await {
+            return Err(fail(format!(
+                "the external path {} ({}) is not a mount point (is the drive attached and mounted? set {} = false to allow a plain directory)",
+                path.display(),
+                option_name(section, "external_path"),
+                option_name(section, "require_mount"),
+            )));
+        }
+        if let Some(data) = data
+            && let Some(shared) = same_device(path, data).await
+        {
+            return Err(fail(format!(
+                "the external path {} ({}) is on the same device as offsite's own data ({}): it is a mount point but not an external drive (is the drive attached? give the drive's own folder, e.g. /media/usb, or set {} = false to allow it)",
+                path.display(),
+                option_name(section, "external_path"),
+                shared.display(),
+                option_name(section, "require_mount"),
+            )));
+        }
     }
     let probe = path.join(format!(".offsite-write-test-{}", std::process::id()));
     let written = async {
@@ -697,6 +740,16 @@ pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), Dump
         ))
         .because(e)
     })
+}
+
+/// `data` (canonical) when `path` is on the same device (`st_dev`) as it; `None` when not, or
+/// when either cannot be looked at.
+async fn same_device(path: &Path, data: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let data = tokio::fs::canonicalize(data).await.ok()?;
+    let a = tokio::fs::metadata(path).await.ok()?;
+    let b = tokio::fs::metadata(&data).await.ok()?;
+    (a.dev() == b.dev()).then_some(data)
 }
 
 /// Whether `path` is where a file system is mounted: listed in `/proc/self/mountinfo`, or on
@@ -1029,6 +1082,20 @@ mod tests {
             "app_2026-03-29_01-30.sql"
         );
         assert_eq!(file_name("my db", at, "UTC"), "my_db_2026-03-29_00-30.sql");
+    }
+
+    #[test]
+    fn the_env_sections_options_are_named_as_the_user_sets_them() {
+        let o = option_name(ENV_DATABASE, "external_path");
+        assert!(o.contains("databases.backup.external_path"), "{o}");
+        assert!(o.contains("BACKUP_EXTERNAL_PATH"), "{o}");
+        assert!(o.contains("backup_external_path"), "{o}");
+        let o = option_name(ENV_DATABASE, "require_mount");
+        assert!(o.contains("backup_require_mount"), "{o}");
+        assert_eq!(
+            option_name("shop", "require_mount"),
+            "databases.shop.require_mount"
+        );
     }
 
     #[test]

@@ -1239,6 +1239,82 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
 
 // ------------------------------------------------------------------ names, sweeps, limits
 
+/// A bind mount for one test, unmounted when dropped.
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn db_dump_a_mount_point_on_the_device_of_offsites_data_is_not_an_external_drive() {
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    // As in the add-on: one system partition holds offsite's data and the folder that is
+    // bind-mounted as /media; a drive the host mounts appears below it.
+    let system = dir.path().join("system");
+    let _system = Tmpfs::mount(&system, "64m").unwrap();
+    std::fs::create_dir_all(system.join("data")).unwrap();
+    std::fs::create_dir_all(system.join("media/usb")).unwrap();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .arg(system.join("media"))
+        .arg(&media)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bind mount");
+    let _media = Bind(media.clone());
+    let usb = media.join("usb");
+    let _usb = Tmpfs::mount(&usb, "64m").unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+
+    let dest = dir.path().join("dest");
+    let mut config = test_config(dir.path());
+    config.data_dir = system.join("data");
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dest, 0));
+    for (name, path) in [("media", &media), ("system", &system), ("usb", &usb)] {
+        config
+            .databases
+            .insert(name.into(), database(&pg, "postgres", path, ""));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    for (name, path) in [("media", &media), ("system", &system)] {
+        let job = run_dump(&h, name).await;
+        assert_eq!(job.state, JobState::Discarded, "{name}");
+        let line = lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == name)
+            .unwrap_or_else(|| panic!("no dump_failed for {name}:\n{}", lines.text()));
+        let error = line["fields"]["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!(
+                "the external path {} (databases.{name}.external_path) is on the same device as offsite's own data ({})",
+                path.display(),
+                system.join("data").display()
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("set databases.{name}.require_mount = false")),
+            "{error}"
+        );
+    }
+    assert_eq!(files_in(&media), vec!["usb".to_string()], "nothing written");
+    assert_eq!(run_dump(&h, "usb").await.state, JobState::Completed);
+    assert_eq!(files_in(&dest).len(), 1);
+}
+
 #[tokio::test]
 async fn db_dump_jobs_submitted_through_the_api_get_the_sections_retries() {
     let pg = Postgres::start();
