@@ -460,8 +460,62 @@ pub(crate) fn dump_prefix(database: &str) -> String {
     format!("{safe}_")
 }
 
-/// The length of `YYYY-MM-DD_HH-mm.sql`.
-pub(crate) const STAMP_LEN: usize = 20;
+/// `name` (`{database}_{YYYY-MM-DD_HH-mm}.sql`) for `n` = 1, else with `_{n}` before `.sql`:
+/// the names a dump takes when the earlier ones are taken (two dumps in one minute, two
+/// sections naming the same database on one drive).
+pub(crate) fn numbered(name: &str, n: u32) -> String {
+    match (n, name.strip_suffix(".sql")) {
+        (0 | 1, _) | (_, None) => name.to_string(),
+        (n, Some(stem)) => format!("{stem}_{n}.sql"),
+    }
+}
+
+/// Where a job's dump is written before it is published under its name: hidden, on the
+/// external path, and the job's own (`.{database}_job-{id}.sql`).
+pub(crate) fn staging_name(database: &str, job: i64) -> String {
+    format!(".{}job-{job}.sql", dump_prefix(database))
+}
+
+/// A file on the external path that a dump of a database (by its [`dump_prefix`]) made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DumpFile {
+    /// `{database}_{YYYY-MM-DD_HH-mm}[_N].sql`.
+    Published,
+    /// A job's staging file or its partial (`.{database}_job-{id}.sql[.partial]`).
+    Staging(i64),
+    /// The partial of a published name (`.{name}.partial`, from earlier versions).
+    Partial(String),
+}
+
+/// What `name` is among the files of the database whose prefix is `prefix`, if it is one.
+pub(crate) fn dump_file(prefix: &str, name: &str) -> Option<DumpFile> {
+    if let Some(rest) = name.strip_prefix(prefix) {
+        let stem = rest.strip_suffix(".sql")?;
+        let stamp = stem.get(..16)?;
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d_%H-%M").ok()?;
+        return match &stem[16..] {
+            "" => Some(DumpFile::Published),
+            n => {
+                let n = n.strip_prefix('_')?;
+                (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .then_some(DumpFile::Published)
+            }
+        };
+    }
+    let hidden = name.strip_prefix('.')?;
+    let staging = hidden.strip_prefix('.').unwrap_or(hidden);
+    if let Some(id) = staging
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("job-"))
+        .and_then(|r| r.strip_suffix(".sql.partial").or(r.strip_suffix(".sql")))
+        .and_then(|id| id.parse::<i64>().ok())
+    {
+        return Some(DumpFile::Staging(id));
+    }
+    let published = hidden.strip_suffix(".partial")?;
+    (dump_file(prefix, published) == Some(DumpFile::Published))
+        .then(|| DumpFile::Partial(published.to_string()))
+}
 
 /// A dump problem: what went wrong, then why (outermost first), and whether trying again
 /// later can help.
@@ -503,9 +557,9 @@ impl std::fmt::Display for DumpError {
 // ------------------------------------------------------------------ the dump
 
 /// Checks the external path (`data`: offsite's own data directory, which the drive must not
-/// be), finds the right pg_dump, and spools its output there. Returns
-/// the dump's size. Nothing is written before the path passed its checks; a pg_dump that fails
-/// leaves no file.
+/// be), finds the right pg_dump, and spools its output there (`spool`, the job's staging
+/// file; publishing it under its name is the job's). Returns the dump's size. Nothing is
+/// written before the path passed its checks; a pg_dump that fails leaves no file.
 /// `alive` is called whenever pg_dump's output moves: a dump that takes an hour is not a stall,
 /// a pg_dump that stops writing (stuck behind a lock) still is.
 pub async fn dump(
@@ -516,7 +570,6 @@ pub async fn dump(
     data: Option<&Path>,
 ) -> Result<u64, DumpError> {
     check_external(&db.external_path, db.require_mount, data, section).await?;
-    remove_partials(&db.external_path, &db.database_name(section)).await;
     let env = db
         .connection()
         .map_err(|e| DumpError::new(format!("databases.{section}.url"), false).because(e))?;
@@ -553,10 +606,7 @@ pub async fn dump(
             .because(e),
         }
     })?;
-    // The rename is durable once the directory is.
-    if let Ok(dir) = tokio::fs::File::open(&db.external_path).await {
-        let _ = dir.sync_all().await;
-    }
+    sync_dir(&db.external_path).await;
     Ok(size)
 }
 
@@ -645,17 +695,10 @@ impl AsyncRead for DumpOutput {
     }
 }
 
-/// Partial dumps of this database an interrupted run left (`.{database}_….sql.partial`).
-pub(crate) async fn remove_partials(dir: &Path, database: &str) {
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    let prefix = format!(".{}", dump_prefix(database));
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&prefix) && n.ends_with(".sql.partial") {
-            let _ = tokio::fs::remove_file(e.path()).await;
-        }
+/// Makes the renames and links in `dir` durable.
+pub(crate) async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
     }
 }
 
@@ -1082,6 +1125,45 @@ mod tests {
             "app_2026-03-29_01-30.sql"
         );
         assert_eq!(file_name("my db", at, "UTC"), "my_db_2026-03-29_00-30.sql");
+    }
+
+    #[test]
+    fn dump_files_are_told_apart_from_other_files() {
+        let p = dump_prefix("shop");
+        let is = |n: &str| dump_file(&p, n);
+        assert_eq!(is("shop_2026-03-29_01-30.sql"), Some(DumpFile::Published));
+        assert_eq!(is("shop_2026-03-29_01-30_2.sql"), Some(DumpFile::Published));
+        assert_eq!(
+            is("shop_2026-03-29_01-30_12.sql"),
+            Some(DumpFile::Published)
+        );
+        assert_eq!(is(".shop_job-17.sql"), Some(DumpFile::Staging(17)));
+        assert_eq!(is("..shop_job-17.sql.partial"), Some(DumpFile::Staging(17)));
+        assert_eq!(
+            is(".shop_2026-03-29_01-30.sql.partial"),
+            Some(DumpFile::Partial("shop_2026-03-29_01-30.sql".into()))
+        );
+        for other in [
+            "shop_2026-03-29_01-30.sql.gz",
+            "shop_2026-03-29_01-30_.sql",
+            "shop_2026-03-29_01-30_x.sql",
+            "shop_notes.sql",
+            "shopping_2026-03-29_01-30.sql",
+            "shop_x_2026-03-29_01-30.sql",
+            "notes.txt",
+            ".shop_job-x.sql",
+        ] {
+            assert_eq!(is(other), None, "{other}");
+        }
+        assert_eq!(
+            numbered("shop_2026-03-29_01-30.sql", 1),
+            "shop_2026-03-29_01-30.sql"
+        );
+        assert_eq!(
+            numbered("shop_2026-03-29_01-30.sql", 2),
+            "shop_2026-03-29_01-30_2.sql"
+        );
+        assert_eq!(staging_name("my db", 5), ".my_db_job-5.sql");
     }
 
     #[test]

@@ -890,6 +890,7 @@ async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
     let uploaded = files_in(&dest);
     assert_eq!(uploaded.len(), 1, "{uploaded:?}");
     let mut want = vec![
+        ".offsite-keep.app".to_string(),
         "notes.txt".to_string(),
         owed.to_string(),
         uploaded[0].clone(),
@@ -1238,6 +1239,212 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
 }
 
 // ------------------------------------------------------------------ names, sweeps, limits
+
+/// A db_dump job of `section` that waits for its retry, its dump `file` named in its
+/// checkpoint as an attempt that published it records it (the state a failed upload with
+/// retries left leaves, without waiting a backoff out).
+async fn waiting_job(h: &Harness, section: &str, file: &str) -> JobRecord {
+    let job = h
+        .store()
+        .enqueue(&offsite::queue::store::NewJob {
+            kind: "db_dump".into(),
+            queue: "uploads".into(),
+            args: json!({ "database": section }).to_string(),
+            priority: 2,
+            max_attempts: 6,
+            scheduled_at: Some(now_ms() + 3_600_000),
+            idempotency_key: None,
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .job;
+    let mut db = crate::trust::raw(&h.running().state.config.database_path()).await;
+    sqlx::query(
+        "update jobs set checkpoint = ?1, state = 'retryable', attempt = 1, \
+         last_error = 'upload failed' where id = ?2",
+    )
+    .bind(json!({ "dump": file, "published": true }).to_string())
+    .bind(job.id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    h.store().job(job.id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn db_dump_a_taken_name_is_never_replaced_and_sections_sharing_a_database_keep_their_own_dumps()
+ {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let (_lines, _guard) = capture(LogFormat::Json, None);
+    // Two sections dump the same database to the same drive, each keeping its last dump.
+    let mut config = config_with(
+        dir.path(),
+        &dest,
+        "a",
+        database(
+            &pg,
+            "postgres",
+            &external,
+            "require_mount = false\nkeep_last_local = true\n",
+        ),
+    );
+    let b = database(
+        &pg,
+        "postgres",
+        &external,
+        "require_mount = false\nkeep_last_local = true\n",
+    );
+    config.databases.insert("b".into(), b);
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+
+    // The names a dump made this minute or the next one would get belong to dumps that still
+    // wait for their upload.
+    let now = Utc::now();
+    let mut owed = Vec::new();
+    for t in [now, now + chrono::Duration::minutes(1)] {
+        let name = offsite::sources::postgres::file_name("postgres", t, "Europe/Berlin");
+        std::fs::write(external.join(&name), format!("-- owed {name}")).unwrap();
+        waiting_job(&h, "a", &name).await;
+        owed.push(name);
+    }
+    let unchanged = |owed: &[String]| {
+        for name in owed {
+            assert_eq!(
+                std::fs::read_to_string(external.join(name)).unwrap(),
+                format!("-- owed {name}"),
+                "{name} was replaced"
+            );
+        }
+    };
+
+    assert_eq!(run_dump(&h, "a").await.state, JobState::Completed);
+    let from_a = files_in(&dest);
+    assert_eq!(from_a.len(), 1, "{from_a:?}");
+    assert!(from_a[0].ends_with("_2.sql"), "{from_a:?}");
+    unchanged(&owed);
+
+    assert_eq!(run_dump(&h, "b").await.state, JobState::Completed);
+    let from_b: Vec<String> = files_in(&dest)
+        .into_iter()
+        .filter(|n| *n != from_a[0])
+        .collect();
+    assert_eq!(from_b.len(), 1, "{from_b:?}");
+    unchanged(&owed);
+    let mut want = vec![
+        ".offsite-keep.a".to_string(),
+        ".offsite-keep.b".to_string(),
+        from_a[0].clone(),
+        from_b[0].clone(),
+    ];
+    want.extend(owed.iter().cloned());
+    want.sort();
+    assert_eq!(
+        files_in(&external),
+        want,
+        "b's cleanup leaves a's kept dump and the owed ones"
+    );
+    for n in [&from_a[0], &from_b[0]] {
+        assert_eq!(
+            std::fs::read(external.join(n)).unwrap(),
+            std::fs::read(dest.join(n)).unwrap(),
+            "{n} is the dump that was uploaded"
+        );
+    }
+
+    // a's next dump replaces a's kept one, not b's.
+    assert_eq!(run_dump(&h, "a").await.state, JobState::Completed);
+    let on_drive = files_in(&external);
+    assert!(!on_drive.contains(&from_a[0]), "{on_drive:?}");
+    assert!(on_drive.contains(&from_b[0]), "{on_drive:?}");
+    assert_eq!(on_drive.len(), want.len(), "{on_drive:?}");
+    unchanged(&owed);
+}
+
+#[tokio::test]
+async fn db_dump_the_sweep_removes_dumps_of_cancelled_and_deleted_jobs_and_orphans_but_not_owed_ones()
+ {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "app",
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let cancelled = "postgres_2026-01-05_02-15.sql";
+    let deleted = "postgres_2026-01-06_02-15.sql";
+    let owed = "postgres_2026-01-07_02-15.sql";
+    // What a kill -9 leaves: a published dump no job names (an earlier version's kill between
+    // the rename and the checkpoint), a staging file and a partial of a job that is gone.
+    let orphans = [
+        "postgres_2026-01-08_02-15_2.sql",
+        ".postgres_job-999999.sql",
+        "..postgres_job-999998.sql.partial",
+        ".postgres_2026-01-04_02-15.sql.partial",
+    ];
+    for n in [cancelled, deleted, owed].iter().chain(&orphans) {
+        std::fs::write(external.join(n), b"-- dump").unwrap();
+    }
+    std::fs::write(external.join("notes.txt"), b"mine").unwrap();
+    let x = waiting_job(&h, "app", cancelled).await;
+    let w = waiting_job(&h, "app", deleted).await;
+    let y = waiting_job(&h, "app", owed).await;
+    assert_eq!(x.state, JobState::Retryable);
+
+    // Through the API, as an operator would.
+    let c = reqwest::Client::new();
+    let base = h.base_url();
+    let r = c
+        .post(format!("{base}/api/v1/jobs/{}/cancel", x.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let r = c
+        .delete(format!("{base}/api/v1/jobs/{}", w.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(
+        h.store().job(x.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+
+    // The next db_dump run sweeps the drive.
+    assert_eq!(run_dump(&h, "app").await.state, JobState::Completed);
+    assert_eq!(
+        files_in(&external),
+        vec!["notes.txt".to_string(), owed.to_string()],
+        "only what the waiting job still needs stays (and the user's file)"
+    );
+    assert_eq!(
+        h.store().job(y.id).await.unwrap().unwrap().state,
+        JobState::Retryable
+    );
+    let cleaned: Vec<String> = lines
+        .backup_json()
+        .into_iter()
+        .filter(|l| l["fields"]["outcome"] == "cleaned_up")
+        .map(|l| l["fields"]["file"].as_str().unwrap().to_string())
+        .collect();
+    for n in [cancelled, deleted, orphans[0]] {
+        assert!(
+            cleaned.iter().any(|c| c == n),
+            "{n} not logged: {cleaned:?}"
+        );
+    }
+}
 
 /// A bind mount for one test, unmounted when dropped.
 struct Bind(PathBuf);
