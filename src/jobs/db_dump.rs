@@ -3,9 +3,13 @@
 //! destination, then removed from the drive (FR-011).
 //!
 //! - Each `[databases.<name>]` becomes the schedule `db_dump.<name>` ([`schedule`]).
+//! - The dump is staged in the job's own hidden file and published under the FR's name, or
+//!   `_2`, `_3` … when that is taken, never over a file (`publish`).
 //! - Upload and cleanup: while the job has attempts left the dump stays (it is the resume
-//!   source); after the final outcome it is removed. Every outcome is one log line with
-//!   `user=*system component=Backup` ([`outcome`]).
+//!   source); after the final outcome it is removed (or, with `keep_last_local`, named in the
+//!   section's keep marker). A sweep removes what no unfinished job names and no section
+//!   keeps (`sweep`). Every outcome is one log line with `user=*system component=Backup`
+//!   ([`outcome`]), a dump or upload stopped from outside included (`Stopped`).
 
 use std::{sync::Arc, time::Instant};
 
@@ -118,8 +122,13 @@ impl JobArgs for DbDumpArgs {
 impl Kind for DbDumpArgs {
     type Worker = DbDumpWorker;
     fn worker(services: &Arc<Services>) -> DbDumpWorker {
+        Self::worker_with(services, &Self::settings())
+    }
+    fn worker_with(services: &Arc<Services>, settings: &KindSettings) -> DbDumpWorker {
         DbDumpWorker {
             services: services.clone(),
+            timeout: settings.timeout,
+            stall_timeout: settings.stall_timeout,
             store: std::sync::OnceLock::new(),
         }
     }
@@ -145,6 +154,9 @@ impl Kind for DbDumpArgs {
 
 pub struct DbDumpWorker {
     services: Arc<Services>,
+    /// The kind's limits, to name which one stopped an attempt.
+    timeout: Option<std::time::Duration>,
+    stall_timeout: Option<std::time::Duration>,
     /// The queue's store, known once a job ran (for the sweep after an abandoned one).
     store: std::sync::OnceLock<Store>,
 }
@@ -295,8 +307,88 @@ fn will_retry(ctx: &JobContext, e: &JobError) -> bool {
     }
 }
 
+/// The outcome line of a dump or upload that the engine stopped from outside — a cancel, the
+/// stall limit, the attempt's timeout, a shutdown — written when the step's future is dropped
+/// unfinished (the engine drops it; the step itself never returns).
+struct Stopped<'a> {
+    worker: &'a DbDumpWorker,
+    ctx: &'a JobContext,
+    section: &'a str,
+    file: String,
+    /// Where the bytes go, for the size so far.
+    growing: std::path::PathBuf,
+    upload: bool,
+    started: Instant,
+    attempt_started: Instant,
+    armed: bool,
+}
+
+impl Stopped<'_> {
+    fn done(mut self) {
+        self.armed = false;
+    }
+
+    /// Why the engine stopped the attempt, in the engine's words, and whether the job runs
+    /// again.
+    fn why(&self) -> (String, bool) {
+        let ctx = self.ctx;
+        let left = ctx.attempt() < ctx.max_attempts();
+        if ctx.is_cancelled() {
+            return ("cancelled by operator".into(), false);
+        }
+        if ctx.is_stopping() {
+            return ("interrupted by shutdown".into(), true);
+        }
+        let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        if let Some(limit) = self.worker.stall_timeout
+            && ctx.idle_for() >= limit
+        {
+            return (
+                format!("stalled: no progress reported for {}", fmt(limit)),
+                left,
+            );
+        }
+        if let Some(limit) = self.worker.timeout
+            && self.attempt_started.elapsed() >= limit
+        {
+            return (format!("attempt timed out after {}", fmt(limit)), left);
+        }
+        ("stopped by the worker".into(), left)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (why, again) = self.why();
+        let size = std::fs::metadata(&self.growing).ok().map(|m| m.len());
+        let (what, message) = match (self.upload, again) {
+            (false, _) => (Outcome::DumpFailed, "the dump was stopped"),
+            (true, true) => (Outcome::UploadFailedWillRetry, "the upload was stopped"),
+            (true, false) => (Outcome::UploadFailed, "the upload was stopped"),
+        };
+        let then = match (self.upload, again) {
+            (_, true) => "the job runs again",
+            (false, false) => "no attempts left",
+            (true, false) => "no attempts left; the dump is removed",
+        };
+        let e = DumpError::new(message, again).because(why).because(then);
+        outcome(
+            what,
+            self.section,
+            &self.file,
+            size,
+            self.started.elapsed(),
+            Some(&e),
+        );
+    }
+}
+
 impl Worker<DbDumpArgs> for DbDumpWorker {
     async fn work(&self, ctx: JobContext, args: DbDumpArgs) -> Result<(), JobError> {
+        let attempt_started = Instant::now();
         let services = &self.services;
         let _ = self.store.set(ctx.store().clone());
         let db = services.database(&args.database).ok_or_else(|| {
@@ -337,6 +429,17 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
             None => {
                 let intended = file_name(&db_name, Utc::now(), &tz);
                 let started = Instant::now();
+                let stopped = Stopped {
+                    worker: self,
+                    ctx: &ctx,
+                    section,
+                    file: intended.clone(),
+                    growing: dir.join(format!(".{}.partial", staging_name(&db_name, ctx.job_id()))),
+                    upload: false,
+                    started,
+                    attempt_started,
+                    armed: true,
+                };
                 let alive = {
                     let ctx = ctx.clone();
                     std::sync::Arc::new(move || ctx.touch())
@@ -355,6 +458,7 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
                     Ok(()) => publish(&ctx, db, &staging, &intended).await,
                     Err(e) => Err((e.clone().into(), e)),
                 };
+                stopped.done();
                 match published {
                     Ok(n) => {
                         let size = tokio::fs::metadata(dir.join(&n))
@@ -386,7 +490,19 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
             .map(|m| m.len());
 
         let started = Instant::now();
+        let stopped = Stopped {
+            worker: self,
+            ctx: &ctx,
+            section,
+            file: name.clone(),
+            growing: spool.path().to_path_buf(),
+            upload: true,
+            started,
+            attempt_started,
+            armed: true,
+        };
         let result = self.upload(&ctx, db, &name, &spool).await;
+        stopped.done();
         match &result {
             Ok(_) => {
                 outcome(

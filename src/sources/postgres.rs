@@ -3,12 +3,14 @@
 //! path checked first (exists, is a directory, is writable, is a mount point unless
 //! `require_mount = false`; nothing is written before that, and nothing anywhere else),
 //! pg_dump's stdout through a [`Spool`] whose partial file lives on the external path, fsynced
-//! and renamed to `{database}_{YYYY-MM-DD_HH-mm}.sql` only once pg_dump exited 0. The pg_dump
+//! and renamed to the job's staging file only once pg_dump exited 0 (the job publishes it as
+//! `{database}_{YYYY-MM-DD_HH-mm}[_N].sql`, never over an existing file). The pg_dump
 //! used is the oldest installed one whose major is at least the server's
 //! ([`choose_pg_dump`]); the server's version comes from `psql` (the same libpq connection
 //! handling as pg_dump: PG* environment, passfile, TLS settings — no second PostgreSQL client
 //! in offsite). The password reaches the children as `PGPASSWORD` in their environment, never
-//! on a command line. The job around it is `jobs::db_dump`.
+//! on a command line, and the children get a cleared environment (`passed_to_pg`). The job
+//! around it is `jobs::db_dump`.
 
 use std::{
     collections::BTreeMap,

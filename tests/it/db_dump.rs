@@ -1559,6 +1559,102 @@ async fn db_dump_jobs_submitted_through_the_api_get_the_sections_retries() {
     assert_eq!(v["job"]["max_attempts"], 9, "{v}");
 }
 
+/// Polls until `done` holds (20 s limit).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn db_dump_a_stalled_or_cancelled_dump_writes_its_outcome_line() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let version = "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.4'; exit 0; fi";
+    // A pg_dump stuck behind a lock after its first line, and a slow one that keeps writing.
+    let stuck = script(
+        &dir.path().join("stuck"),
+        "pg_dump",
+        &format!("{version}\necho 'SET x = 1;'\nexec sleep 600"),
+    );
+    let started = dir.path().join("slow-started");
+    let slow = script(
+        &dir.path().join("slow"),
+        "pg_dump",
+        &format!(
+            "{version}\n: > {}\nwhile :; do echo '-- still dumping'; sleep 0.1; done",
+            started.display()
+        ),
+    );
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dir.path().join("dest"), 0));
+    config.kinds.insert(
+        "db_dump".into(),
+        offsite::config::KindConfig {
+            stall_timeout: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    for (name, bin) in [("stuck", &stuck), ("slow", &slow)] {
+        let extra = format!("require_mount = false\npg_dump = \"{}\"\n", bin.display());
+        config
+            .databases
+            .insert(name.into(), database(&pg, "postgres", &external, &extra));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let line_of = |name: &str| {
+        lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == name)
+            .unwrap_or_else(|| panic!("no dump_failed line for {name}:\n{}", lines.text()))
+    };
+
+    let job = run_dump(&h, "stuck").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let line = line_of("stuck");
+    assert_outcome_fields(&line, "postgres_");
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["fields"]["error"], "the dump was stopped", "{line}");
+    assert_eq!(
+        line["fields"]["cause"], "stalled: no progress reported for 1s: no attempts left",
+        "{line}"
+    );
+
+    let job = h
+        .enqueue_req(EnqueueRequest {
+            kind: "db_dump".into(),
+            args: json!({ "database": "slow" }),
+            ..Default::default()
+        })
+        .await;
+    until("the slow pg_dump never started", || started.exists()).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs/{}/cancel", h.base_url(), job.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let job = h.wait_state(job.id, JobState::Cancelled).await;
+    assert_eq!(job.attempt, 1);
+    let line = line_of("slow");
+    assert_outcome_fields(&line, "postgres_");
+    assert_eq!(line["fields"]["error"], "the dump was stopped", "{line}");
+    assert_eq!(
+        line["fields"]["cause"], "cancelled by operator: no attempts left",
+        "{line}"
+    );
+    // What the stopped dumps wrote goes with them.
+    until("the partial dumps stay", || files_in(&external).is_empty()).await;
+}
+
 #[tokio::test]
 async fn db_dump_pg_dump_gets_the_pg_environment_but_not_the_workers_secrets() {
     let pg = Postgres::start();
