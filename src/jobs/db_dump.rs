@@ -3,9 +3,13 @@
 //! destination, then removed from the drive (FR-011).
 //!
 //! - Each `[databases.<name>]` becomes the schedule `db_dump.<name>` ([`schedule`]).
+//! - The dump is staged in the job's own hidden file and published under the FR's name, or
+//!   `_2`, `_3` … when that is taken, never over a file (`publish`).
 //! - Upload and cleanup: while the job has attempts left the dump stays (it is the resume
-//!   source); after the final outcome it is removed. Every outcome is one log line with
-//!   `user=*system component=Backup` ([`outcome`]).
+//!   source); after the final outcome it is removed (or, with `keep_last_local`, named in the
+//!   section's keep marker). A sweep removes what no unfinished job names and no section
+//!   keeps (`sweep`). Every outcome is one log line with `user=*system component=Backup`
+//!   ([`outcome`]), a dump or upload stopped from outside included (`Stopped`).
 
 use std::{sync::Arc, time::Instant};
 
@@ -17,9 +21,13 @@ use super::{Kind, destination_configured, services::Services};
 use crate::{
     config::ConfigError,
     logging::BACKUP_TARGET as TARGET,
-    queue::{FieldError, JobArgs, JobContext, JobError, KindSettings, Progress, Worker},
+    queue::{
+        FieldError, JobArgs, JobContext, JobError, JobState, KindSettings, Progress, Store, Worker,
+        store::JobFilter,
+    },
     sources::postgres::{
-        STAMP_LEN, default_retries, dump, dump_prefix, file_name, parse_day, remove_partials,
+        DumpFile, default_retries, dump, dump_file, dump_prefix, file_name, numbered, parse_day,
+        staging_name, sync_dir,
     },
     transfer::{
         TransferError,
@@ -114,7 +122,15 @@ impl JobArgs for DbDumpArgs {
 impl Kind for DbDumpArgs {
     type Worker = DbDumpWorker;
     fn worker(services: &Arc<Services>) -> DbDumpWorker {
-        DbDumpWorker(services.clone())
+        Self::worker_with(services, &Self::settings())
+    }
+    fn worker_with(services: &Arc<Services>, settings: &KindSettings) -> DbDumpWorker {
+        DbDumpWorker {
+            services: services.clone(),
+            timeout: settings.timeout,
+            stall_timeout: settings.stall_timeout,
+            store: std::sync::OnceLock::new(),
+        }
     }
     fn check(&self, services: &Services) -> Result<(), FieldError> {
         let Some(db) = services.database(&self.database) else {
@@ -128,32 +144,74 @@ impl Kind for DbDumpArgs {
         };
         destination_configured(services, "database", &db.destination)
     }
+    /// The section's `retries` (plus the first attempt), as its schedule's jobs get.
+    fn max_attempts(&self, services: &Services) -> Option<i64> {
+        services
+            .database(&self.database)
+            .map(|db| i64::from(db.retries) + 1)
+    }
 }
 
-pub struct DbDumpWorker(pub Arc<Services>);
+pub struct DbDumpWorker {
+    services: Arc<Services>,
+    /// The kind's limits, to name which one stopped an attempt.
+    timeout: Option<std::time::Duration>,
+    stall_timeout: Option<std::time::Duration>,
+    /// The queue's store, known once a job ran (for the sweep after an abandoned one).
+    store: std::sync::OnceLock<Store>,
+}
 
-/// The first checkpoint of a job, saved once the dump is on the drive (the copy's own
-/// checkpoints name the file too, in their remote path).
+/// Names on a drive are chosen, published and swept one at a time in this process, so a
+/// sweep never sees a name that a job is about to record, and two jobs never pick one name.
+static DRIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A job's dump: its name, saved before the file is published under it (`published`
+/// false), and again once it is (the copy's own checkpoints name the file too, in their
+/// remote path). A checkpoint from before `published` existed was saved after publishing.
 #[derive(Serialize, Deserialize)]
 struct DumpCheckpoint {
     dump: String,
+    #[serde(default = "yes")]
+    published: bool,
 }
 
-/// The dump file a db_dump job made, from its checkpoint (for the views, and for the job's
-/// later attempts).
+fn yes() -> bool {
+    true
+}
+
+/// The dump file a db_dump job made or is making, from its checkpoint (for the views, and
+/// for the sweep: a file named here is one an unfinished job still needs).
 pub fn dump_file_of(checkpoint: Option<serde_json::Value>) -> Option<String> {
-    earlier_dump(checkpoint)
+    earlier_dump(checkpoint).map(|(name, _)| name)
 }
 
-/// The dump file this job made in an earlier attempt, from its checkpoint.
-fn earlier_dump(checkpoint: Option<serde_json::Value>) -> Option<String> {
+/// The dump this job named in an earlier attempt, and whether it was published.
+fn earlier_dump(checkpoint: Option<serde_json::Value>) -> Option<(String, bool)> {
     let v = checkpoint?;
     if let Ok(d) = serde_json::from_value::<DumpCheckpoint>(v.clone()) {
-        return Some(d.dump);
+        return Some((d.dump, d.published));
     }
     let cp = serde_json::from_value::<CopyCheckpoint>(v).ok()?;
     let name = cp.remote_path.rsplit('/').next()?.to_string();
-    name.ends_with(".sql").then_some(name)
+    name.ends_with(".sql").then_some((name, true))
+}
+
+/// The marker on the external path that names the dump `keep_last_local` keeps for a section
+/// (`.offsite-keep.{section}`): what the sweeps of every section leave alone.
+fn keep_marker(section: &str) -> String {
+    let safe = dump_prefix(section);
+    format!("{KEEP_MARKER}{}", safe.trim_end_matches('_'))
+}
+
+const KEEP_MARKER: &str = ".offsite-keep.";
+
+/// Whether two paths are the same file (a hard link of the staging file is its published one).
+async fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (tokio::fs::metadata(a).await, tokio::fs::metadata(b).await) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// What happened, for the outcome lines.
@@ -249,83 +307,218 @@ fn will_retry(ctx: &JobContext, e: &JobError) -> bool {
     }
 }
 
+/// The outcome line of a dump or upload that the engine stopped from outside — a cancel, the
+/// stall limit, the attempt's timeout, a shutdown — written when the step's future is dropped
+/// unfinished (the engine drops it; the step itself never returns).
+struct Stopped<'a> {
+    worker: &'a DbDumpWorker,
+    ctx: &'a JobContext,
+    section: &'a str,
+    file: String,
+    /// Where the bytes go, for the size so far.
+    growing: std::path::PathBuf,
+    upload: bool,
+    started: Instant,
+    attempt_started: Instant,
+    armed: bool,
+}
+
+impl Stopped<'_> {
+    fn done(mut self) {
+        self.armed = false;
+    }
+
+    /// Why the engine stopped the attempt, in the engine's words, and whether the job runs
+    /// again.
+    fn why(&self) -> (String, bool) {
+        let ctx = self.ctx;
+        let left = ctx.attempt() < ctx.max_attempts();
+        if ctx.is_cancelled() {
+            return ("cancelled by operator".into(), false);
+        }
+        if ctx.is_stopping() {
+            return ("interrupted by shutdown".into(), true);
+        }
+        let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        if let Some(limit) = self.worker.stall_timeout
+            && ctx.idle_for() >= limit
+        {
+            return (
+                format!("stalled: no progress reported for {}", fmt(limit)),
+                left,
+            );
+        }
+        if let Some(limit) = self.worker.timeout
+            && self.attempt_started.elapsed() >= limit
+        {
+            return (format!("attempt timed out after {}", fmt(limit)), left);
+        }
+        ("stopped by the worker".into(), left)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (why, again) = self.why();
+        let size = std::fs::metadata(&self.growing).ok().map(|m| m.len());
+        let (what, message) = match (self.upload, again) {
+            (false, _) => (Outcome::DumpFailed, "the dump was stopped"),
+            (true, true) => (Outcome::UploadFailedWillRetry, "the upload was stopped"),
+            (true, false) => (Outcome::UploadFailed, "the upload was stopped"),
+        };
+        let then = match (self.upload, again) {
+            (_, true) => "the job runs again",
+            (false, false) => "no attempts left",
+            (true, false) => "no attempts left; the dump is removed",
+        };
+        let e = DumpError::new(message, again).because(why).because(then);
+        outcome(
+            what,
+            self.section,
+            &self.file,
+            size,
+            self.started.elapsed(),
+            Some(&e),
+        );
+    }
+}
+
 impl Worker<DbDumpArgs> for DbDumpWorker {
     async fn work(&self, ctx: JobContext, args: DbDumpArgs) -> Result<(), JobError> {
-        let services = &self.0;
+        let attempt_started = Instant::now();
+        let services = &self.services;
+        let _ = self.store.set(ctx.store().clone());
         let db = services.database(&args.database).ok_or_else(|| {
             JobError::Permanent(format!(
                 "database {:?} is not configured under [databases]",
                 args.database
             ))
         })?;
+        let section = args.database.as_str();
         let tz = db
             .timezone
             .clone()
             .unwrap_or_else(|| services.timezone().to_string());
-        let db_name = db.database_name(&args.database);
-        let earlier = earlier_dump(ctx.checkpoint::<serde_json::Value>());
-        let resumed = earlier.is_some();
-        let name = earlier.unwrap_or_else(|| file_name(&db_name, Utc::now(), &tz));
-        let spool = Spool::at(db.external_path.join(&name));
+        let db_name = db.database_name(section);
+        let dir = &db.external_path;
+        // What cancelled or deleted jobs left on this drive goes first.
+        sweep(db, section, ctx.store()).await;
 
-        // Only this job's own earlier dump is uploaded as it is; a file of the same name that
-        // another job left (a kept dump of the same minute) is replaced by a fresh dump.
-        if !(resumed && spool.is_complete().await) {
-            let started = Instant::now();
-            let alive = {
-                let ctx = ctx.clone();
-                std::sync::Arc::new(move || ctx.touch())
-            };
-            match dump(db, &args.database, &spool, alive).await {
-                Ok(size) => {
-                    outcome(
-                        Outcome::Dumped,
-                        &args.database,
-                        &name,
-                        Some(size),
-                        started.elapsed(),
-                        None,
-                    );
-                }
-                Err(e) => {
-                    outcome(
-                        Outcome::DumpFailed,
-                        &args.database,
-                        &name,
-                        None,
-                        started.elapsed(),
-                        Some(&e),
-                    );
-                    return Err(e.into());
+        let staging = Spool::at(dir.join(staging_name(&db_name, ctx.job_id())));
+        let mut name = None;
+        match earlier_dump(ctx.checkpoint::<serde_json::Value>()) {
+            // Only this job's own published dump is uploaded as it is.
+            Some((n, true)) if Spool::at(dir.join(&n)).is_complete().await => name = Some(n),
+            // Published by a link, then stopped before it was recorded.
+            Some((n, false)) if same_file(staging.path(), &dir.join(&n)).await => {
+                ctx.save_checkpoint(&DumpCheckpoint {
+                    dump: n.clone(),
+                    published: true,
+                })
+                .await?;
+                let _ = tokio::fs::remove_file(staging.path()).await;
+                name = Some(n);
+            }
+            _ => {}
+        }
+        let name = match name {
+            Some(n) => n,
+            None => {
+                let intended = file_name(&db_name, Utc::now(), &tz);
+                let started = Instant::now();
+                let stopped = Stopped {
+                    worker: self,
+                    ctx: &ctx,
+                    section,
+                    file: intended.clone(),
+                    growing: dir.join(format!(".{}.partial", staging_name(&db_name, ctx.job_id()))),
+                    upload: false,
+                    started,
+                    attempt_started,
+                    armed: true,
+                };
+                let alive = {
+                    let ctx = ctx.clone();
+                    std::sync::Arc::new(move || ctx.touch())
+                };
+                let data = ctx.store().path().parent().map(|p| p.to_path_buf());
+                // A staging file pg_dump completed in an earlier attempt (stopped before it
+                // was published) is published as it is.
+                let dumped = if staging.is_complete().await {
+                    Ok(())
+                } else {
+                    dump(db, section, &staging, alive, data.as_deref())
+                        .await
+                        .map(|_| ())
+                };
+                let published = match dumped {
+                    Ok(()) => publish(&ctx, db, &staging, &intended).await,
+                    Err(e) => Err((e.clone().into(), e)),
+                };
+                stopped.done();
+                match published {
+                    Ok(n) => {
+                        let size = tokio::fs::metadata(dir.join(&n))
+                            .await
+                            .ok()
+                            .map(|m| m.len());
+                        outcome(Outcome::Dumped, section, &n, size, started.elapsed(), None);
+                        n
+                    }
+                    Err((e, logged)) => {
+                        outcome(
+                            Outcome::DumpFailed,
+                            section,
+                            &intended,
+                            None,
+                            started.elapsed(),
+                            Some(&logged),
+                        );
+                        sweep(db, section, ctx.store()).await;
+                        return Err(e);
+                    }
                 }
             }
-            ctx.save_checkpoint(&DumpCheckpoint { dump: name.clone() })
-                .await?;
-        }
+        };
+        let spool = Spool::at(dir.join(&name));
         let size = tokio::fs::metadata(spool.path())
             .await
             .ok()
             .map(|m| m.len());
 
         let started = Instant::now();
+        let stopped = Stopped {
+            worker: self,
+            ctx: &ctx,
+            section,
+            file: name.clone(),
+            growing: spool.path().to_path_buf(),
+            upload: true,
+            started,
+            attempt_started,
+            armed: true,
+        };
         let result = self.upload(&ctx, db, &name, &spool).await;
+        stopped.done();
         match &result {
             Ok(_) => {
                 outcome(
                     Outcome::UploadSucceeded,
-                    &args.database,
+                    section,
                     &name,
                     size,
                     started.elapsed(),
                     None,
                 );
-                self.cleanup(db, &args.database, &name, Some(ctx.store()))
-                    .await;
+                cleanup(db, section, &name, true).await;
             }
             Err(e) if will_retry(&ctx, e) => {
                 outcome(
                     Outcome::UploadFailedWillRetry,
-                    &args.database,
+                    section,
                     &name,
                     size,
                     started.elapsed(),
@@ -335,28 +528,102 @@ impl Worker<DbDumpArgs> for DbDumpWorker {
             Err(e) => {
                 outcome(
                     Outcome::UploadFailed,
-                    &args.database,
+                    section,
                     &name,
                     size,
                     started.elapsed(),
                     Some(&e.into()),
                 );
-                self.cleanup(db, &args.database, &name, None).await;
+                cleanup(db, section, &name, false).await;
             }
         }
+        sweep(db, section, ctx.store()).await;
         result
     }
 
-    /// Cancelled, or out of time: the dump (and any partial one) goes.
-    async fn abandoned(&self, args: DbDumpArgs, checkpoint: Option<serde_json::Value>) {
-        let Some(db) = self.0.database(&args.database) else {
+    /// Cancelled, or out of time or attempts while running: the job is recorded as ended, so
+    /// the sweep removes its dump, its staging file and any partial one.
+    async fn abandoned(&self, args: DbDumpArgs, _checkpoint: Option<serde_json::Value>) {
+        let (Some(db), Some(store)) = (self.services.database(&args.database), self.store.get())
+        else {
             return;
         };
-        if let Some(name) = earlier_dump(checkpoint) {
-            self.cleanup(db, &args.database, &name, None).await;
-        }
-        remove_partials(&db.external_path, &db.database_name(&args.database)).await;
+        sweep(db, &args.database, store).await;
     }
+}
+
+/// Publishes the job's complete staging file under `intended`, or `_2`, `_3` … when that name
+/// is taken: never over an existing file. Each name is checkpointed before it is published
+/// (a kill in between leaves a name the job's next attempt checks, or a file no unfinished
+/// job names, which the sweep removes), and again once it is. A hard link publishes
+/// atomically (it fails on an existing name); where the file system has none (FAT, exFAT,
+/// some FUSE ones) the staging file is renamed onto a name just seen free, under [`DRIVE`].
+/// Fails with what the job returns and what its outcome line says.
+async fn publish(
+    ctx: &JobContext,
+    db: &DatabaseConfig,
+    staging: &Spool,
+    intended: &str,
+) -> Result<String, (JobError, DumpError)> {
+    let _drive = DRIVE.lock().await;
+    let dir = &db.external_path;
+    let cannot = |what: String, e: std::io::Error| {
+        let e = DumpError::new(what, true).because(e);
+        (JobError::from(e.clone()), e)
+    };
+    let unrecorded = |e: JobError| {
+        let logged = DumpError::new("cannot record the dump's name", true).because(&e);
+        (e, logged)
+    };
+    for n in 1..=1000 {
+        let name = numbered(intended, n);
+        let target = dir.join(&name);
+        if tokio::fs::symlink_metadata(&target).await.is_ok() {
+            continue;
+        }
+        ctx.save_checkpoint(&DumpCheckpoint {
+            dump: name.clone(),
+            published: false,
+        })
+        .await
+        .map_err(unrecorded)?;
+        let linked = match tokio::fs::hard_link(staging.path(), &target).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(_) if tokio::fs::symlink_metadata(&target).await.is_ok() => continue,
+            Err(_) => {
+                tokio::fs::rename(staging.path(), &target)
+                    .await
+                    .map_err(|e| {
+                        cannot(
+                            format!("cannot publish the dump as {}", target.display()),
+                            e,
+                        )
+                    })?;
+                false
+            }
+        };
+        sync_dir(dir).await;
+        ctx.save_checkpoint(&DumpCheckpoint {
+            dump: name.clone(),
+            published: true,
+        })
+        .await
+        .map_err(unrecorded)?;
+        if linked {
+            let _ = tokio::fs::remove_file(staging.path()).await;
+            sync_dir(dir).await;
+        }
+        return Ok(name);
+    }
+    let e = DumpError::new(
+        format!("cannot publish the dump on {}", dir.display()),
+        false,
+    )
+    .because(format!(
+        "{intended} and its numbered names up to _1000 are all taken"
+    ));
+    Err((e.clone().into(), e))
 }
 
 impl DbDumpWorker {
@@ -367,7 +634,7 @@ impl DbDumpWorker {
         name: &str,
         spool: &Spool,
     ) -> Result<(), JobError> {
-        let services = &self.0;
+        let services = &self.services;
         let dest = services.destination(&db.destination)?;
         if let Some(auth) = dest.authorization()
             && !auth.is_authorized()
@@ -405,75 +672,137 @@ impl DbDumpWorker {
         }
         Ok(())
     }
+}
 
-    /// Removes the dump after the upload's final outcome. With `keep_last_local` a successful
-    /// one (`uploaded`: the store, to ask) stays and the older ones of this database go
-    /// instead — except those another unfinished job still has to upload. A failure is logged
-    /// only.
-    async fn cleanup(
-        &self,
-        db: &DatabaseConfig,
-        section: &str,
-        name: &str,
-        uploaded: Option<&crate::queue::Store>,
-    ) {
-        let dir = &db.external_path;
-        let mut doomed = Vec::new();
-        if db.keep_last_local
-            && let Some(store) = uploaded
-        {
-            let pending: std::collections::HashSet<String> = match store
-                .checkpoints(DbDumpArgs::KIND, false)
-                .await
-            {
-                Ok(cps) => cps
-                    .into_iter()
-                    .filter_map(|c| earlier_dump(Some(c)))
-                    .collect(),
-                Err(e) => {
-                    // Not knowing which dumps are still owed, remove none.
-                    tracing::warn!(error = %e, "cannot tell which dumps are still to upload; keeping the older ones");
-                    return;
-                }
-            };
-            let prefix = dump_prefix(&db.database_name(section));
-            if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
-                while let Ok(Some(e)) = entries.next_entry().await {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if n != name
-                        && !pending.contains(&n)
-                        && n.starts_with(&prefix)
-                        && n.ends_with(".sql")
-                        && n.len() == prefix.len() + STAMP_LEN
-                    {
-                        doomed.push(n);
-                    }
-                }
-            }
-        } else {
-            doomed.push(name.to_string());
+/// After the upload's final outcome: the dump is removed — or, with `keep_last_local` after
+/// a success, named in the section's keep marker instead (the sweep then removes the one kept
+/// before). A failure is logged only.
+async fn cleanup(db: &DatabaseConfig, section: &str, name: &str, uploaded: bool) {
+    let dir = &db.external_path;
+    let started = Instant::now();
+    if uploaded && db.keep_last_local {
+        let _drive = DRIVE.lock().await;
+        let marker = dir.join(keep_marker(section));
+        let tmp = dir.join(format!("{}.tmp", keep_marker(section)));
+        let written = async {
+            tokio::fs::write(&tmp, format!("{name}\n")).await?;
+            tokio::fs::rename(&tmp, &marker).await
         }
-        for n in doomed {
-            let path = dir.join(&n);
-            let started = Instant::now();
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {
-                    tracing::info!(target: TARGET, user = "*system", component = "Backup",
-                        outcome = "cleaned_up", database = section, file = %n, "local dump removed");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let err = DumpError::new(format!("cannot remove {}", path.display()), true)
-                        .because(e);
-                    outcome(
-                        Outcome::CleanupFailed,
-                        section,
-                        &n,
-                        None,
-                        started.elapsed(),
-                        Some(&err),
-                    );
-                }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            let err = DumpError::new(
+                format!("cannot record the kept dump in {}", marker.display()),
+                true,
+            )
+            .because(e);
+            outcome(
+                Outcome::CleanupFailed,
+                section,
+                name,
+                None,
+                started.elapsed(),
+                Some(&err),
+            );
+        }
+        return;
+    }
+    remove(dir, section, name).await;
+}
+
+/// Removes one dump file, with its outcome line.
+async fn remove(dir: &std::path::Path, section: &str, name: &str) {
+    let path = dir.join(name);
+    let started = Instant::now();
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {
+            tracing::info!(target: TARGET, user = "*system", component = "Backup",
+                outcome = "cleaned_up", database = section, file = %name, "local dump removed");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let err = DumpError::new(format!("cannot remove {}", path.display()), true).because(e);
+            outcome(
+                Outcome::CleanupFailed,
+                section,
+                name,
+                None,
+                started.elapsed(),
+                Some(&err),
+            );
+        }
+    }
+}
+
+/// Removes what no one needs any more from the section's external path: files of the
+/// section's database (`{database}_{YYYY-MM-DD_HH-mm}[_N].sql`, staging files and partials)
+/// that no unfinished db_dump job names — of any section: two sections may dump one database
+/// to one drive — and that no section's keep marker names (`keep_last_local`). So a cancelled
+/// or deleted job's dump goes, a dump another job still has to upload stays, and another
+/// section's kept dump stays. Runs when a db_dump attempt starts and ends, and after a running
+/// one was abandoned. The directory is listed before the jobs are read: a file listed was
+/// named in its job's checkpoint before it was published.
+async fn sweep(db: &DatabaseConfig, section: &str, store: &Store) {
+    let _drive = DRIVE.lock().await;
+    let dir = &db.external_path;
+    let prefix = dump_prefix(&db.database_name(section));
+    if !db.keep_last_local {
+        let _ = tokio::fs::remove_file(dir.join(keep_marker(section))).await;
+    }
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let mut found = Vec::new();
+    let mut kept = std::collections::HashSet::new();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(KEEP_MARKER) && !n.ends_with(".tmp") {
+            if let Ok(text) = tokio::fs::read_to_string(e.path()).await {
+                kept.insert(text.trim().to_string());
+            }
+        } else if let Some(kind) = dump_file(&prefix, &n) {
+            found.push((n, kind));
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    let unfinished = JobFilter {
+        states: vec![
+            JobState::Scheduled,
+            JobState::Available,
+            JobState::Running,
+            JobState::Retryable,
+        ],
+        kind: Some(DbDumpArgs::KIND.into()),
+        queue: None,
+    };
+    let jobs = match store.list_jobs(&unfinished, i64::MAX, None).await {
+        Ok(j) => j,
+        Err(e) => {
+            // Not knowing which dumps are still owed, remove none.
+            tracing::warn!(error = %e, "cannot tell which dumps are still to upload; leaving the drive as it is");
+            return;
+        }
+    };
+    let live: std::collections::HashSet<i64> = jobs.iter().map(|j| j.id).collect();
+    let owed: std::collections::HashSet<String> = jobs
+        .into_iter()
+        .filter_map(|j| dump_file_of(j.checkpoint))
+        .collect();
+    for (n, kind) in found {
+        let needed = match &kind {
+            DumpFile::Published => owed.contains(&n) || kept.contains(&n),
+            DumpFile::Staging(id) => live.contains(id),
+            DumpFile::Partial(of) => owed.contains(of),
+        };
+        if needed {
+            continue;
+        }
+        match kind {
+            DumpFile::Published => remove(dir, section, &n).await,
+            _ => {
+                let _ = tokio::fs::remove_file(dir.join(&n)).await;
             }
         }
     }

@@ -42,20 +42,35 @@ fn apply(config: &Config, kind: &str, s: &mut KindSettings) {
 pub trait Kind: JobArgs {
     type Worker: Worker<Self>;
     fn worker(services: &Arc<Services>) -> Self::Worker;
+    /// The worker, knowing the kind's settings after the configuration's overrides (its
+    /// timeout and stall limit); by default [`Kind::worker`].
+    fn worker_with(services: &Arc<Services>, _settings: &KindSettings) -> Self::Worker {
+        Self::worker(services)
+    }
     /// Checks of the args against this installation (e.g. that a named destination is
     /// configured), at enqueue time; errors name the field without the `args.` prefix.
     fn check(&self, _services: &Services) -> Result<(), FieldError> {
         Ok(())
+    }
+    /// The attempts a job with these args gets unless its submission says otherwise (`None`:
+    /// the kind's setting), so that the API, the CLI and a schedule agree (a database's
+    /// `retries`).
+    fn max_attempts(&self, _services: &Services) -> Option<i64> {
+        None
     }
 }
 
 /// Registers kind `K` with the config's overrides of its settings.
 pub fn add<K: Kind>(registry: &mut Registry, config: &Config, services: &Arc<Services>) {
     let s = services.clone();
-    registry.register_checked::<K, _>(
-        K::worker(services),
+    let m = services.clone();
+    let mut settings = K::settings();
+    apply(config, K::KIND, &mut settings);
+    registry.register_with::<K, _>(
+        K::worker_with(services, &settings),
         |k| apply(config, K::KIND, k),
         move |a| a.check(&s),
+        move |a| a.max_attempts(&m),
     );
 }
 

@@ -168,10 +168,14 @@ fn parse_args<A: JobArgs>(value: &Value) -> Result<A, FieldError> {
     Ok(args)
 }
 
-/// Parses, checks and canonicalizes submitted args; returns them with the job's tags.
-type Validate = Arc<dyn Fn(&Value) -> Result<(String, Vec<String>), FieldError> + Send + Sync>;
+/// Parses, checks and canonicalizes submitted args; returns them with the job's tags and the
+/// attempts the args ask for (e.g. a database section's `retries`), if they ask.
+type Validate =
+    Arc<dyn Fn(&Value) -> Result<(String, Vec<String>, Option<i64>), FieldError> + Send + Sync>;
 
 type Check<A> = Arc<dyn Fn(&A) -> Result<(), FieldError> + Send + Sync>;
+
+type MaxAttempts<A> = Arc<dyn Fn(&A) -> Option<i64> + Send + Sync>;
 
 /// What an operator or schedule submits.
 #[derive(Debug, Clone, Default)]
@@ -216,13 +220,26 @@ impl Registry {
         overrides: impl FnOnce(&mut KindSettings),
         check: impl Fn(&A) -> Result<(), FieldError> + Send + Sync + 'static,
     ) {
+        self.register_with(worker, overrides, check, |_: &A| None);
+    }
+
+    /// Like `register_checked`, with the attempts a job's args ask for (`None`: the kind's
+    /// setting). A submission's own `max_attempts` still wins.
+    pub fn register_with<A: JobArgs, W: Worker<A>>(
+        &mut self,
+        worker: W,
+        overrides: impl FnOnce(&mut KindSettings),
+        check: impl Fn(&A) -> Result<(), FieldError> + Send + Sync + 'static,
+        max_attempts: impl Fn(&A) -> Option<i64> + Send + Sync + 'static,
+    ) {
         let check: Check<A> = Arc::new(check);
+        let max_attempts: MaxAttempts<A> = Arc::new(max_attempts);
         let validate = Arc::new(move |value: &Value| {
             let args = parse_args::<A>(value)?;
             check(&args).map_err(|e| FieldError::new(format!("args.{}", e.field), e.message))?;
             let json =
                 serde_json::to_string(&args).map_err(|e| FieldError::new("args", e.to_string()))?;
-            Ok((json, args.tags()))
+            Ok((json, args.tags(), max_attempts(&args)))
         });
         let worker = Arc::new(worker);
         let abandon: Abandon = {
@@ -331,7 +348,11 @@ impl Registry {
                 "must be between 1 (first) and 4 (last)",
             ));
         }
-        let max_attempts = req.max_attempts.unwrap_or(entry.settings.max_attempts);
+        let asked = args.as_ref().and_then(|(_, _, m)| *m);
+        let max_attempts = req
+            .max_attempts
+            .or(asked)
+            .unwrap_or(entry.settings.max_attempts);
         if !(1..=1000).contains(&max_attempts) {
             errors.push(FieldError::new(
                 "max_attempts",
@@ -356,7 +377,7 @@ impl Registry {
             ));
         }
         match args {
-            Some((args, tags)) if errors.is_empty() => Ok(NewJob {
+            Some((args, tags, _)) if errors.is_empty() => Ok(NewJob {
                 kind: req.kind.clone(),
                 queue,
                 args,

@@ -3,12 +3,14 @@
 //! path checked first (exists, is a directory, is writable, is a mount point unless
 //! `require_mount = false`; nothing is written before that, and nothing anywhere else),
 //! pg_dump's stdout through a [`Spool`] whose partial file lives on the external path, fsynced
-//! and renamed to `{database}_{YYYY-MM-DD_HH-mm}.sql` only once pg_dump exited 0. The pg_dump
+//! and renamed to the job's staging file only once pg_dump exited 0 (the job publishes it as
+//! `{database}_{YYYY-MM-DD_HH-mm}[_N].sql`, never over an existing file). The pg_dump
 //! used is the oldest installed one whose major is at least the server's
 //! ([`choose_pg_dump`]); the server's version comes from `psql` (the same libpq connection
 //! handling as pg_dump: PG* environment, passfile, TLS settings — no second PostgreSQL client
 //! in offsite). The password reaches the children as `PGPASSWORD` in their environment, never
-//! on a command line. The job around it is `jobs::db_dump`.
+//! on a command line, and the children get a cleared environment (`passed_to_pg`). The job
+//! around it is `jobs::db_dump`.
 
 use std::{
     collections::BTreeMap,
@@ -151,8 +153,8 @@ impl DatabaseConfig {
         Ok(())
     }
 
-    /// The environment pg_dump and psql get: what the section sets; the rest of the
-    /// environment (PG* variables, `PGPASSFILE`, `~/.pgpass`) is inherited.
+    /// The environment pg_dump and psql get: what the section sets; beside it the user's PG*
+    /// variables (`PGPASSFILE`, `~/.pgpass` through `HOME`) and little else ([`passed_to_pg`]).
     fn connection(&self) -> Result<Vec<(&'static str, EnvValue)>, String> {
         if let Some(url) = &self.url {
             return connection_of_url(url.expose());
@@ -210,6 +212,40 @@ impl EnvValue {
     fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// What pg_dump and psql get of offsite's environment: only what libpq and the program need —
+/// `PATH`, `HOME` (`~/.pgpass`, `~/.pg_service.conf`), `USER`/`LOGNAME` (libpq's default user),
+/// `TZ`, `LANG`/`LC_*` (messages, encoding), `TMPDIR`, and the standard `PG*` variables the
+/// user set (connection, `PGPASSFILE`, `PGPASSWORD`, TLS, service). Everything else — a
+/// destination's secret, `AWS_*`, `SUPERVISOR_TOKEN`, `OFFSITE_*` — stays with offsite.
+pub(crate) fn passed_to_pg(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "TZ" | "LANG" | "LANGUAGE" | "TMPDIR"
+    ) || name.starts_with("LC_")
+        || (name.len() > 2
+            && name.starts_with("PG")
+            && name[2..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'))
+}
+
+/// A pg_dump or psql command with a cleared environment plus what [`passed_to_pg`] lets
+/// through and the section's connection (`env`, which wins over the inherited PG* values).
+fn pg_command(program: &Path, env: &[(&'static str, EnvValue)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(passed_to_pg) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v.expose());
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd
 }
 
 fn connection_of_url(raw: &str) -> Result<Vec<(&'static str, EnvValue)>, String> {
@@ -426,8 +462,62 @@ pub(crate) fn dump_prefix(database: &str) -> String {
     format!("{safe}_")
 }
 
-/// The length of `YYYY-MM-DD_HH-mm.sql`.
-pub(crate) const STAMP_LEN: usize = 20;
+/// `name` (`{database}_{YYYY-MM-DD_HH-mm}.sql`) for `n` = 1, else with `_{n}` before `.sql`:
+/// the names a dump takes when the earlier ones are taken (two dumps in one minute, two
+/// sections naming the same database on one drive).
+pub(crate) fn numbered(name: &str, n: u32) -> String {
+    match (n, name.strip_suffix(".sql")) {
+        (0 | 1, _) | (_, None) => name.to_string(),
+        (n, Some(stem)) => format!("{stem}_{n}.sql"),
+    }
+}
+
+/// Where a job's dump is written before it is published under its name: hidden, on the
+/// external path, and the job's own (`.{database}_job-{id}.sql`).
+pub(crate) fn staging_name(database: &str, job: i64) -> String {
+    format!(".{}job-{job}.sql", dump_prefix(database))
+}
+
+/// A file on the external path that a dump of a database (by its [`dump_prefix`]) made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DumpFile {
+    /// `{database}_{YYYY-MM-DD_HH-mm}[_N].sql`.
+    Published,
+    /// A job's staging file or its partial (`.{database}_job-{id}.sql[.partial]`).
+    Staging(i64),
+    /// The partial of a published name (`.{name}.partial`, from earlier versions).
+    Partial(String),
+}
+
+/// What `name` is among the files of the database whose prefix is `prefix`, if it is one.
+pub(crate) fn dump_file(prefix: &str, name: &str) -> Option<DumpFile> {
+    if let Some(rest) = name.strip_prefix(prefix) {
+        let stem = rest.strip_suffix(".sql")?;
+        let stamp = stem.get(..16)?;
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d_%H-%M").ok()?;
+        return match &stem[16..] {
+            "" => Some(DumpFile::Published),
+            n => {
+                let n = n.strip_prefix('_')?;
+                (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .then_some(DumpFile::Published)
+            }
+        };
+    }
+    let hidden = name.strip_prefix('.')?;
+    let staging = hidden.strip_prefix('.').unwrap_or(hidden);
+    if let Some(id) = staging
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("job-"))
+        .and_then(|r| r.strip_suffix(".sql.partial").or(r.strip_suffix(".sql")))
+        .and_then(|id| id.parse::<i64>().ok())
+    {
+        return Some(DumpFile::Staging(id));
+    }
+    let published = hidden.strip_suffix(".partial")?;
+    (dump_file(prefix, published) == Some(DumpFile::Published))
+        .then(|| DumpFile::Partial(published.to_string()))
+}
 
 /// A dump problem: what went wrong, then why (outermost first), and whether trying again
 /// later can help.
@@ -468,9 +558,10 @@ impl std::fmt::Display for DumpError {
 
 // ------------------------------------------------------------------ the dump
 
-/// Checks the external path, finds the right pg_dump, and spools its output there. Returns
-/// the dump's size. Nothing is written before the path passed its checks; a pg_dump that fails
-/// leaves no file.
+/// Checks the external path (`data`: offsite's own data directory, which the drive must not
+/// be), finds the right pg_dump, and spools its output there (`spool`, the job's staging
+/// file; publishing it under its name is the job's). Returns the dump's size. Nothing is
+/// written before the path passed its checks; a pg_dump that fails leaves no file.
 /// `alive` is called whenever pg_dump's output moves: a dump that takes an hour is not a stall,
 /// a pg_dump that stops writing (stuck behind a lock) still is.
 pub async fn dump(
@@ -478,9 +569,9 @@ pub async fn dump(
     section: &str,
     spool: &Spool,
     alive: Alive,
+    data: Option<&Path>,
 ) -> Result<u64, DumpError> {
-    check_external(&db.external_path, db.require_mount).await?;
-    remove_partials(&db.external_path, &db.database_name(section)).await;
+    check_external(&db.external_path, db.require_mount, data, section).await?;
     let env = db
         .connection()
         .map_err(|e| DumpError::new(format!("databases.{section}.url"), false).because(e))?;
@@ -489,15 +580,10 @@ pub async fn dump(
     let server = server_version(&psql, &env).await?;
     let pg_dump = choose_pg_dump(&candidates, server, db.pg_dump.as_deref(), section).await?;
 
-    let mut cmd = tokio::process::Command::new(&pg_dump);
+    let mut cmd = pg_command(&pg_dump, &env);
     cmd.args(["--format=plain", "--no-password"])
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in &env {
-        cmd.env(k, v.expose());
-    }
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         DumpError::new(format!("cannot start {}", pg_dump.display()), false).because(e)
     })?;
@@ -521,10 +607,7 @@ pub async fn dump(
             .because(e),
         }
     })?;
-    // The rename is durable once the directory is.
-    if let Ok(dir) = tokio::fs::File::open(&db.external_path).await {
-        let _ = dir.sync_all().await;
-    }
+    sync_dir(&db.external_path).await;
     Ok(size)
 }
 
@@ -661,23 +744,42 @@ impl AsyncRead for DumpOutput {
     }
 }
 
-/// Partial dumps of this database an interrupted run left (`.{database}_….sql.partial`).
-pub(crate) async fn remove_partials(dir: &Path, database: &str) {
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    let prefix = format!(".{}", dump_prefix(database));
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&prefix) && n.ends_with(".sql.partial") {
-            let _ = tokio::fs::remove_file(e.path()).await;
-        }
+/// Makes the renames and links in `dir` durable.
+pub(crate) async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
     }
 }
 
+/// How a section's key is called where the user sets it: `databases.<name>.<key>`, and for
+/// the FR's section also its environment variable and add-on option.
+pub fn option_name(section: &str, key: &str) -> String {
+    let mut out = format!("databases.{section}.{key}");
+    if section == ENV_DATABASE {
+        match key {
+            "external_path" => {
+                out.push_str(", BACKUP_EXTERNAL_PATH, add-on option backup_external_path")
+            }
+            "require_mount" => out.push_str(", add-on option backup_require_mount"),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The external path must exist, be a directory, be writable, and (when `require_mount`) be
-/// a mount point. The writability probe is a file on the path itself, removed at once.
-pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), DumpError> {
+/// a drive of its own: a mount point (listed in `/proc/self/mountinfo`, or on another device
+/// than its parent) on another device than offsite's own data (`data`, the directory of its
+/// database). The second half is what the add-on needs: there `/media`, `/share` and `/data`
+/// are bind mounts of the same system partition, so each is a mount point without any drive;
+/// a USB disk or NAS share the host mounts at `/media/<name>` is a device of its own.
+/// The writability probe is a file on the path itself, removed at once.
+pub async fn check_external(
+    path: &Path,
+    require_mount: bool,
+    data: Option<&Path>,
+    section: &str,
+) -> Result<(), DumpError> {
     let fail = |m: String| DumpError::new(m, true);
     let meta = match tokio::fs::metadata(path).await {
         Ok(m) => m,
@@ -695,11 +797,26 @@ pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), Dump
             path.display()
         )));
     }
-    if require_mount && !is_mount_point(path).await {
-        return Err(fail(format!(
-            "the external path {} is not a mount point (is the drive attached? set require_mount = false to allow a plain directory)",
-            path.display()
-        )));
+    if require_mount {
+        if !is_mount_point(path).await {
+            return Err(fail(format!(
+                "the external path {} ({}) is not a mount point (is the drive attached and mounted? set {} = false to allow a plain directory)",
+                path.display(),
+                option_name(section, "external_path"),
+                option_name(section, "require_mount"),
+            )));
+        }
+        if let Some(data) = data
+            && let Some(shared) = same_device(path, data).await
+        {
+            return Err(fail(format!(
+                "the external path {} ({}) is on the same device as offsite's own data ({}): it is a mount point but not an external drive (is the drive attached? give the drive's own folder, e.g. /media/usb, or set {} = false to allow it)",
+                path.display(),
+                option_name(section, "external_path"),
+                shared.display(),
+                option_name(section, "require_mount"),
+            )));
+        }
     }
     let probe = path.join(format!(".offsite-write-test-{}", std::process::id()));
     let written = async {
@@ -715,6 +832,16 @@ pub async fn check_external(path: &Path, require_mount: bool) -> Result<(), Dump
         ))
         .because(e)
     })
+}
+
+/// `data` (canonical) when `path` is on the same device (`st_dev`) as it; `None` when not, or
+/// when either cannot be looked at.
+async fn same_device(path: &Path, data: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let data = tokio::fs::canonicalize(data).await.ok()?;
+    let a = tokio::fs::metadata(path).await.ok()?;
+    let b = tokio::fs::metadata(&data).await.ok()?;
+    (a.dev() == b.dev()).then_some(data)
 }
 
 /// Whether `path` is where a file system is mounted: listed in `/proc/self/mountinfo`, or on
@@ -859,7 +986,7 @@ fn psql_for(configured: Option<&Path>, candidates: &[PathBuf]) -> PathBuf {
 
 /// The server's major version, asked with `SHOW server_version_num`.
 async fn server_version(psql: &Path, env: &[(&'static str, EnvValue)]) -> Result<Major, DumpError> {
-    let mut cmd = tokio::process::Command::new(psql);
+    let mut cmd = pg_command(psql, env);
     cmd.args([
         "-X",
         "-A",
@@ -867,12 +994,7 @@ async fn server_version(psql: &Path, env: &[(&'static str, EnvValue)]) -> Result
         "--no-password",
         "-c",
         "SHOW server_version_num",
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v.expose());
-    }
+    ]);
     let out = cmd.output().await.map_err(|e| {
         DumpError::new(
             format!(
@@ -906,11 +1028,7 @@ pub async fn choose_pg_dump(
 ) -> Result<PathBuf, DumpError> {
     let mut found = Vec::new();
     for c in candidates {
-        let out = tokio::process::Command::new(c)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await;
+        let out = pg_command(c, &[]).arg("--version").output().await;
         match out {
             Ok(o) if o.status.success() => {
                 if let Some(v) = Major::of_version_text(&String::from_utf8_lossy(&o.stdout)) {
@@ -1001,6 +1119,36 @@ mod tests {
     }
 
     #[test]
+    fn pg_dump_gets_the_pg_variables_but_not_the_workers_secrets() {
+        for kept in [
+            "PATH",
+            "HOME",
+            "TZ",
+            "LANG",
+            "LC_ALL",
+            "PGPASSFILE",
+            "PGPASSWORD",
+            "PGHOST",
+            "PGSSLROOTCERT",
+            "PGSERVICE",
+        ] {
+            assert!(passed_to_pg(kept), "{kept}");
+        }
+        for dropped in [
+            "BACKUP_SHAREPOINT_CLIENT_SECRET",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "SUPERVISOR_TOKEN",
+            "OFFSITE_API__TOKEN",
+            "PGX_SECRET1",
+            "PG",
+            "LD_PRELOAD",
+        ] {
+            assert!(!passed_to_pg(dropped), "{dropped}");
+        }
+    }
+
+    #[test]
     fn versions_compare_across_the_numbering_change() {
         assert_eq!(Major::of_version_num(150004), Major(1500));
         assert_eq!(Major::of_version_num(90624), Major(906));
@@ -1025,6 +1173,59 @@ mod tests {
             "app_2026-03-29_01-30.sql"
         );
         assert_eq!(file_name("my db", at, "UTC"), "my_db_2026-03-29_00-30.sql");
+    }
+
+    #[test]
+    fn dump_files_are_told_apart_from_other_files() {
+        let p = dump_prefix("shop");
+        let is = |n: &str| dump_file(&p, n);
+        assert_eq!(is("shop_2026-03-29_01-30.sql"), Some(DumpFile::Published));
+        assert_eq!(is("shop_2026-03-29_01-30_2.sql"), Some(DumpFile::Published));
+        assert_eq!(
+            is("shop_2026-03-29_01-30_12.sql"),
+            Some(DumpFile::Published)
+        );
+        assert_eq!(is(".shop_job-17.sql"), Some(DumpFile::Staging(17)));
+        assert_eq!(is("..shop_job-17.sql.partial"), Some(DumpFile::Staging(17)));
+        assert_eq!(
+            is(".shop_2026-03-29_01-30.sql.partial"),
+            Some(DumpFile::Partial("shop_2026-03-29_01-30.sql".into()))
+        );
+        for other in [
+            "shop_2026-03-29_01-30.sql.gz",
+            "shop_2026-03-29_01-30_.sql",
+            "shop_2026-03-29_01-30_x.sql",
+            "shop_notes.sql",
+            "shopping_2026-03-29_01-30.sql",
+            "shop_x_2026-03-29_01-30.sql",
+            "notes.txt",
+            ".shop_job-x.sql",
+        ] {
+            assert_eq!(is(other), None, "{other}");
+        }
+        assert_eq!(
+            numbered("shop_2026-03-29_01-30.sql", 1),
+            "shop_2026-03-29_01-30.sql"
+        );
+        assert_eq!(
+            numbered("shop_2026-03-29_01-30.sql", 2),
+            "shop_2026-03-29_01-30_2.sql"
+        );
+        assert_eq!(staging_name("my db", 5), ".my_db_job-5.sql");
+    }
+
+    #[test]
+    fn the_env_sections_options_are_named_as_the_user_sets_them() {
+        let o = option_name(ENV_DATABASE, "external_path");
+        assert!(o.contains("databases.backup.external_path"), "{o}");
+        assert!(o.contains("BACKUP_EXTERNAL_PATH"), "{o}");
+        assert!(o.contains("backup_external_path"), "{o}");
+        let o = option_name(ENV_DATABASE, "require_mount");
+        assert!(o.contains("backup_require_mount"), "{o}");
+        assert_eq!(
+            option_name("shop", "require_mount"),
+            "databases.shop.require_mount"
+        );
     }
 
     #[test]

@@ -890,6 +890,7 @@ async fn db_dump_keep_last_local_keeps_only_the_last_uploaded_dump() {
     let uploaded = files_in(&dest);
     assert_eq!(uploaded.len(), 1, "{uploaded:?}");
     let mut want = vec![
+        ".offsite-keep.app".to_string(),
         "notes.txt".to_string(),
         owed.to_string(),
         uploaded[0].clone(),
@@ -1235,4 +1236,529 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
     );
     assert!(text.contains("backup uploaded"), "{text}");
     assert!(!text.contains(CLIENT_SECRET), "{text}");
+}
+
+// ------------------------------------------------------------------ names, sweeps, limits
+
+/// A db_dump job of `section` that waits for its retry, its dump `file` named in its
+/// checkpoint as an attempt that published it records it (the state a failed upload with
+/// retries left leaves, without waiting a backoff out).
+async fn waiting_job(h: &Harness, section: &str, file: &str) -> JobRecord {
+    let job = h
+        .store()
+        .enqueue(&offsite::queue::store::NewJob {
+            kind: "db_dump".into(),
+            queue: "uploads".into(),
+            args: json!({ "database": section }).to_string(),
+            priority: 2,
+            max_attempts: 6,
+            scheduled_at: Some(now_ms() + 3_600_000),
+            idempotency_key: None,
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .job;
+    let mut db = crate::trust::raw(&h.running().state.config.database_path()).await;
+    sqlx::query(
+        "update jobs set checkpoint = ?1, state = 'retryable', attempt = 1, \
+         last_error = 'upload failed' where id = ?2",
+    )
+    .bind(json!({ "dump": file, "published": true }).to_string())
+    .bind(job.id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    h.store().job(job.id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn db_dump_a_taken_name_is_never_replaced_and_sections_sharing_a_database_keep_their_own_dumps()
+ {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let (_lines, _guard) = capture(LogFormat::Json, None);
+    // Two sections dump the same database to the same drive, each keeping its last dump.
+    let mut config = config_with(
+        dir.path(),
+        &dest,
+        "a",
+        database(
+            &pg,
+            "postgres",
+            &external,
+            "require_mount = false\nkeep_last_local = true\n",
+        ),
+    );
+    let b = database(
+        &pg,
+        "postgres",
+        &external,
+        "require_mount = false\nkeep_last_local = true\n",
+    );
+    config.databases.insert("b".into(), b);
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+
+    // The names a dump made this minute or the next one would get belong to dumps that still
+    // wait for their upload.
+    let now = Utc::now();
+    let mut owed = Vec::new();
+    for t in [now, now + chrono::Duration::minutes(1)] {
+        let name = offsite::sources::postgres::file_name("postgres", t, "Europe/Berlin");
+        std::fs::write(external.join(&name), format!("-- owed {name}")).unwrap();
+        waiting_job(&h, "a", &name).await;
+        owed.push(name);
+    }
+    let unchanged = |owed: &[String]| {
+        for name in owed {
+            assert_eq!(
+                std::fs::read_to_string(external.join(name)).unwrap(),
+                format!("-- owed {name}"),
+                "{name} was replaced"
+            );
+        }
+    };
+
+    assert_eq!(run_dump(&h, "a").await.state, JobState::Completed);
+    let from_a = files_in(&dest);
+    assert_eq!(from_a.len(), 1, "{from_a:?}");
+    assert!(from_a[0].ends_with("_2.sql"), "{from_a:?}");
+    unchanged(&owed);
+
+    assert_eq!(run_dump(&h, "b").await.state, JobState::Completed);
+    let from_b: Vec<String> = files_in(&dest)
+        .into_iter()
+        .filter(|n| *n != from_a[0])
+        .collect();
+    assert_eq!(from_b.len(), 1, "{from_b:?}");
+    unchanged(&owed);
+    let mut want = vec![
+        ".offsite-keep.a".to_string(),
+        ".offsite-keep.b".to_string(),
+        from_a[0].clone(),
+        from_b[0].clone(),
+    ];
+    want.extend(owed.iter().cloned());
+    want.sort();
+    assert_eq!(
+        files_in(&external),
+        want,
+        "b's cleanup leaves a's kept dump and the owed ones"
+    );
+    for n in [&from_a[0], &from_b[0]] {
+        assert_eq!(
+            std::fs::read(external.join(n)).unwrap(),
+            std::fs::read(dest.join(n)).unwrap(),
+            "{n} is the dump that was uploaded"
+        );
+    }
+
+    // a's next dump replaces a's kept one, not b's.
+    assert_eq!(run_dump(&h, "a").await.state, JobState::Completed);
+    let on_drive = files_in(&external);
+    assert!(!on_drive.contains(&from_a[0]), "{on_drive:?}");
+    assert!(on_drive.contains(&from_b[0]), "{on_drive:?}");
+    assert_eq!(on_drive.len(), want.len(), "{on_drive:?}");
+    unchanged(&owed);
+}
+
+#[tokio::test]
+async fn db_dump_the_sweep_removes_dumps_of_cancelled_and_deleted_jobs_and_orphans_but_not_owed_ones()
+ {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "app",
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let cancelled = "postgres_2026-01-05_02-15.sql";
+    let deleted = "postgres_2026-01-06_02-15.sql";
+    let owed = "postgres_2026-01-07_02-15.sql";
+    // What a kill -9 leaves: a published dump no job names (an earlier version's kill between
+    // the rename and the checkpoint), a staging file and a partial of a job that is gone.
+    let orphans = [
+        "postgres_2026-01-08_02-15_2.sql",
+        ".postgres_job-999999.sql",
+        "..postgres_job-999998.sql.partial",
+        ".postgres_2026-01-04_02-15.sql.partial",
+    ];
+    for n in [cancelled, deleted, owed].iter().chain(&orphans) {
+        std::fs::write(external.join(n), b"-- dump").unwrap();
+    }
+    std::fs::write(external.join("notes.txt"), b"mine").unwrap();
+    let x = waiting_job(&h, "app", cancelled).await;
+    let w = waiting_job(&h, "app", deleted).await;
+    let y = waiting_job(&h, "app", owed).await;
+    assert_eq!(x.state, JobState::Retryable);
+
+    // Through the API, as an operator would.
+    let c = reqwest::Client::new();
+    let base = h.base_url();
+    let r = c
+        .post(format!("{base}/api/v1/jobs/{}/cancel", x.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let r = c
+        .delete(format!("{base}/api/v1/jobs/{}", w.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(
+        h.store().job(x.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+
+    // The next db_dump run sweeps the drive.
+    assert_eq!(run_dump(&h, "app").await.state, JobState::Completed);
+    assert_eq!(
+        files_in(&external),
+        vec!["notes.txt".to_string(), owed.to_string()],
+        "only what the waiting job still needs stays (and the user's file)"
+    );
+    assert_eq!(
+        h.store().job(y.id).await.unwrap().unwrap().state,
+        JobState::Retryable
+    );
+    let cleaned: Vec<String> = lines
+        .backup_json()
+        .into_iter()
+        .filter(|l| l["fields"]["outcome"] == "cleaned_up")
+        .map(|l| l["fields"]["file"].as_str().unwrap().to_string())
+        .collect();
+    for n in [cancelled, deleted, orphans[0]] {
+        assert!(
+            cleaned.iter().any(|c| c == n),
+            "{n} not logged: {cleaned:?}"
+        );
+    }
+}
+
+/// A bind mount for one test, unmounted when dropped.
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn db_dump_a_mount_point_on_the_device_of_offsites_data_is_not_an_external_drive() {
+    if !may_mount() {
+        return;
+    }
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    // As in the add-on: one system partition holds offsite's data and the folder that is
+    // bind-mounted as /media; a drive the host mounts appears below it.
+    let system = dir.path().join("system");
+    let _system = Tmpfs::mount(&system, "64m").unwrap();
+    std::fs::create_dir_all(system.join("data")).unwrap();
+    std::fs::create_dir_all(system.join("media/usb")).unwrap();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .arg(system.join("media"))
+        .arg(&media)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bind mount");
+    let _media = Bind(media.clone());
+    let usb = media.join("usb");
+    let _usb = Tmpfs::mount(&usb, "64m").unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+
+    let dest = dir.path().join("dest");
+    let mut config = test_config(dir.path());
+    config.data_dir = system.join("data");
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dest, 0));
+    for (name, path) in [("media", &media), ("system", &system), ("usb", &usb)] {
+        config
+            .databases
+            .insert(name.into(), database(&pg, "postgres", path, ""));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    for (name, path) in [("media", &media), ("system", &system)] {
+        let job = run_dump(&h, name).await;
+        assert_eq!(job.state, JobState::Discarded, "{name}");
+        let line = lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == name)
+            .unwrap_or_else(|| panic!("no dump_failed for {name}:\n{}", lines.text()));
+        let error = line["fields"]["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!(
+                "the external path {} (databases.{name}.external_path) is on the same device as offsite's own data ({})",
+                path.display(),
+                system.join("data").display()
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("set databases.{name}.require_mount = false")),
+            "{error}"
+        );
+    }
+    assert_eq!(files_in(&media), vec!["usb".to_string()], "nothing written");
+    assert_eq!(run_dump(&h, "usb").await.state, JobState::Completed);
+    assert_eq!(files_in(&dest).len(), 1);
+}
+
+#[tokio::test]
+async fn db_dump_jobs_submitted_through_the_api_get_the_sections_retries() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let mut config = config_with(
+        dir.path(),
+        &dir.path().join("dest"),
+        "app",
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    config.databases.get_mut("app").unwrap().retries = 2;
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let c = reqwest::Client::new();
+    let post = |body: Value| {
+        c.post(format!("{}/api/v1/jobs", h.base_url()))
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"kind": "db_dump", "args": {"database": "app"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["job"]["max_attempts"], 3,
+        "retries = 2, plus the first: {v}"
+    );
+    // What the submission says itself still wins.
+    let r = post(json!({"kind": "db_dump", "args": {"database": "app"}, "max_attempts": 9}))
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["job"]["max_attempts"], 9, "{v}");
+}
+
+/// Polls until `done` holds (20 s limit).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn db_dump_a_stalled_or_cancelled_dump_writes_its_outcome_line() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let (lines, _guard) = capture(LogFormat::Json, None);
+    let version = "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.4'; exit 0; fi";
+    // A pg_dump stuck behind a lock after its first line, and a slow one that keeps writing.
+    let stuck = script(
+        &dir.path().join("stuck"),
+        "pg_dump",
+        &format!("{version}\necho 'SET x = 1;'\nexec sleep 600"),
+    );
+    let started = dir.path().join("slow-started");
+    let slow = script(
+        &dir.path().join("slow"),
+        "pg_dump",
+        &format!(
+            "{version}\n: > {}\nwhile :; do echo '-- still dumping'; sleep 0.1; done",
+            started.display()
+        ),
+    );
+    let mut config = test_config(dir.path());
+    config
+        .destinations
+        .insert("nas".into(), folder_dest(&dir.path().join("dest"), 0));
+    config.kinds.insert(
+        "db_dump".into(),
+        offsite::config::KindConfig {
+            stall_timeout: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    for (name, bin) in [("stuck", &stuck), ("slow", &slow)] {
+        let extra = format!("require_mount = false\npg_dump = \"{}\"\n", bin.display());
+        config
+            .databases
+            .insert(name.into(), database(&pg, "postgres", &external, &extra));
+    }
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let line_of = |name: &str| {
+        lines
+            .backup_json()
+            .into_iter()
+            .find(|l| l["fields"]["outcome"] == "dump_failed" && l["fields"]["database"] == name)
+            .unwrap_or_else(|| panic!("no dump_failed line for {name}:\n{}", lines.text()))
+    };
+
+    let job = run_dump(&h, "stuck").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let line = line_of("stuck");
+    assert_outcome_fields(&line, "postgres_");
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["fields"]["error"], "the dump was stopped", "{line}");
+    assert_eq!(
+        line["fields"]["cause"], "stalled: no progress reported for 1s: no attempts left",
+        "{line}"
+    );
+
+    let job = h
+        .enqueue_req(EnqueueRequest {
+            kind: "db_dump".into(),
+            args: json!({ "database": "slow" }),
+            ..Default::default()
+        })
+        .await;
+    until("the slow pg_dump never started", || started.exists()).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs/{}/cancel", h.base_url(), job.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let job = h.wait_state(job.id, JobState::Cancelled).await;
+    assert_eq!(job.attempt, 1);
+    let line = line_of("slow");
+    assert_outcome_fields(&line, "postgres_");
+    assert_eq!(line["fields"]["error"], "the dump was stopped", "{line}");
+    assert_eq!(
+        line["fields"]["cause"], "cancelled by operator: no attempts left",
+        "{line}"
+    );
+    // What the stopped dumps wrote goes with them.
+    until("the partial dumps stay", || files_in(&external).is_empty()).await;
+}
+
+#[tokio::test]
+async fn db_dump_pg_dump_gets_the_pg_environment_but_not_the_workers_secrets() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let seen = dir.path().join("pg_dump.env");
+    let wrapper = script(
+        &dir.path().join("wrap"),
+        "pg_dump",
+        &format!(
+            "[ \"$1\" = --version ] || env > {}\nexec {} \"$@\"",
+            seen.display(),
+            Postgres::bin().join("pg_dump").display()
+        ),
+    );
+    // The password comes from the standard PGPASSWORD, the connection from the section.
+    let config = crate::cli::write_config(
+        dir.path(),
+        &format!(
+            "[destinations.nas]\ntype = \"folder\"\npath = \"{}\"\n\
+             [databases.app]\nhost = \"{}\"\nport = {}\ndatabase = \"postgres\"\nuser = \"postgres\"\n\
+             days = [\"Mon\"]\ntime = \"02:15\"\nexternal_path = \"{}\"\nrequire_mount = false\n\
+             destination = \"nas\"\nretries = 3\npg_dump = \"{}\"\n",
+            dest.display(),
+            pg.socket_dir().display(),
+            pg.port,
+            external.display(),
+            wrapper.display()
+        ),
+    );
+    let secrets = [
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-0123456789"),
+        ("SUPERVISOR_TOKEN", "supervisor-token-0123456789"),
+        ("OFFSITE_API__TOKEN", "offsite-api-token-0123456789abcdef"),
+    ];
+    let command = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.current_dir(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSFILE")
+            .env("PGPASSWORD", &pg.password)
+            .env("PGAPPNAME", "offsite-env-test");
+        for (k, v) in secrets {
+            c.env(k, v);
+        }
+        c
+    };
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let log = dir.path().join("worker.log");
+    let worker = command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let store = offsite::queue::Store::open(&dir.path().join("data/offsite.db"))
+        .await
+        .unwrap();
+    wait_schedule(&store, "db_dump.app", &log).await;
+    // Through the CLI: the job gets the section's retries.
+    let out = command(&[
+        "enqueue",
+        "db_dump",
+        "--args",
+        r#"{"database":"app"}"#,
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["job"]["id"].as_i64().unwrap();
+    let job = wait_for(&store, id, |j| {
+        matches!(j.state, JobState::Completed | JobState::Discarded)
+    })
+    .await;
+    crate::snapshots::stop(worker);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(job.state, JobState::Completed, "{text}");
+    assert_eq!(files_in(&dest).len(), 1);
+
+    let env = std::fs::read_to_string(&seen).unwrap();
+    let vars: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(
+        env.contains(&format!("PGPASSWORD={}\n", pg.password)),
+        "{vars:?}"
+    );
+    assert!(env.contains("PGAPPNAME=offsite-env-test\n"), "{vars:?}");
+    assert!(env.contains("PGHOST="), "{vars:?}");
+    assert!(vars.contains(&"PATH"), "{vars:?}");
+    for (k, v) in secrets {
+        assert!(!env.contains(v), "{k} reached pg_dump: {vars:?}");
+    }
+    assert!(!vars.iter().any(|v| v.starts_with("OFFSITE_")), "{vars:?}");
+    assert_eq!(
+        v["job"]["max_attempts"], 4,
+        "retries = 3, plus the first: {v}"
+    );
 }
