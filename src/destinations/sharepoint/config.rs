@@ -216,7 +216,7 @@ impl SharePointConfig {
             if set {
                 return Err((
                     field,
-                    "not used with managed_identity = true (the host's identity signs in);                      remove it, or set managed_identity = false"
+                    "not used with managed_identity = true (the host's identity signs in); remove it, or set managed_identity = false"
                         .into(),
                 ));
             }
@@ -225,7 +225,7 @@ impl SharePointConfig {
         if self.client_id.trim().contains(char::is_whitespace) {
             return Err((
                 "client_id",
-                "the client id of a user-assigned identity (a GUID), or empty for the                  system-assigned one"
+                "the client id of a user-assigned identity (a GUID), or empty for the system-assigned one"
                     .into(),
             ));
         }

@@ -517,7 +517,7 @@ impl SharePointDestination {
         .await
         .map_err(|e| match self.transport_error("sign-in", e) {
             TransferError::Temporary(m) => TransferError::Temporary(format!(
-                "{m} (no answer from the Azure Instance Metadata Service at {endpoint}: a                  managed identity exists only on an Azure VM; elsewhere set client_secret or                  a certificate and managed_identity = false)"
+                "{m} (no answer from the Azure Instance Metadata Service at {endpoint}: a managed identity exists only on an Azure VM; elsewhere set client_secret or a certificate and managed_identity = false)"
             )),
             other => other,
         })?;
@@ -549,7 +549,7 @@ impl SharePointDestination {
                 },
                 _ if refused.error_description.contains("Identity not found") => {
                     TransferError::Permanent(format!(
-                        "sharepoint.managed_identity: this host has no {}; assign it to the VM                          in the Azure portal (Identity), or fix client_id ({detail})",
+                        "sharepoint.managed_identity: this host has no {}; assign it to the VM in the Azure portal (Identity), or fix client_id ({detail})",
                         which.trim_start_matches("the ")
                     ))
                 }
@@ -575,7 +575,7 @@ impl SharePointDestination {
                 // A domain cannot be compared with the token's tenant id.
                 None if !self.tenant.contains('.') => {
                     return Err(TransferError::Permanent(format!(
-                        "sharepoint.tenant_id: the token of {which} names no tenant to compare                          with {}; leave tenant_id empty to accept the identity's",
+                        "sharepoint.tenant_id: the token of {which} names no tenant to compare with {}; leave tenant_id empty to accept the identity's",
                         self.tenant
                     )));
                 }
