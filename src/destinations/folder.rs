@@ -30,7 +30,7 @@ use crate::transfer::{ByteStream, Sha256State, TransferError, io_error};
 /// Files whose name ends so are offsite's unfinished uploads.
 pub const PARTIAL_SUFFIX: &str = ".offsite-partial";
 
-use readback::{ReadBack, Stamp};
+use readback::{ReadBack, Stamp, Verified};
 
 #[derive(Clone)]
 pub struct LocalFolder {
@@ -109,7 +109,8 @@ fn append_blocking(
     chunk: &[u8],
     reading: Option<&ReadBack>,
 ) -> Result<(), TransferError> {
-    let mut file = match OpenOptions::new().write(true).open(temp) {
+    // Readable too: the read-back compares what it wrote through the same descriptor.
+    let mut file = match OpenOptions::new().read(true).write(true).open(temp) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(TransferError::SessionGone(format!(
@@ -139,7 +140,7 @@ fn append_blocking(
     match write_durably(&mut file, chunk, |f| f.metadata()) {
         Ok(meta) => {
             if let Some(r) = reading {
-                r.written(offset + chunk.len() as u64, Stamp::of(&meta));
+                r.written(&file, offset, chunk, Stamp::of(&meta));
             }
             Ok(())
         }
@@ -435,7 +436,9 @@ impl Destination for LocalFolder {
             });
             this.stop_reading(&temp);
             let (len, hash) = match read_back? {
-                Some(early) => early,
+                // Every byte compared equal to the source's, which hash to `expected_hash`.
+                Some((len, Verified::AsWritten)) => (len, expected_hash.clone()),
+                Some((len, Verified::Sha256(hash))) => (len, hash),
                 None => hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?,
             };
             if len != expected_len || len != sent_size || hash != expected_hash {
