@@ -326,13 +326,16 @@ pub fn from_backup_env(vars: &BTreeMap<String, String>) -> Result<Option<toml::T
         "BACKUP_EXTERNAL_PATH",
         "BACKUP_DESTINATION",
     ];
-    const SHAREPOINT: [(&str, &str); 6] = [
+    const SHAREPOINT: [(&str, &str); 7] = [
         ("BACKUP_SHAREPOINT_TENANT_ID", "tenant_id"),
         ("BACKUP_SHAREPOINT_CLIENT_ID", "client_id"),
         ("BACKUP_SHAREPOINT_CLIENT_SECRET", "client_secret"),
         ("BACKUP_SHAREPOINT_SITE", "site"),
         ("BACKUP_SHAREPOINT_LIBRARY", "library"),
         ("BACKUP_SHAREPOINT_FOLDER", "folder"),
+        // Not an FR name: on an Azure VM or container host, the host's identity signs in
+        // instead of an app secret (then only the site and library are required).
+        ("BACKUP_SHAREPOINT_MANAGED_IDENTITY", "managed_identity"),
     ];
     let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     if !OURS
@@ -409,12 +412,33 @@ pub fn from_backup_env(vars: &BTreeMap<String, String>) -> Result<Option<toml::T
             // The SharePoint destination (`type = "sharepoint"`), as [destinations.sharepoint].
             let mut sp = toml::Table::new();
             sp.insert("type".into(), s("sharepoint"));
+            let identity = match get("BACKUP_SHAREPOINT_MANAGED_IDENTITY") {
+                None => false,
+                Some(v) => match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => {
+                        return bad(
+                            "BACKUP_SHAREPOINT_MANAGED_IDENTITY",
+                            format!("{v:?} is neither true nor false"),
+                        );
+                    }
+                },
+            };
             for (var, key) in SHAREPOINT {
+                // With the host's identity only the target is required: a tenant id, when
+                // given, is checked against the token's; a client id picks a user-assigned
+                // identity; a secret is refused by the destination's own check.
+                let optional = key == "folder"
+                    || (identity && ["tenant_id", "client_id", "client_secret"].contains(&key));
                 match get(var) {
+                    Some(_) if key == "managed_identity" => {
+                        sp.insert(key.into(), toml::Value::Boolean(identity));
+                    }
                     Some(v) => {
                         sp.insert(key.into(), s(v));
                     }
-                    None if key == "folder" => {}
+                    None if optional || key == "managed_identity" => {}
                     None => return bad(var, "not set (the SharePoint target needs it)".into()),
                 }
             }
@@ -1327,5 +1351,27 @@ mod tests {
         sp.remove("BACKUP_SHAREPOINT_CLIENT_ID");
         let e = from_backup_env(&sp).unwrap_err();
         assert_eq!(Some(e.var.as_str()), Some("BACKUP_SHAREPOINT_CLIENT_ID"));
+
+        // The host's identity: only the site and library are needed.
+        let mut mi = sp.clone();
+        for k in [
+            "BACKUP_SHAREPOINT_TENANT_ID",
+            "BACKUP_SHAREPOINT_CLIENT_SECRET",
+        ] {
+            mi.remove(k);
+        }
+        mi.insert("BACKUP_SHAREPOINT_MANAGED_IDENTITY".into(), "true".into());
+        let t = from_backup_env(&mi).unwrap().unwrap();
+        let d = &t["destinations"]["sharepoint"];
+        assert_eq!(d["managed_identity"].as_bool(), Some(true));
+        assert!(d.get("client_secret").is_none() && d.get("tenant_id").is_none());
+        mi.insert("BACKUP_SHAREPOINT_MANAGED_IDENTITY".into(), "maybe".into());
+        let e = from_backup_env(&mi).unwrap_err();
+        assert_eq!(e.var, "BACKUP_SHAREPOINT_MANAGED_IDENTITY");
+        assert!(e.message.contains("\"maybe\""), "{}", e.message);
+        // Off, the app's fields are required again.
+        mi.insert("BACKUP_SHAREPOINT_MANAGED_IDENTITY".into(), "false".into());
+        let e = from_backup_env(&mi).unwrap_err();
+        assert_eq!(e.var, "BACKUP_SHAREPOINT_TENANT_ID");
     }
 }
