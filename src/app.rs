@@ -178,6 +178,7 @@ pub async fn start(setup: Setup) -> Result<Running, StartError> {
     if let Err(e) = jobs::snapshot::sweep_partials(&setup.services, &store, true).await {
         warn!(error = %e, "could not look for unfinished uploads to remove");
     }
+    jobs::db_dump::sweep_at_start(&config, &store).await;
     // Each destination checks it can be used (a folder is created, a bucket looked at); what
     // only the user can fix stops the start, a network that is down for now does not.
     for name in setup.services.destination_names() {

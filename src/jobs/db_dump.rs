@@ -734,6 +734,15 @@ async fn remove(dir: &std::path::Path, section: &str, name: &str) {
     }
 }
 
+/// At start-up, before any worker runs: every configured section's drive is swept (see
+/// [`sweep`]), so the dump of a job cancelled or deleted while it waited for a retry goes
+/// even when its section's next run is days away. A drive that is not there is skipped.
+pub async fn sweep_at_start(config: &crate::config::Config, store: &Store) {
+    for (section, db) in &config.databases {
+        sweep(db, section, store).await;
+    }
+}
+
 /// Removes what no one needs any more from the section's external path: files of the
 /// section's database (`{database}_{YYYY-MM-DD_HH-mm}[_N].sql`, staging files and partials)
 /// that no unfinished db_dump job names — of any section: two sections may dump one database

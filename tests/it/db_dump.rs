@@ -1446,6 +1446,53 @@ async fn db_dump_the_sweep_removes_dumps_of_cancelled_and_deleted_jobs_and_orpha
     }
 }
 
+#[tokio::test]
+async fn db_dump_a_restart_sweeps_the_dump_of_a_job_cancelled_while_it_waited() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let dest = dir.path().join("dest");
+    let config = config_with(
+        dir.path(),
+        &dest,
+        "app",
+        database(&pg, "postgres", &external, "require_mount = false\n"),
+    );
+    let mut h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
+    let cancelled = "postgres_2026-01-05_02-15.sql";
+    let owed = "postgres_2026-01-07_02-15.sql";
+    for n in [cancelled, owed] {
+        std::fs::write(external.join(n), b"-- dump").unwrap();
+    }
+    let x = waiting_job(&h, "app", cancelled).await;
+    let y = waiting_job(&h, "app", owed).await;
+    h.store().cancel(x.id).await.unwrap();
+    assert_eq!(
+        h.store().job(x.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    // Nothing ran: the cancelled job's dump is still there until something sweeps.
+    assert_eq!(
+        files_in(&external),
+        vec![cancelled.to_string(), owed.to_string()]
+    );
+
+    let config = (*h.running().state.config).clone();
+    h.start_again(config).await;
+    assert_eq!(
+        files_in(&external),
+        vec![owed.to_string()],
+        "the restart removed the cancelled job's dump, kept the one still owed"
+    );
+    let y = h.store().job(y.id).await.unwrap().unwrap();
+    assert_eq!(
+        (y.state, y.attempt),
+        (JobState::Retryable, 1),
+        "no dump ran"
+    );
+}
+
 /// A bind mount for one test, unmounted when dropped.
 struct Bind(PathBuf);
 
