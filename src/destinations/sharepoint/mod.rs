@@ -68,6 +68,17 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 const MAX_PAGES: usize = 10_000;
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
+/// An OAuth error answer (Azure AD's token endpoint, the Instance Metadata Service).
+#[derive(Deserialize, Default)]
+struct Refused {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
 /// The library's drive id and the folder's item id, as Graph names them.
 #[derive(Debug, Clone)]
 struct Ids {
@@ -523,13 +534,6 @@ impl SharePointDestination {
         })?;
         let status = reply.status.as_u16();
         if !reply.status.is_success() {
-            #[derive(Deserialize, Default)]
-            struct Refused {
-                #[serde(default)]
-                error: String,
-                #[serde(default)]
-                error_description: String,
-            }
             let refused: Refused = serde_json::from_slice(&reply.body).unwrap_or_default();
             let detail = redacted(format!(
                 "HTTP {status} {}: {}",
@@ -636,15 +640,6 @@ impl SharePointDestination {
 
     /// Azure AD's answer to a refused sign-in, said the way the user can fix it.
     fn sign_in_refused(&self, reply: &Reply) -> TransferError {
-        #[derive(Deserialize, Default)]
-        struct Refused {
-            #[serde(default)]
-            error: String,
-            #[serde(default)]
-            error_description: String,
-            #[serde(default)]
-            error_codes: Vec<u64>,
-        }
         let status = reply.status.as_u16();
         let refused: Refused = serde_json::from_slice(&reply.body).unwrap_or_default();
         // The description's first line; the rest is trace and correlation ids.
