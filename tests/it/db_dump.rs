@@ -1240,6 +1240,27 @@ async fn db_dump_killed_mid_upload_to_sharepoint_resumes_from_the_sessions_range
 
 // ------------------------------------------------------------------ names, sweeps, limits
 
+/// A temp dir holding an empty `drive` folder (not a mount: `require_mount = false`, then
+/// `extra`) and the configuration of section `app`, which dumps database `postgres` there and
+/// uploads to the folder destination `dest` beside it.
+fn plain_drive(pg: &Postgres, extra: &str) -> (tempfile::TempDir, PathBuf, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("drive");
+    std::fs::create_dir_all(&external).unwrap();
+    let config = config_with(
+        dir.path(),
+        &dir.path().join("dest"),
+        "app",
+        database(
+            pg,
+            "postgres",
+            &external,
+            &format!("require_mount = false\n{extra}"),
+        ),
+    );
+    (dir, external, config)
+}
+
 /// A db_dump job of `section` that waits for its retry, its dump `file` named in its
 /// checkpoint as an attempt that published it records it (the state a failed upload with
 /// retries left leaves, without waiting a backoff out).
@@ -1369,17 +1390,8 @@ async fn db_dump_a_taken_name_is_never_replaced_and_sections_sharing_a_database_
 async fn db_dump_the_sweep_removes_dumps_of_cancelled_and_deleted_jobs_and_orphans_but_not_owed_ones()
  {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let external = dir.path().join("drive");
-    std::fs::create_dir_all(&external).unwrap();
-    let dest = dir.path().join("dest");
     let (lines, _guard) = capture(LogFormat::Json, None);
-    let config = config_with(
-        dir.path(),
-        &dest,
-        "app",
-        database(&pg, "postgres", &external, "require_mount = false\n"),
-    );
+    let (_dir, external, config) = plain_drive(&pg, "");
     let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
     let cancelled = "postgres_2026-01-05_02-15.sql";
     let deleted = "postgres_2026-01-06_02-15.sql";
@@ -1449,16 +1461,7 @@ async fn db_dump_the_sweep_removes_dumps_of_cancelled_and_deleted_jobs_and_orpha
 #[tokio::test]
 async fn db_dump_a_restart_sweeps_the_dump_of_a_job_cancelled_while_it_waited() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let external = dir.path().join("drive");
-    std::fs::create_dir_all(&external).unwrap();
-    let dest = dir.path().join("dest");
-    let config = config_with(
-        dir.path(),
-        &dest,
-        "app",
-        database(&pg, "postgres", &external, "require_mount = false\n"),
-    );
+    let (_dir, external, config) = plain_drive(&pg, "");
     let mut h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
     let cancelled = "postgres_2026-01-05_02-15.sql";
     let owed = "postgres_2026-01-07_02-15.sql";
@@ -1572,15 +1575,7 @@ async fn db_dump_a_mount_point_on_the_device_of_offsites_data_is_not_an_external
 #[tokio::test]
 async fn db_dump_jobs_submitted_through_the_api_get_the_sections_retries() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let external = dir.path().join("drive");
-    std::fs::create_dir_all(&external).unwrap();
-    let mut config = config_with(
-        dir.path(),
-        &dir.path().join("dest"),
-        "app",
-        database(&pg, "postgres", &external, "require_mount = false\n"),
-    );
+    let (_dir, _external, mut config) = plain_drive(&pg, "");
     config.databases.get_mut("app").unwrap().retries = 2;
     let h = Harness::start_in(tempfile::tempdir().unwrap(), config).await;
     let c = reqwest::Client::new();
