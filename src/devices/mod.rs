@@ -427,3 +427,76 @@ pub fn valid_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+// ------------------------------------------------------------------ diffs
+
+/// Whether a JSON key names a secret (its value is masked in diffs).
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["pass", "psk", "secret", "token", "key", "pwd", "auth"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn mask(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                if secret_key(k) && (v.is_string() || v.is_number()) {
+                    *v = serde_json::Value::String("***".into());
+                } else {
+                    mask(v);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(mask),
+        _ => {}
+    }
+}
+
+/// A readable line diff (`-`/`+`, unchanged lines with two spaces) of two versions of a
+/// text format, normalised, with secrets masked (values of secret-looking JSON keys, and
+/// every registered credential). `None` for binary formats.
+pub fn diff(handler: &dyn DeviceBackupHandler, old: &[u8], new: &[u8]) -> Option<String> {
+    let text = |b: &[u8]| -> Option<String> {
+        let n = handler.normalise(b);
+        match handler.format() {
+            Format::Binary => None,
+            Format::Json => {
+                let mut v: serde_json::Value = serde_json::from_slice(&n).ok()?;
+                mask(&mut v);
+                serde_json::to_string_pretty(&v).ok()
+            }
+            Format::Text => String::from_utf8(n).ok(),
+        }
+    };
+    let (a, b) = (text(old)?, text(new)?);
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    // Longest common subsequence, then walk it.
+    let mut l = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            l[i][j] = if a[i] == b[j] {
+                l[i + 1][j + 1] + 1
+            } else {
+                l[i + 1][j].max(l[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push_str(&format!("  {}\n", a[i]));
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || l[i + 1][j] >= l[i][j + 1]) {
+            out.push_str(&format!("- {}\n", a[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
+        }
+    }
+    Some(crate::redact::redact(&out).into_owned())
+}

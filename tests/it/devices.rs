@@ -1,0 +1,353 @@
+//! device_fetch through the real binary against the fakes in `tests/support/devices.rs`:
+//! artifacts 0600 in a 0700 directory, store-on-change, the diff of a change, keep-N,
+//! wrong credentials, a device that hangs mid-body, an oversized answer, configuration
+//! errors naming the field, and no secret in any log line or stored error.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use offsite::{
+    devices::store::{Index, device_dir, read_index},
+    queue::{JobState, Store, store::JobRecord},
+};
+
+use crate::{
+    cli::offsite,
+    common::wait_for,
+    snapshots::{spawn, stop},
+    support::devices::{FakeDevice, Mode},
+};
+
+const PASSWORD: &str = "dev1ce-Pa55word-never-logged";
+
+struct Run {
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    log: PathBuf,
+    data: PathBuf,
+    worker: Option<Child>,
+    store: Store,
+}
+
+impl Run {
+    async fn start(devices: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let cfg = dir.path().join("offsite.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"data\"\n[api]\nenabled = false\n[snapshots]\nenabled = false\n{devices}"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("log");
+        let worker = spawn(&cfg, &log);
+        let db = data.join("offsite.db");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let store = loop {
+            if db.exists()
+                && let Ok(s) = Store::open(&db).await
+            {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never made its database"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Run {
+            _dir: dir,
+            cfg,
+            log,
+            data,
+            worker: Some(worker),
+            store,
+        }
+    }
+
+    /// Fetch now (the schedule's run-now through the CLI), then the job once finished.
+    async fn fetch(&self, device: &str) -> JobRecord {
+        let out = offsite(
+            &self.cfg,
+            &["schedules", "run", &format!("device_fetch.{device}")],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let id: i64 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no job id in {text:?}"));
+        wait_for(&self.store, id, |j| {
+            matches!(
+                j.state,
+                JobState::Completed | JobState::Discarded | JobState::Cancelled
+            )
+        })
+        .await
+    }
+
+    fn dir(&self, device: &str) -> PathBuf {
+        device_dir(&self.data, device)
+    }
+
+    async fn index(&self, device: &str) -> Index {
+        read_index(&self.dir(device)).await
+    }
+
+    fn backups(&self, device: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir(device))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .filter(|n| n.starts_with("backup_"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Stops the worker and returns its whole log.
+    fn finish(&mut self) -> String {
+        if let Some(w) = self.worker.take() {
+            stop(w);
+        }
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file under `dir` except the artifacts themselves (which hold secrets by design).
+fn assert_no_secret_outside_artifacts(dir: &Path, secret: &str) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            assert_no_secret_outside_artifacts(&p, secret);
+        } else if !name.starts_with("backup_") && !name.starts_with("offsite.db") {
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).to_string();
+            assert!(!text.contains(secret), "secret in {}", p.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn wled_fetches_store_on_change_diff_the_change_and_keep_n() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    let mut run = Run::start(&format!(
+        "[devices.kitchen]\ntype = \"wled\"\nhost = \"{}\"\nkeep = 2\n",
+        fake.base
+    ))
+    .await;
+
+    let job = run.fetch("kitchen").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let files = run.backups("kitchen");
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].starts_with("backup_") && files[0].ends_with(".json"));
+    assert_eq!(mode(&run.dir("kitchen").join(&files[0])), 0o600);
+    assert_eq!(mode(&run.dir("kitchen")), 0o700);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir("kitchen").join(&files[0])).unwrap())
+            .unwrap();
+    assert_eq!(stored["cfg"]["id"]["name"], "Kitchen");
+    assert_eq!(stored["presets"]["1"]["n"], "Evening");
+    let index = run.index("kitchen").await;
+    assert_eq!(index.versions.len(), 1);
+    assert_eq!(index.versions[0].firmware.as_deref(), Some("0.14.4"));
+
+    // Unchanged: a successful fetch, no new file.
+    let job = run.fetch("kitchen").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    assert_eq!(run.backups("kitchen"), files);
+    let index = run.index("kitchen").await;
+    let last = index.last_fetch.clone().unwrap();
+    assert!(last.ok && !last.changed, "{last:?}");
+
+    // Changed: one more file, and the diff shows exactly the change.
+    fake.edit(|s| s.cfg["id"]["name"] = "Kitchen 2".into());
+    let job = run.fetch("kitchen").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let two = run.backups("kitchen");
+    assert_eq!(two.len(), 2, "{two:?}");
+    let index = run.index("kitchen").await;
+    let (a, b) = (&index.versions[0].file, &index.versions[1].file);
+    let read = |f: &str| std::fs::read(run.dir("kitchen").join(f)).unwrap();
+    let h = offsite::devices::handler("wled").unwrap();
+    let diff = offsite::devices::diff(h, &read(a), &read(b)).unwrap();
+    let changed: Vec<&str> = diff.lines().filter(|l| !l.starts_with("  ")).collect();
+    assert_eq!(
+        changed,
+        vec![
+            "-       \"name\": \"Kitchen\"",
+            "+       \"name\": \"Kitchen 2\""
+        ],
+        "{diff}"
+    );
+
+    // A third change: keep = 2 prunes the oldest.
+    fake.edit(|s| s.presets["2"] = serde_json::json!({"n": "Night"}));
+    let job = run.fetch("kitchen").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let now = run.backups("kitchen");
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(!now.contains(&files[0]), "the oldest was pruned: {now:?}");
+    assert_eq!(run.index("kitchen").await.versions.len(), 2);
+    run.finish();
+}
+
+#[tokio::test]
+async fn scheduled_fetches_write_artifacts() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    let mut run = Run::start(&format!(
+        "[devices.hall]\ntype = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n\
+         [devices.hall.schedule]\ncron = \"* * * * * *\"\n",
+        fake.base
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run.backups("hall").is_empty() {
+        assert!(Instant::now() < deadline, "the schedule never fetched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The clock fields change on every read; the schedule keeps fetching, no new version.
+    fake.edit(|s| s.settings["time"] = "10:01".into());
+    let before = fake.state.lock().unwrap().requests.len();
+    while fake.state.lock().unwrap().requests.len() < before + 2 {
+        assert!(Instant::now() < deadline, "the schedule stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let index = run.index("hall").await;
+    assert_eq!(run.backups("hall").len(), 1, "the clock is not a change");
+    assert_eq!(
+        index.versions[0].firmware.as_deref(),
+        Some("20230913-112003/v1.14.0-gcb84623")
+    );
+    let log = run.finish();
+    assert!(!log.contains(PASSWORD), "password in the log");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_clearly_without_the_secret() {
+    let fake = FakeDevice::start("admin", "the-real-one").await;
+    let mut run = Run::start(&format!(
+        "[devices.hall]\ntype = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("hall").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let err = job.last_error.clone().unwrap();
+    assert!(
+        err.contains("device hall") && err.contains("refused the credentials"),
+        "{err}"
+    );
+    assert_eq!(job.attempt, 1, "wrong credentials are not retried");
+    assert!(!err.contains(PASSWORD));
+    let index = run.index("hall").await;
+    let last = index.last_fetch.unwrap();
+    assert!(!last.ok);
+    assert!(last.error.unwrap().contains("refused the credentials"));
+    assert!(run.backups("hall").is_empty());
+    let log = run.finish();
+    assert!(log.contains("device hall"), "the failure is logged: {log}");
+    assert!(!log.contains(PASSWORD), "password in the log");
+    assert_no_secret_outside_artifacts(&run.data, PASSWORD);
+}
+
+#[tokio::test]
+async fn a_device_hanging_mid_body_times_out_naming_the_device() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    fake.set_mode(Mode::HangMidBody);
+    let mut run = Run::start(&format!(
+        "[devices.plug]\ntype = \"tasmota\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n\
+         timeout_secs = 1\nretries = 0\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("plug").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let err = job.last_error.clone().unwrap();
+    assert!(
+        err.contains("device plug") && err.contains("timed out after 1s"),
+        "{err}"
+    );
+    assert!(
+        run.backups("plug").is_empty(),
+        "nothing half-written is kept"
+    );
+
+    // The same device answering in full: a binary .dmp with its firmware version.
+    fake.set_mode(Mode::Normal);
+    let job = run.fetch("plug").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let files = run.backups("plug");
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with(".dmp"));
+    assert_eq!(
+        std::fs::read(run.dir("plug").join(&files[0])).unwrap(),
+        fake.state.lock().unwrap().dmp
+    );
+    let index = run.index("plug").await;
+    assert_eq!(index.versions[0].firmware.as_deref(), Some("14.3.0"));
+    let log = run.finish();
+    assert!(!log.contains(PASSWORD), "password in the log");
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_refused_naming_the_device() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    fake.set_mode(Mode::Huge(256 * 1024));
+    let mut run = Run::start(&format!(
+        "[devices.kitchen]\ntype = \"wled\"\nhost = \"{}\"\nmax_bytes = 65536\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("kitchen").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let err = job.last_error.unwrap();
+    assert!(
+        err.contains("device kitchen") && err.contains("larger than max_bytes (65536 bytes)"),
+        "{err}"
+    );
+    assert_eq!(job.attempt, 1, "a too-large answer is not retried");
+    run.finish();
+}
+
+#[test]
+fn bad_device_config_stops_start_up_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (section, field) in [
+        ("type = \"toaster\"\nhost = \"10.0.0.5\"", "devices.d1.type"),
+        ("type = \"wled\"", "devices.d1.host"),
+        ("type = \"http\"\nurl = \"ftp://x\"", "devices.d1.url"),
+        (
+            "type = \"wled\"\nhost = \"10.0.0.5\"\nkeep = 0",
+            "devices.d1.keep",
+        ),
+        (
+            "type = \"wled\"\nhost = \"10.0.0.5\"\n[devices.d1.schedule]\nevery = \"5s\"",
+            "devices.d1.schedule",
+        ),
+    ] {
+        let cfg = crate::cli::write_config(dir.path(), &format!("[devices.d1]\n{section}\n"));
+        let out = offsite(&cfg, &["run"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{section}: started");
+        assert!(err.contains(field), "{section}: {err}");
+    }
+}
