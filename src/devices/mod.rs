@@ -9,6 +9,7 @@
 
 pub mod generic;
 pub mod shelly_gen1;
+pub mod shelly_gen2;
 pub mod store;
 pub mod tasmota;
 pub mod wled;
@@ -66,6 +67,7 @@ pub trait DeviceBackupHandler: Send + Sync {
 pub static TYPES: &[(&str, &dyn DeviceBackupHandler)] = &[
     ("wled", &wled::Wled),
     ("shelly_gen1", &shelly_gen1::ShellyGen1),
+    ("shelly_gen2", &shelly_gen2::ShellyGen2),
     ("tasmota", &tasmota::Tasmota),
     ("http", &generic::Generic),
 ];
@@ -294,12 +296,27 @@ impl DeviceClient {
         headers: &[(&str, &str)],
         auth: Auth<'_>,
     ) -> Result<Response, DeviceError> {
+        self.send_body(method, url, headers, auth, None).await
+    }
+
+    /// [`DeviceClient::send`] with a request body.
+    pub async fn send_body(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        auth: Auth<'_>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, DeviceError> {
         let shown = url::Url::parse(url)
             .map(|u| u.path().to_string())
             .unwrap_or_else(|_| url.to_string());
         let mut req = self.http.request(method, url);
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
         }
         req = match auth {
             Auth::None => req,

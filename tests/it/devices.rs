@@ -351,3 +351,49 @@ fn bad_device_config_stops_start_up_naming_the_field() {
         assert!(err.contains(field), "{section}: {err}");
     }
 }
+
+#[tokio::test]
+async fn shelly_gen2_digest_sha256_reads_every_script_in_full_and_every_kvs_page() {
+    let fake = crate::support::devices::FakeShellyGen2::start(PASSWORD).await;
+    let mut run = Run::start(&format!(
+        "[devices.plus]\ntype = \"shelly_gen2\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("plus").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let files = run.backups("plus");
+    assert_eq!(files.len(), 1);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir("plus").join(&files[0])).unwrap()).unwrap();
+    let want = fake.state.lock().unwrap().scripts[0].2.clone();
+    assert!(want.len() > 3000, "the script needs several chunks");
+    assert_eq!(doc["scripts"][0]["code"], want.as_str(), "read in full");
+    assert_eq!(doc["scripts"][1]["code"], "let x=1;");
+    assert_eq!(doc["kvs"].as_array().unwrap().len(), 7, "every page");
+    assert_eq!(doc["config"]["switch:0"]["name"], "Hall");
+    assert_eq!(doc["schedules"]["jobs"][0]["timespec"], "0 0 22 * * *");
+    assert_eq!(
+        run.index("plus").await.versions[0].firmware.as_deref(),
+        Some("1.0.8")
+    );
+
+    // A revision counter moving is not a change.
+    fake.state.lock().unwrap().schedules_rev = 2;
+    let job = run.fetch("plus").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    assert_eq!(run.backups("plus").len(), 1);
+
+    // Wrong password: refused, named, not retried, no secret anywhere.
+    fake.state.lock().unwrap().password = "changed-on-the-device".into();
+    let job = run.fetch("plus").await;
+    assert_eq!(job.state, JobState::Discarded);
+    let err = job.last_error.unwrap();
+    assert!(
+        err.contains("device plus") && err.contains("refused the credentials"),
+        "{err}"
+    );
+    let log = run.finish();
+    assert!(!log.contains(PASSWORD), "password in the log");
+    assert_no_secret_outside_artifacts(&run.data, PASSWORD);
+}
