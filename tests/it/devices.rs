@@ -74,10 +74,7 @@ impl Run {
 
     /// Fetch now (the schedule's run-now through the CLI), then the job once finished.
     async fn fetch(&self, device: &str) -> JobRecord {
-        let out = offsite(
-            &self.cfg,
-            &["schedules", "run", &format!("device_fetch.{device}")],
-        );
+        let out = offsite(&self.cfg, &["devices", "fetch", device]);
         assert!(
             out.status.success(),
             "{}",
@@ -85,8 +82,9 @@ impl Run {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         let id: i64 = text
-            .split_whitespace()
-            .nth(2)
+            .split("as job ")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no job id in {text:?}"));
         wait_for(&self.store, id, |j| {
@@ -125,6 +123,18 @@ impl Run {
         }
         std::fs::read_to_string(&self.log).unwrap()
     }
+}
+
+/// The CLI off the runtime's thread (the fakes run on it, and a test-connection talks to them).
+async fn cli(cfg: &Path, args: &[&str]) -> std::process::Output {
+    let cfg = cfg.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        offsite(&cfg, &args)
+    })
+    .await
+    .unwrap()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -169,6 +179,14 @@ async fn wled_fetches_store_on_change_diff_the_change_and_keep_n() {
     let index = run.index("kitchen").await;
     assert_eq!(index.versions.len(), 1);
     assert_eq!(index.versions[0].firmware.as_deref(), Some("0.14.4"));
+
+    let out = cli(&run.cfg, &["devices", "test", "kitchen"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connected (WLED 0.14.4)"));
 
     // Unchanged: a successful fetch, no new file.
     let job = run.fetch("kitchen").await;
@@ -263,6 +281,20 @@ async fn wrong_credentials_fail_clearly_without_the_secret() {
     assert!(!last.ok);
     assert!(last.error.unwrap().contains("refused the credentials"));
     assert!(run.backups("hall").is_empty());
+    // The CLI: test-connection says so, list shows the failure; neither shows the secret.
+    let out = cli(&run.cfg, &["devices", "test", "hall"]).await;
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        said.contains("device hall") && said.contains("refused the credentials"),
+        "{said}"
+    );
+    assert!(!said.contains(PASSWORD));
+    let out = offsite(&run.cfg, &["devices", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success());
+    assert!(listed.contains("hall: last fetch FAILED"), "{listed}");
+    assert!(!listed.contains(PASSWORD));
     let log = run.finish();
     assert!(log.contains("device hall"), "the failure is logged: {log}");
     assert!(!log.contains(PASSWORD), "password in the log");
