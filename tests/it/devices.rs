@@ -429,3 +429,97 @@ async fn shelly_gen2_digest_sha256_reads_every_script_in_full_and_every_kvs_page
     assert!(!log.contains(PASSWORD), "password in the log");
     assert_no_secret_outside_artifacts(&run.data, PASSWORD);
 }
+
+#[tokio::test]
+async fn the_api_lists_fetches_tests_downloads_and_diffs_without_secrets() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n",
+        fake.base
+    ))
+    .unwrap();
+    let mut h = crate::common::Harness::start_with(|c| {
+        c.devices.insert("hall".into(), device);
+    })
+    .await;
+    let base = format!("{}/api/v1/devices", h.base_url());
+    let c = reqwest::Client::new();
+
+    let r = c.post(format!("{base}/hall/test")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let said = r.text().await.unwrap();
+    assert!(said.contains("v1.14.0"), "{said}");
+
+    let fetch = |c: reqwest::Client, base: String| async move {
+        let r = c.post(format!("{base}/hall/fetch")).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["job"]["id"].as_i64().unwrap()
+    };
+    let id = fetch(c.clone(), base.clone()).await;
+    let job = wait_for(h.store(), id, |j| j.state == JobState::Completed).await;
+    assert_eq!(job.attempt, 1);
+    fake.edit(|s| s.settings["name"] = "Hall lamp".into());
+    let id = fetch(c.clone(), base.clone()).await;
+    wait_for(h.store(), id, |j| j.state == JobState::Completed).await;
+
+    let list: serde_json::Value = c.get(&base).send().await.unwrap().json().await.unwrap();
+    let versions = list[0]["versions"].as_array().unwrap().clone();
+    assert_eq!(list[0]["name"], "hall");
+    assert_eq!(versions.len(), 2, "{list}");
+    assert_eq!(list[0]["last_fetch"]["ok"], true);
+    let (a, b) = (
+        versions[0]["file"].as_str().unwrap(),
+        versions[1]["file"].as_str().unwrap(),
+    );
+
+    let r = c
+        .get(format!("{base}/hall/versions/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(stored["name"], "Hall lamp");
+    let r = c
+        .get(format!("{base}/hall/versions/..%2F..%2Foffsite.db"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "only listed files are served");
+
+    let r = c
+        .get(format!("{base}/hall/diff?from={a}&to={b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let diff = r.text().await.unwrap();
+    let changed: Vec<&str> = diff.lines().filter(|l| !l.starts_with("  ")).collect();
+    assert_eq!(
+        changed,
+        vec![
+            "-   \"name\": \"Hall light\",",
+            "+   \"name\": \"Hall lamp\","
+        ],
+        "{diff}"
+    );
+
+    // Wrong credentials: a problem answer naming the device, without the password.
+    fake.edit(|s| s.password = "changed".into());
+    let r = c.post(format!("{base}/hall/test")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("device hall") && body.contains("refused"),
+        "{body}"
+    );
+    assert!(!body.contains(PASSWORD) && !list.to_string().contains(PASSWORD));
+    let r = c.post(format!("{base}/nope/fetch")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    h.stop().await;
+}
