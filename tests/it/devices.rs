@@ -523,3 +523,51 @@ async fn the_api_lists_fetches_tests_downloads_and_diffs_without_secrets() {
     assert_eq!(r.status(), 404);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn backup_pre_does_not_wait_on_a_device_fetch_in_progress() {
+    let fake = FakeDevice::start("admin", PASSWORD).await;
+    fake.set_mode(Mode::HangMidBody);
+    let mut run = Run::start(&format!(
+        "[devices.plug]\ntype = \"tasmota\"\nhost = \"{}\"\npassword = \"{PASSWORD}\"\n\
+         timeout_secs = 60\nretries = 0\n",
+        fake.base
+    ))
+    .await;
+    let out = cli(&run.cfg, &["devices", "fetch", "plug"]).await;
+    assert!(out.status.success());
+    // The fetch is under way: the device got the request and is hanging mid-body.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fake
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|r| r == "/dl")
+    {
+        assert!(Instant::now() < deadline, "the fetch never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The add-on's backup_pre (offsite db-snapshot) returns at once.
+    let started = Instant::now();
+    let out = cli(&run.cfg, &["db-snapshot"]).await;
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "backup_pre took {took:?}");
+    let jobs = run
+        .store
+        .list_jobs(&offsite::queue::store::JobFilter::default(), 50, None)
+        .await
+        .unwrap();
+    assert!(
+        jobs.iter()
+            .any(|j| j.kind == "device_fetch" && j.state == JobState::Running),
+        "the device fetch was still running: {jobs:#?}"
+    );
+    run.finish();
+}
