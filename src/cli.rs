@@ -51,6 +51,9 @@ pub enum Command {
     /// List schedules or run one now.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Network devices whose configuration is backed up (`[devices]`).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Back up now: scan the snapshot source and upload what is new.
     BackupNow,
     /// Write a consistent copy of the database beside it (`<database>.snapshot`), for a hot
@@ -160,6 +163,19 @@ pub enum SchedulesCommand {
     },
     /// Enqueue the schedule's job now.
     Run { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Each device with its last fetch, result, last change and stored versions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue a fetch of the device now (a running worker picks it up).
+    Fetch { name: String },
+    /// Contact the device now, from this process, and say whether the credentials work.
+    Test { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +309,84 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
             store.snapshot_to(&target).await.map_err(runtime)?;
             println!("database copied to {}", target.display());
         }
+        Command::Devices(cmd) => match cmd {
+            DevicesCommand::List { json } => {
+                let mut all = serde_json::Map::new();
+                for name in setup.config.devices.keys() {
+                    let dir = crate::devices::store::device_dir(&setup.config.data_dir, name);
+                    let index = crate::devices::store::read_index(&dir).await;
+                    if json {
+                        all.insert(
+                            name.clone(),
+                            serde_json::to_value(&index).unwrap_or_default(),
+                        );
+                        continue;
+                    }
+                    let last = match &index.last_fetch {
+                        Some(f) if f.ok => format!("ok at {}", f.at.format("%Y-%m-%d %H:%M")),
+                        Some(f) => format!(
+                            "FAILED at {}: {}",
+                            f.at.format("%Y-%m-%d %H:%M"),
+                            f.error.as_deref().unwrap_or("")
+                        ),
+                        None => "never fetched".into(),
+                    };
+                    let change = index
+                        .last_change
+                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{name}: last fetch {last}; last change {change}; {} version(s)",
+                        index.versions.len()
+                    );
+                    for v in index.versions.iter().rev() {
+                        println!(
+                            "  {}  {:>9} bytes  sha256 {}…  {}",
+                            v.file,
+                            v.size,
+                            &v.sha256[..16],
+                            v.firmware.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                if json {
+                    print_json(&all);
+                } else if setup.config.devices.is_empty() {
+                    println!("no devices configured ([devices.<name>])");
+                }
+            }
+            DevicesCommand::Fetch { name } => {
+                let store = setup.open_store().await?;
+                store
+                    .sync_schedules(&setup.schedules)
+                    .await
+                    .map_err(runtime)?;
+                let schedule = format!("{}{name}", crate::jobs::device_fetch::SCHEDULE_PREFIX);
+                let enq = scheduler::run_now(&store, &setup.registry, &schedule)
+                    .await
+                    .map_err(|e| match e {
+                        RunNowError::NotFound(_) => {
+                            usage(format!("device {name:?} is not configured under [devices]"))
+                        }
+                        other => runtime(other),
+                    })?;
+                println!(
+                    "fetch of device {name} enqueued as job {}; a running worker picks it up",
+                    enq.job.id
+                );
+            }
+            DevicesCommand::Test { name } => {
+                if !setup.config.devices.contains_key(&name) {
+                    return Err(usage(format!(
+                        "device {name:?} is not configured under [devices]"
+                    )));
+                }
+                let said = crate::jobs::device_fetch::test_connection(&setup.services, &name)
+                    .await
+                    .map_err(runtime)?;
+                println!("device {name}: connected ({said})");
+            }
+        },
         Command::BackupNow => {
             let store = setup.open_store().await?;
             // The worker may not have run yet on a new database: make sure the schedule exists.

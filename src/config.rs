@@ -147,6 +147,10 @@ pub struct Config {
     /// PostgreSQL databases dumped on their own schedules (the db_dump kind), by name.
     #[serde(default)]
     pub databases: BTreeMap<String, crate::sources::postgres::DatabaseConfig>,
+    /// Network devices whose configuration is fetched on their own schedules (the
+    /// device_fetch kind), by name.
+    #[serde(default)]
+    pub devices: BTreeMap<String, crate::devices::DeviceConfig>,
     /// Notifications and sensors in Home Assistant (the add-on turns this on).
     pub homeassistant: Option<HomeAssistantConfig>,
     /// Where the configuration came from, for messages.
@@ -946,6 +950,17 @@ impl Config {
                         db.destination
                     ),
                 ));
+            }
+        }
+        for (name, d) in &self.devices {
+            if !crate::devices::valid_name(name) {
+                return Err(self.err(
+                    &format!("devices.{name}"),
+                    "a device name is letters, digits, '-' and '_' (it names a directory)",
+                ));
+            }
+            if let Err((field, message)) = d.validate() {
+                return Err(self.err(&format!("devices.{name}.{field}"), message));
             }
         }
         if let Some(ha) = self.homeassistant.as_ref().filter(|h| h.enabled) {

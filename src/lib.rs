@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod destinations;
+pub mod devices;
 pub mod homeassistant;
 pub mod http;
 pub mod jobs;

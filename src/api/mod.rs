@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1` (axum + utoipa), its OpenAPI description and explorer.
 
 pub use crate::http::{AppState, error};
+pub mod devices;
 pub mod health;
 pub mod jobs;
 pub mod queues;
@@ -176,14 +177,16 @@ impl Modify for Contract {
         jobs::enqueue, jobs::list, jobs::show, jobs::retry, jobs::cancel, jobs::delete,
         jobs::bulk_retry, queues::list, queues::pause, queues::resume, schedules::list,
         schedules::run, health::health, snapshots::uploads, snapshots::run,
-        snapshots::destinations, snapshots::authorize, snapshots::authorize_code
+        snapshots::destinations, snapshots::authorize, snapshots::authorize_code,
+        devices::list, devices::fetch, devices::test, devices::download, devices::diff
     ),
     components(schemas(
         crate::jobs::noop::NoopArgs,
         crate::jobs::snapshot::SnapshotScanArgs,
         crate::jobs::snapshot::SnapshotUploadArgs,
         crate::jobs::retention::RetentionPruneArgs,
-        crate::jobs::db_dump::DbDumpArgs
+        crate::jobs::db_dump::DbDumpArgs,
+        crate::jobs::device_fetch::DeviceFetchArgs
     )),
     modifiers(&BearerAuth, &Contract),
     security(("bearer" = [])),
@@ -192,6 +195,7 @@ impl Modify for Contract {
         (name = "queues", description = "Queue counts, pause and resume"),
         (name = "schedules", description = "Schedules and running them on demand"),
         (name = "backups", description = "Uploaded backups, back up now, destinations and their authorization"),
+        (name = "devices", description = "Network devices' configuration backups"),
         (name = "system", description = "Health")
     )
 )]
@@ -213,6 +217,7 @@ pub fn router() -> Router<AppState> {
         .merge(queues::router())
         .merge(schedules::router())
         .merge(snapshots::router())
+        .merge(devices::router())
         .merge(health::router());
     Router::new().nest("/api/v1", api).merge(
         SwaggerUi::new("/api/docs")

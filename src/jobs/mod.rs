@@ -2,6 +2,7 @@
 //! tags and config checks: [`JobArgs`] and [`Kind`]) plus one [`add`] line in [`registry_with`].
 
 pub mod db_dump;
+pub mod device_fetch;
 pub mod noop;
 pub mod retention;
 pub mod services;
@@ -115,6 +116,7 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     add::<snapshot::SnapshotUploadArgs>(&mut registry, config, &services);
     add::<retention::RetentionPruneArgs>(&mut registry, config, &services);
     add::<db_dump::DbDumpArgs>(&mut registry, config, &services);
+    add::<device_fetch::DeviceFetchArgs>(&mut registry, config, &services);
 
     for kind in config.kinds.keys() {
         if registry.get(kind).is_none() {

@@ -19,6 +19,12 @@ pub struct Services {
     sources: BTreeMap<String, Source>,
     /// `[databases]`, for the db_dump kind.
     databases: BTreeMap<String, crate::jobs::db_dump::DatabaseConfig>,
+    /// `[devices]`, for the device_fetch kind.
+    devices: BTreeMap<String, crate::devices::DeviceConfig>,
+    /// Where device backups are kept (`<data_dir>/devices`).
+    data_dir: std::path::PathBuf,
+    /// The HTTP client of device fetches (each request has the device's own timeout).
+    device_http: reqwest::Client,
     /// The configuration's time zone (else the system's).
     timezone: String,
     destinations: BTreeMap<String, (SharedDestination, DestinationConfig)>,
@@ -84,6 +90,9 @@ impl Services {
         Ok(Services {
             sources,
             databases: config.databases.clone(),
+            devices: config.devices.clone(),
+            data_dir: config.data_dir.clone(),
+            device_http: http,
             timezone: config.timezone(),
             destinations,
         })
@@ -103,6 +112,28 @@ impl Services {
 
     pub fn destination_names(&self) -> impl Iterator<Item = &String> {
         self.destinations.keys()
+    }
+
+    /// A `[devices.<name>]` section.
+    pub fn device(&self, name: &str) -> Option<&crate::devices::DeviceConfig> {
+        self.devices.get(name)
+    }
+
+    pub fn device_names(&self) -> impl Iterator<Item = &String> {
+        self.devices.keys()
+    }
+
+    /// A client for requests to device `name`, within its timeout and size limit.
+    pub fn device_client(
+        &self,
+        name: &str,
+        device: &crate::devices::DeviceConfig,
+    ) -> crate::devices::DeviceClient {
+        crate::devices::DeviceClient::new(self.device_http.clone(), name, device)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// A `[databases.<name>]` section.

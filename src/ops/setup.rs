@@ -74,6 +74,16 @@ impl Setup {
             }
             schedules.push(def);
         }
+        for (name, d) in &config.devices {
+            let def = jobs::device_fetch::schedule(name, d, &registry, &config)?;
+            if schedules.iter().any(|s| s.name == def.name) {
+                return Err(config.error(
+                    &format!("devices.{name}"),
+                    format!("a schedule file already defines {:?}", def.name),
+                ));
+            }
+            schedules.push(def);
+        }
         Ok(Setup {
             config: Arc::new(config),
             registry: Arc::new(registry),

@@ -8,6 +8,7 @@ mod common;
 mod conformance;
 mod crash;
 mod db_dump;
+mod devices;
 mod dropbox;
 mod layers;
 mod panel;

@@ -18,6 +18,7 @@
 //! takes about a minute instead of a second or two.
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod dropbox;
 pub mod fault;
 pub mod graph;
