@@ -14,8 +14,9 @@ const LAYERS: &[(&[&str], bool)] = &[
     // Plumbing every layer may use.
     (&["redact", "naming"], true),
     // Moving bytes: errors, streams and hashes (the lower part of transfer), the sources and
-    // the destinations, each behind its trait.
-    (&["transfer", "sources", "destinations"], true),
+    // the destinations, each behind its trait, and the device handlers (device_fetch's
+    // source side).
+    (&["transfer", "sources", "destinations", "devices"], true),
     // Configuration: holds each destination kind's own typed settings.
     (&["config", "logging", "addon"], true),
     // The engine: knows no kinds, no destinations, no wiring.
