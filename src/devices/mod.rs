@@ -488,32 +488,18 @@ pub fn diff(handler: &dyn DeviceBackupHandler, old: &[u8], new: &[u8]) -> Option
         }
     };
     let (a, b) = (text(old)?, text(new)?);
-    let a: Vec<&str> = a.lines().collect();
-    let b: Vec<&str> = b.lines().collect();
-    // Longest common subsequence, then walk it.
-    let mut l = vec![vec![0u32; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            l[i][j] = if a[i] == b[j] {
-                l[i + 1][j + 1] + 1
-            } else {
-                l[i + 1][j].max(l[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            out.push_str(&format!("  {}\n", a[i]));
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || l[i + 1][j] >= l[i][j + 1]) {
-            out.push_str(&format!("- {}\n", a[i]));
-            i += 1;
-        } else {
-            out.push_str(&format!("+ {}\n", b[j]));
-            j += 1;
-        }
+    // similar's Myers line diff, not a hand-written LCS table (whose memory grows with the
+    // product of the two line counts: a presets.json of thousands of lines).
+    let mut out = String::new();
+    for change in similar::TextDiff::from_lines(&a, &b).iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Equal => "  ",
+            similar::ChangeTag::Delete => "- ",
+            similar::ChangeTag::Insert => "+ ",
+        };
+        out.push_str(sign);
+        out.push_str(change.value().trim_end_matches('\n'));
+        out.push('\n');
     }
     Some(crate::redact::redact(&out).into_owned())
 }
