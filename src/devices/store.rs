@@ -66,9 +66,19 @@ const INDEX: &str = "index.json";
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn read_index(dir: &Path) -> Index {
-    match tokio::fs::read(dir.join(INDEX)).await {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-        Err(_) => Index::default(),
+    let path = dir.join(INDEX);
+    match tokio::fs::read(&path).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            // Not silently: the versions it listed are no longer pruned or offered for diffs
+            // (their files stay where they are).
+            tracing::warn!(file = %path.display(), "the device's index is unreadable ({e}); starting a new one");
+            Index::default()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "cannot read the device's index: {e}");
+            Index::default()
+        }
     }
 }
 
