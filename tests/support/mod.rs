@@ -21,6 +21,7 @@
 pub mod devices;
 pub mod dropbox;
 pub mod fault;
+pub mod fritzbox;
 pub mod graph;
 pub mod ingress;
 pub mod nginx;
