@@ -10,6 +10,7 @@
 pub mod digest;
 pub mod fritzbox;
 pub mod generic;
+pub mod opnsense;
 pub mod shelly_gen1;
 pub mod shelly_gen2;
 pub mod store;
@@ -72,6 +73,7 @@ pub static TYPES: &[(&str, &dyn DeviceBackupHandler)] = &[
     ("shelly_gen2", &shelly_gen2::ShellyGen2),
     ("tasmota", &tasmota::Tasmota),
     ("fritzbox", &fritzbox::FritzBox),
+    ("opnsense", &opnsense::OpnSense),
     ("http", &generic::Generic),
 ];
 
@@ -204,6 +206,23 @@ impl DeviceConfig {
             };
             if base_url(h).is_none() {
                 return Err(("host", format!("{h:?} is not a host or http(s) URL")));
+            }
+            if self.kind == "opnsense" && (self.username.is_none() || self.password.is_none()) {
+                return Err((
+                    if self.username.is_none() {
+                        "username"
+                    } else {
+                        "password"
+                    },
+                    "type \"opnsense\" needs the API key as username and its secret as password"
+                        .into(),
+                ));
+            }
+            if self.kind == "opnsense"
+                && let Some(key) = &self.username
+            {
+                // The API key is half the credential: masked like the secret.
+                crate::redact::register_kept(key);
             }
             if self.kind == "fritzbox" {
                 if self.password.is_none() {

@@ -9,7 +9,10 @@ use offsite::{devices::store::FetchState, queue::JobState};
 use crate::{
     common::wait_for,
     devices::{PASSWORD, Run, assert_no_secret_outside_artifacts, cli},
-    support::fritzbox::{FIRMWARE, FakeFritzBox},
+    support::{
+        fritzbox::{FIRMWARE, FakeFritzBox},
+        opnsense::FakeOpnSense,
+    },
 };
 
 const EXPORT_PASSWORD: &str = "Exp0rt-Secret-never-logged";
@@ -261,4 +264,91 @@ async fn generic_http_digest_device() {
     assert!(bytes.starts_with(b"**** FRITZ!Box"));
     let log = run.finish();
     assert!(!log.contains(PASSWORD));
+}
+
+const API_KEY: &str = "w86XNZob/8Oq8aC5r0kbNarNtdpoQU781fyoeaOBQsBwkXUt";
+
+#[tokio::test]
+async fn opnsense_backup_download_stored_as_xml_a_save_without_change_stores_nothing() {
+    let fake = FakeOpnSense::start(API_KEY, PASSWORD).await;
+    let mut run = Run::start(&format!(
+        "[devices.fw]\ntype = \"opnsense\"\nhost = \"{}\"\nusername = \"{API_KEY}\"\npassword = \"{PASSWORD}\"\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("fw").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    let files = run.backups("fw");
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".xml"), "{files:?}");
+    let text = std::fs::read_to_string(run.dir("fw").join(&files[0])).unwrap();
+    assert!(text.contains("<hostname>fw</hostname>"), "{text}");
+
+    // A save that changed nothing moves <revision><time>: no new version.
+    fake.save();
+    let job = run.fetch("fw").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    assert_eq!(run.backups("fw"), files);
+    assert_eq!(fake.state.lock().unwrap().downloads, 2);
+
+    // A change: a new version.
+    fake.edit(|s| {
+        s.saves += 1;
+        s.hostname = "gw".into();
+    });
+    let job = run.fetch("fw").await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.last_error);
+    assert_eq!(run.backups("fw").len(), 2);
+
+    let out = cli(&run.cfg, &["devices", "test", "fw"]).await;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("3 configuration-history revision(s)"),
+        "{said}"
+    );
+
+    let log = run.finish();
+    assert!(!log.contains(PASSWORD) && !log.contains(API_KEY));
+    assert_no_secret_outside_artifacts(&run.data, PASSWORD);
+    assert_no_secret_outside_artifacts(&run.data, API_KEY);
+}
+
+#[tokio::test]
+async fn opnsense_wrong_key_and_an_empty_history_fail_clearly() {
+    let fake = FakeOpnSense::start(API_KEY, "the-real-secret-is-another").await;
+    let mut run = Run::start(&format!(
+        "[devices.fw]\ntype = \"opnsense\"\nhost = \"{}\"\nusername = \"{API_KEY}\"\npassword = \"{PASSWORD}\"\n",
+        fake.base
+    ))
+    .await;
+    let job = run.fetch("fw").await;
+    assert_eq!(job.state, JobState::Discarded, "not retried: {job:?}");
+    let err = job.last_error.clone().unwrap();
+    assert!(
+        err.contains("device fw") && err.contains("refused the API key (HTTP 401)"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD) && !err.contains(API_KEY), "{err}");
+
+    fake.edit(|s| {
+        s.secret = PASSWORD.into();
+        s.empty_history = true;
+    });
+    let job = run.fetch("fw").await;
+    assert_eq!(job.state, JobState::Discarded, "{job:?}");
+    let err = job.last_error.clone().unwrap();
+    assert!(
+        err.contains("device fw") && err.contains("empty body"),
+        "{err}"
+    );
+    assert!(run.backups("fw").is_empty(), "an empty answer is no backup");
+
+    let log = run.finish();
+    assert!(!log.contains(PASSWORD) && !log.contains(API_KEY));
+    assert_no_secret_outside_artifacts(&run.data, PASSWORD);
 }

@@ -25,6 +25,7 @@ pub mod fritzbox;
 pub mod graph;
 pub mod ingress;
 pub mod nginx;
+pub mod opnsense;
 pub mod postgres;
 pub mod s3;
 pub mod supervisor;
