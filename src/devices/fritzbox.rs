@@ -264,3 +264,40 @@ impl DeviceBackupHandler for FritzBox {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(host: &str) -> DeviceConfig {
+        toml::from_str(&format!(
+            "type = \"fritzbox\"\nhost = \"{host}\"\npassword = \"p\"\nexport_password = \"e\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tr064_port_unless_host_names_one() {
+        let b = |h: &str| base(&device(h)).unwrap().to_string();
+        assert_eq!(b("fritz.box"), "http://fritz.box:49000/");
+        assert_eq!(b("192.168.178.1"), "http://192.168.178.1:49000/");
+        assert_eq!(b("http://192.168.178.1"), "http://192.168.178.1:49000/");
+        assert_eq!(b("192.168.178.1:8080"), "http://192.168.178.1:8080/");
+        assert_eq!(b("http://127.0.0.1:4711"), "http://127.0.0.1:4711/");
+        assert_eq!(b("https://fritz.box:49443"), "https://fritz.box:49443/");
+    }
+
+    #[test]
+    fn soap_answers_are_read_by_element() {
+        let ok = "<s:Body><u:X_AVM-DE_GetConfigFileResponse xmlns:u=\"x\">\n<NewX_AVM-DE_ConfigFileUrl>https://192.168.178.1:49443/TR064/a.export?sid=1&amp;x=2</NewX_AVM-DE_ConfigFileUrl>";
+        assert_eq!(
+            element(ok, "NewX_AVM-DE_ConfigFileUrl").as_deref(),
+            Some("https://192.168.178.1:49443/TR064/a.export?sid=1&x=2")
+        );
+        let fault = "<UPnPError xmlns=\"urn:dslforum-org:control-1-0\">\n<errorCode>866</errorCode>\n<errorDescription>second factor authentication required</errorDescription>";
+        assert_eq!(element(fault, "errorCode").as_deref(), Some("866"));
+        assert!(
+            envelope("a<b&c").contains("<NewX_AVM-DE_Password>a&lt;b&amp;c</NewX_AVM-DE_Password>")
+        );
+    }
+}
