@@ -324,6 +324,15 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
                     }
                     let last = match &index.last_fetch {
                         Some(f) if f.ok => format!("ok at {}", f.at.format("%Y-%m-%d %H:%M")),
+                        Some(f)
+                            if f.state
+                                == crate::devices::store::FetchState::WaitingForConfirmation =>
+                        {
+                            format!(
+                                "WAITING FOR YOUR CONFIRMATION on the device since {}",
+                                f.waiting_since.unwrap_or(f.at).format("%Y-%m-%d %H:%M")
+                            )
+                        }
                         Some(f) => format!(
                             "FAILED at {}: {}",
                             f.at.format("%Y-%m-%d %H:%M"),

@@ -1,4 +1,5 @@
-//! Any HTTP device: `url`, `method` (default GET), `headers`, and Basic or bearer auth. The
+//! Any HTTP device: `url`, `method` (default GET), `headers`, and Basic, Digest (MD5 or
+//! SHA-256, as the device challenges; [`super::digest`]) or bearer auth. The
 //! answer is stored as it comes (no normalisation).
 
 use async_trait::async_trait;
@@ -25,7 +26,13 @@ async fn fetch(client: &DeviceClient, device: &DeviceConfig) -> Result<Vec<u8>, 
         .iter()
         .map(|(k, v)| (k.as_str(), v.expose()))
         .collect();
-    let r = client.send(method, url, &headers, auth).await?;
+    let r = if device.auth.as_deref() == Some("digest") {
+        let password = device.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        let user = device.username.as_deref().unwrap_or("");
+        super::digest::send(client, method, url, &headers, user, password, None).await?
+    } else {
+        client.send(method, url, &headers, auth).await?
+    };
     let what = url::Url::parse(url)
         .map(|u| u.path().to_string())
         .unwrap_or_default();

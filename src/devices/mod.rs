@@ -7,7 +7,10 @@
 //! read, so they are masked in every log line, stored error and API answer.
 //! Artifacts are kept by [`store`].
 
+pub mod digest;
+pub mod fritzbox;
 pub mod generic;
+pub mod opnsense;
 pub mod shelly_gen1;
 pub mod shelly_gen2;
 pub mod store;
@@ -69,6 +72,8 @@ pub static TYPES: &[(&str, &dyn DeviceBackupHandler)] = &[
     ("shelly_gen1", &shelly_gen1::ShellyGen1),
     ("shelly_gen2", &shelly_gen2::ShellyGen2),
     ("tasmota", &tasmota::Tasmota),
+    ("fritzbox", &fritzbox::FritzBox),
+    ("opnsense", &opnsense::OpnSense),
     ("http", &generic::Generic),
 ];
 
@@ -103,10 +108,18 @@ pub struct DeviceConfig {
     /// For `type = "http"`: extra request headers (their values are treated as secrets).
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
-    /// For `type = "http"`: `basic` or `bearer` (default: basic when a password is given).
+    /// For `type = "http"`: `basic`, `digest` or `bearer` (default: basic when a password is
+    /// given).
     pub auth: Option<String>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// For `type = "fritzbox"`: the export password (mandatory; it encrypts the export's
+    /// secrets, and a restore asks for it).
+    pub export_password: Option<Secret>,
+    /// Accept a self-signed (or otherwise invalid) TLS certificate from this device (for an
+    /// `https://` host such as a FRITZ!Box's TLS port or OPNsense's web UI). Default false.
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
     pub token: Option<Secret>,
     /// Any engine schedule form (`every`, `cron`, `weekdays` + `at`); default every 24 hours.
     pub schedule: Option<toml::Value>,
@@ -166,12 +179,16 @@ impl DeviceConfig {
             }
             match self.auth.as_deref() {
                 None | Some("basic") | Some("none") => {}
+                Some("digest") if self.password.is_some() => {}
+                Some("digest") => {
+                    return Err(("password", "auth \"digest\" needs a password".into()));
+                }
                 Some("bearer") if self.token.is_some() => {}
                 Some("bearer") => return Err(("token", "auth \"bearer\" needs a token".into())),
                 Some(a) => {
                     return Err((
                         "auth",
-                        format!("{a:?} is not supported (basic, bearer or none)"),
+                        format!("{a:?} is not supported (basic, digest, bearer or none)"),
                     ));
                 }
             }
@@ -189,6 +206,41 @@ impl DeviceConfig {
             };
             if base_url(h).is_none() {
                 return Err(("host", format!("{h:?} is not a host or http(s) URL")));
+            }
+            if self.kind == "opnsense" && (self.username.is_none() || self.password.is_none()) {
+                return Err((
+                    if self.username.is_none() {
+                        "username"
+                    } else {
+                        "password"
+                    },
+                    "type \"opnsense\" needs the API key as username and its secret as password"
+                        .into(),
+                ));
+            }
+            if self.kind == "opnsense"
+                && let Some(key) = &self.username
+            {
+                // The API key is half the credential: masked like the secret.
+                crate::redact::register_kept(key);
+            }
+            if self.kind == "fritzbox" {
+                if self.password.is_none() {
+                    return Err((
+                        "password",
+                        "type \"fritzbox\" needs the TR-064 password".into(),
+                    ));
+                }
+                if self
+                    .export_password
+                    .as_ref()
+                    .is_none_or(|p| p.expose().is_empty())
+                {
+                    return Err((
+                        "export_password",
+                        "type \"fritzbox\" needs an export password (the box refuses an export without one; it encrypts the export's secrets)".into(),
+                    ));
+                }
             }
         }
         if self.keep == 0 {
@@ -231,6 +283,9 @@ fn base_url(host: &str) -> Option<String> {
 pub struct DeviceError {
     pub message: String,
     pub retry: bool,
+    /// Not a failure: the device waits for the user's confirmation on it (the FRITZ!Box's
+    /// second factor). Recorded as such and tried again on the schedule.
+    pub waiting: bool,
 }
 
 impl std::fmt::Display for DeviceError {
@@ -268,6 +323,14 @@ pub struct Response {
 
 impl DeviceClient {
     pub fn new(http: reqwest::Client, device: &str, config: &DeviceConfig) -> DeviceClient {
+        let http = if config.accept_invalid_certs {
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap_or(http)
+        } else {
+            http
+        };
         DeviceClient {
             http,
             device: device.to_string(),
@@ -281,6 +344,7 @@ impl DeviceClient {
         DeviceError {
             message: format!("device {}: {message}", self.device),
             retry,
+            waiting: false,
         }
     }
 

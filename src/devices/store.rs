@@ -29,15 +29,34 @@ pub struct Version {
     pub fetched_at: DateTime<Utc>,
 }
 
+/// How the last fetch ended.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchState {
+    #[default]
+    Ok,
+    Failed,
+    /// The device waits for the user's confirmation on it (the FRITZ!Box's second factor):
+    /// not a failure; asked again on the schedule.
+    WaitingForConfirmation,
+}
+
 /// The last fetch, successful or not.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct LastFetch {
     pub at: DateTime<Utc>,
     pub ok: bool,
+    /// `ok`, `failed` or `waiting_for_confirmation`.
+    #[serde(default)]
+    pub state: FetchState,
     /// Whether it stored a new version (false: unchanged, or failed).
     pub changed: bool,
-    /// Why it failed (redacted).
+    /// Why it failed, or what it waits for (redacted).
     pub error: Option<String>,
+    /// Since when the device has been waiting for a confirmation (the first fetch of this
+    /// run of waiting answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -149,8 +168,10 @@ pub async fn store(
         index.last_fetch = Some(LastFetch {
             at: now,
             ok: true,
+            state: FetchState::Ok,
             changed: false,
             error: None,
+            waiting_since: None,
         });
         write_index(&dir, &index)?;
         return Ok(Stored::Unchanged(newest));
@@ -170,8 +191,10 @@ pub async fn store(
     index.last_fetch = Some(LastFetch {
         at: now,
         ok: true,
+        state: FetchState::Ok,
         changed: true,
         error: None,
+        waiting_since: None,
     });
     index.last_change = Some(now);
     write_index(&dir, &index)?;
@@ -194,10 +217,42 @@ pub async fn record_failure(data_dir: &Path, device: &str, error: &str) -> std::
     index.last_fetch = Some(LastFetch {
         at: Utc::now(),
         ok: false,
+        state: FetchState::Failed,
         changed: false,
         error: Some(crate::redact::redact(error).into_owned()),
+        waiting_since: None,
     });
     write_index(&dir, &index)
+}
+
+/// Records that the device waits for the user's confirmation; returns since when it has
+/// been waiting (kept from the previous fetch if that one waited too).
+pub async fn record_waiting(
+    data_dir: &Path,
+    device: &str,
+    message: &str,
+) -> std::io::Result<DateTime<Utc>> {
+    let _g = LOCK.lock().await;
+    let dir = device_dir(data_dir, device);
+    ensure_dir(&dir)?;
+    let mut index = read_index(&dir).await;
+    let now = Utc::now();
+    let since = index
+        .last_fetch
+        .as_ref()
+        .filter(|f| f.state == FetchState::WaitingForConfirmation)
+        .and_then(|f| f.waiting_since)
+        .unwrap_or(now);
+    index.last_fetch = Some(LastFetch {
+        at: now,
+        ok: false,
+        state: FetchState::WaitingForConfirmation,
+        changed: false,
+        error: Some(crate::redact::redact(message).into_owned()),
+        waiting_since: Some(since),
+    });
+    write_index(&dir, &index)?;
+    Ok(since)
 }
 
 #[cfg(test)]

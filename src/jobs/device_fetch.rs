@@ -107,11 +107,19 @@ pub struct DeviceFetchWorker {
     services: Arc<Services>,
 }
 
+/// While a device waits for the user's confirmation (the FRITZ!Box's second factor), the job
+/// asks again this often, without using an attempt ...
+pub const WAITING_RETRY: std::time::Duration = std::time::Duration::from_secs(120);
+/// ... for this long; then it ends, the index still saying "waiting for your confirmation",
+/// and the device's next scheduled fetch asks again.
+pub const WAITING_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+
 /// Fetches device `name` and stores its configuration if it changed.
 pub async fn fetch(services: &Services, name: &str) -> Result<store::Stored, DeviceError> {
     let not_configured = || DeviceError {
         message: format!("device {name}: not configured under [devices]"),
         retry: false,
+        waiting: false,
     };
     let device = services.device(name).ok_or_else(not_configured)?;
     let h = handler(&device.kind).ok_or_else(not_configured)?;
@@ -124,6 +132,7 @@ pub async fn fetch(services: &Services, name: &str) -> Result<store::Stored, Dev
     }
     .await;
     if let Err(e) = &result
+        && !e.waiting
         && let Err(io) = store::record_failure(services.data_dir(), name, &e.to_string()).await
     {
         tracing::warn!(device = name, "cannot record the failed fetch: {io}");
@@ -136,10 +145,12 @@ pub async fn test_connection(services: &Services, name: &str) -> Result<String, 
     let device = services.device(name).ok_or_else(|| DeviceError {
         message: format!("device {name}: not configured under [devices]"),
         retry: false,
+        waiting: false,
     })?;
     let h = handler(&device.kind).ok_or_else(|| DeviceError {
         message: format!("device {name}: unknown type"),
         retry: false,
+        waiting: false,
     })?;
     h.test_connection(&services.device_client(name, device), device)
         .await
@@ -159,6 +170,29 @@ impl Worker<DeviceFetchArgs> for DeviceFetchWorker {
                 tracing::info!(device = name, file = %v.file,
                     "device configuration unchanged; no new backup");
                 Ok(())
+            }
+            Err(e) if e.waiting => {
+                let since =
+                    match store::record_waiting(self.services.data_dir(), name, &e.to_string())
+                        .await
+                    {
+                        Ok(s) => s,
+                        Err(io) => {
+                            tracing::warn!(device = name, "cannot record the waiting fetch: {io}");
+                            chrono::Utc::now()
+                        }
+                    };
+                if chrono::Utc::now() - since < WAITING_WINDOW {
+                    tracing::warn!(device = name, "device fetch waits for confirmation: {e}");
+                    Err(JobError::Snooze {
+                        wait: WAITING_RETRY,
+                        reason: e.to_string(),
+                    })
+                } else {
+                    tracing::warn!(device = name, since = %since,
+                        "device fetch still waits for confirmation; asking again at the next scheduled fetch: {e}");
+                    Ok(())
+                }
             }
             Err(e) => {
                 let left = ctx.attempt() < ctx.max_attempts();

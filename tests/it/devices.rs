@@ -22,19 +22,19 @@ use crate::{
     support::devices::{FakeDevice, Mode},
 };
 
-const PASSWORD: &str = "dev1ce-Pa55word-never-logged";
+pub(crate) const PASSWORD: &str = "dev1ce-Pa55word-never-logged";
 
-struct Run {
+pub(crate) struct Run {
     _dir: tempfile::TempDir,
-    cfg: PathBuf,
+    pub(crate) cfg: PathBuf,
     log: PathBuf,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     worker: Option<Child>,
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl Run {
-    async fn start(devices: &str) -> Run {
+    pub(crate) async fn start(devices: &str) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -73,7 +73,19 @@ impl Run {
     }
 
     /// Fetch now (the schedule's run-now through the CLI), then the job once finished.
-    async fn fetch(&self, device: &str) -> JobRecord {
+    pub(crate) async fn fetch(&self, device: &str) -> JobRecord {
+        let id = self.enqueue(device);
+        wait_for(&self.store, id, |j| {
+            matches!(
+                j.state,
+                JobState::Completed | JobState::Discarded | JobState::Cancelled
+            )
+        })
+        .await
+    }
+
+    /// Fetch now through the CLI; the job's id.
+    pub(crate) fn enqueue(&self, device: &str) -> i64 {
         let out = offsite(&self.cfg, &["devices", "fetch", device]);
         assert!(
             out.status.success(),
@@ -87,24 +99,18 @@ impl Run {
             .and_then(|t| t.split(';').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no job id in {text:?}"));
-        wait_for(&self.store, id, |j| {
-            matches!(
-                j.state,
-                JobState::Completed | JobState::Discarded | JobState::Cancelled
-            )
-        })
-        .await
+        id
     }
 
-    fn dir(&self, device: &str) -> PathBuf {
+    pub(crate) fn dir(&self, device: &str) -> PathBuf {
         device_dir(&self.data, device)
     }
 
-    async fn index(&self, device: &str) -> Index {
+    pub(crate) async fn index(&self, device: &str) -> Index {
         read_index(&self.dir(device)).await
     }
 
-    fn backups(&self, device: &str) -> Vec<String> {
+    pub(crate) fn backups(&self, device: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir(device))
             .map(|d| {
                 d.map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -117,7 +123,7 @@ impl Run {
     }
 
     /// Stops the worker and returns its whole log.
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         if let Some(w) = self.worker.take() {
             stop(w);
         }
@@ -126,7 +132,7 @@ impl Run {
 }
 
 /// The CLI off the runtime's thread (the fakes run on it, and a test-connection talks to them).
-async fn cli(cfg: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) async fn cli(cfg: &Path, args: &[&str]) -> std::process::Output {
     let cfg = cfg.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -142,7 +148,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// Every file under `dir` except the artifacts themselves (which hold secrets by design).
-fn assert_no_secret_outside_artifacts(dir: &Path, secret: &str) {
+pub(crate) fn assert_no_secret_outside_artifacts(dir: &Path, secret: &str) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().to_string();

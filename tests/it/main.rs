@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod db_dump;
 mod devices;
+mod devices_more;
 mod dropbox;
 mod layers;
 mod panel;

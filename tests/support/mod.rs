@@ -21,9 +21,11 @@
 pub mod devices;
 pub mod dropbox;
 pub mod fault;
+pub mod fritzbox;
 pub mod graph;
 pub mod ingress;
 pub mod nginx;
+pub mod opnsense;
 pub mod postgres;
 pub mod s3;
 pub mod supervisor;
