@@ -47,6 +47,9 @@ pub struct Index {
     pub last_fetch: Option<LastFetch>,
     /// When the newest version was stored.
     pub last_change: Option<DateTime<Utc>>,
+    /// The first failed fetch since the last successful one (none while fetches succeed).
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// What [`store`] did.
@@ -142,6 +145,7 @@ pub async fn store(
             changed: false,
             error: None,
         });
+        index.failing_since = None;
         write_index(&dir, &index)?;
         return Ok(Stored::Unchanged(newest));
     }
@@ -164,6 +168,7 @@ pub async fn store(
         error: None,
     });
     index.last_change = Some(now);
+    index.failing_since = None;
     write_index(&dir, &index)?;
     for p in pruned {
         if let Err(e) = std::fs::remove_file(dir.join(&p.file))
@@ -181,8 +186,10 @@ pub async fn record_failure(data_dir: &Path, device: &str, error: &str) -> std::
     let dir = device_dir(data_dir, device);
     ensure_dir(&dir)?;
     let mut index = read_index(&dir).await;
+    let now = Utc::now();
+    index.failing_since.get_or_insert(now);
     index.last_fetch = Some(LastFetch {
-        at: Utc::now(),
+        at: now,
         ok: false,
         changed: false,
         error: Some(crate::redact::redact(error).into_owned()),
