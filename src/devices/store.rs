@@ -50,6 +50,9 @@ pub struct Index {
     /// The first failed fetch since the last successful one (none while fetches succeed).
     #[serde(default)]
     pub failing_since: Option<DateTime<Utc>>,
+    /// The last successful fetch (changed or not).
+    #[serde(default)]
+    pub last_ok: Option<DateTime<Utc>>,
 }
 
 /// What [`store`] did.
@@ -146,6 +149,7 @@ pub async fn store(
             error: None,
         });
         index.failing_since = None;
+        index.last_ok = Some(now);
         write_index(&dir, &index)?;
         return Ok(Stored::Unchanged(newest));
     }
@@ -169,6 +173,7 @@ pub async fn store(
     });
     index.last_change = Some(now);
     index.failing_since = None;
+    index.last_ok = Some(now);
     write_index(&dir, &index)?;
     for p in pruned {
         if let Err(e) = std::fs::remove_file(dir.join(&p.file))

@@ -75,9 +75,24 @@ pub fn configured(config: &Config, name: &str) -> Result<(), OpsError> {
 
 /// Every configured device, by name, with its index.
 pub async fn list(config: &Config) -> Vec<DeviceInfo> {
+    list_of(&config.data_dir, config.devices.iter()).await
+}
+
+/// The same from the jobs' services (Home Assistant's view).
+pub async fn list_services(services: &crate::jobs::services::Services) -> Vec<DeviceInfo> {
+    let devices = services
+        .device_names()
+        .filter_map(|n| Some((n, services.device(n)?)));
+    list_of(services.data_dir(), devices).await
+}
+
+async fn list_of<'a>(
+    data_dir: &Path,
+    devices: impl Iterator<Item = (&'a String, &'a crate::devices::DeviceConfig)>,
+) -> Vec<DeviceInfo> {
     let mut out = Vec::new();
-    for (name, d) in &config.devices {
-        let index = store::read_index(&store::device_dir(&config.data_dir, name)).await;
+    for (name, d) in devices {
+        let index = store::read_index(&store::device_dir(data_dir, name)).await;
         out.push(DeviceInfo {
             name: name.clone(),
             kind: d.kind.clone(),

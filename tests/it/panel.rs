@@ -1023,3 +1023,98 @@ async fn the_devices_section_fetches_tests_lists_versions_diffs_and_marks_a_fail
         );
     }
 }
+
+#[tokio::test]
+async fn home_assistant_gets_a_sensor_per_device_and_a_notification_when_one_gives_up() {
+    use crate::support::devices::FakeDevice;
+
+    let fake = FakeDevice::start("admin", "the-right-one").await;
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{DEVICE_PASSWORD}\"\nretries = 1\n",
+        fake.base
+    ))
+    .unwrap();
+    let w = World::start(WorldOptions {
+        devices: vec![("Hall Switch".into(), device)],
+        ..Default::default()
+    })
+    .await;
+    let sensor = "sensor.offsite_device_hall_switch";
+    let notification = "offsite_device_failing_hall_switch";
+    let s = eventually("the device sensor", || w.sup.states().get(sensor).cloned()).await;
+    assert_eq!(s.state, "waiting", "{s:?}");
+    assert_eq!(s.attributes["type"], "shelly_gen1");
+
+    // Wrong credentials: the job fails and is discarded (refused credentials are not retried:
+    // the engine gives up at once) — and only then the notification is raised.
+    let mut b = Browser::new();
+    b.press(&w, "panel/devices/Hall%20Switch/fetch").await;
+    let jobs = w
+        .jobs(JobFilter {
+            kind: Some("device_fetch".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(jobs.len(), 1);
+    let id = jobs[0].id;
+    let s = eventually("the sensor says failed", || {
+        w.sup
+            .states()
+            .get(sensor)
+            .filter(|s| s.state == "failed")
+            .cloned()
+    })
+    .await;
+    assert!(s.attributes["failing_since"].is_string(), "{s:?}");
+    assert!(
+        s.attributes["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Hall Switch"),
+        "{s:?}"
+    );
+    let discarded = crate::common::wait_for(w.h.store(), id, |j| {
+        matches!(j.state, JobState::Discarded | JobState::Completed)
+    })
+    .await;
+    assert_eq!(discarded.state, JobState::Discarded);
+    let n = eventually("the device notification", || {
+        w.sup.notifications().get(notification).cloned()
+    })
+    .await;
+    assert!(
+        n.title.as_deref().unwrap_or("").contains("Hall Switch")
+            && n.message.contains(&format!("job {id}")),
+        "{n:?}"
+    );
+
+    // Fixed: the next fetch succeeds, the sensor says ok and the notification goes away.
+    fake.edit(|s| s.password = DEVICE_PASSWORD.into());
+    b.press(&w, "panel/devices/Hall%20Switch/fetch").await;
+    let s = eventually("the sensor says ok", || {
+        w.sup
+            .states()
+            .get(sensor)
+            .filter(|s| s.state == "ok")
+            .cloned()
+    })
+    .await;
+    assert!(s.attributes["last_backup"].is_string(), "{s:?}");
+    assert!(s.attributes["last_change"].is_string(), "{s:?}");
+    assert_eq!(s.attributes["versions"], 1);
+    eventually("the notification is dismissed", || {
+        (!w.sup.notifications().contains_key(notification)).then_some(())
+    })
+    .await;
+    assert!(
+        w.sup
+            .notification_calls()
+            .contains(&NotificationCall::Dismiss(notification.into()))
+    );
+    for (_, _, body) in w.sup.state_writes() {
+        assert!(!body.to_string().contains(DEVICE_PASSWORD), "{body}");
+    }
+    for c in w.sup.notification_calls() {
+        assert!(!format!("{c:?}").contains(DEVICE_PASSWORD), "{c:?}");
+    }
+}
