@@ -497,7 +497,7 @@ fn dumps(c: &Ctx, d: &PanelData) -> String {
 fn devices(c: &Ctx, d: &PanelData) -> String {
     use crate::ops::devices::DeviceState;
     let mut out = String::from(
-        "<h2>Devices</h2><table><thead><tr><th>Device</th><th>Type</th><th>Last fetch</th>\
+        "<h2>Devices</h2><table class=devices><thead><tr><th>Device</th><th>Type</th><th>Last fetch</th>\
          <th>Result</th><th>Last change</th><th>Versions</th><th>Firmware</th><th></th>\
          </tr></thead><tbody>",
     );

@@ -403,5 +403,19 @@ async fn devices_in_chromium_fetch_now_test_connection_and_the_row_updates_live(
     assert!(flash.contains("v1.14.0"), "{flash}");
     assert!(!c.source().await.unwrap().contains("browser-device-pw"));
     shots.take(&c, "device-tested").await;
+
+    // On a phone: the devices fit the screen.
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&w.ingress.url()).await.unwrap();
+    wait_css(&c, "#devices tr[data-device=hall]").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true), "no sideways scrolling on a phone");
+    shots.take(&c, "device-phone").await;
     c.close().await.unwrap();
 }
