@@ -81,6 +81,48 @@ pub struct AddonOptions {
     pub backup_sharepoint_library: Option<String>,
     #[serde(default)]
     pub backup_sharepoint_folder: Option<String>,
+    /// Network devices whose configuration is backed up (`[devices.<name>]`).
+    #[serde(default)]
+    pub devices: Vec<AddonDevice>,
+}
+
+/// One item of the `devices` option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonDevice {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_device_hours")]
+    pub schedule_hours: u64,
+    #[serde(default = "default_device_keep")]
+    pub keep: u64,
+}
+
+fn default_device_hours() -> u64 {
+    24
+}
+
+fn default_device_keep() -> u64 {
+    10
+}
+
+/// A `devices.<name>.<field>` key as the add-on option the user wrote (`devices[2].host`).
+fn device_option(key: &str, devices: &[AddonDevice]) -> Option<String> {
+    let rest = key.strip_prefix("devices.")?;
+    let (name, field) = rest.split_once('.').unwrap_or((rest, "name"));
+    let i = devices.iter().position(|d| d.name.trim() == name)?;
+    let field = match field {
+        "type" | "host" | "username" | "password" | "keep" | "name" => field,
+        "schedule" => "schedule_hours",
+        _ => return Some(format!("devices[{i}]")),
+    };
+    Some(format!("devices[{i}].{field}"))
 }
 
 fn default_pg_port() -> u64 {
@@ -393,6 +435,46 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
             toml::Value::Table(db),
         );
     }
+    let mut devices = toml::Table::new();
+    for (i, d) in o.devices.iter().enumerate() {
+        let name = d.name.trim();
+        if devices.contains_key(name) {
+            return bad(
+                &format!("devices[{i}].name"),
+                &format!("another device is already named {name:?}"),
+            );
+        }
+        if !(1..=8760).contains(&d.schedule_hours) {
+            return bad(
+                &format!("devices[{i}].schedule_hours"),
+                "must be from 1 to 8760",
+            );
+        }
+        if !(1..=1000).contains(&d.keep) {
+            return bad(&format!("devices[{i}].keep"), "must be from 1 to 1000");
+        }
+        let mut t = toml::Table::new();
+        t.insert("type".into(), string(d.kind.trim()));
+        t.insert("host".into(), string(d.host.trim()));
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        if let Some(u) = given(&d.username) {
+            t.insert("username".into(), string(u));
+        }
+        if let Some(p) = d.password.as_deref().filter(|p| !p.is_empty()) {
+            t.insert("password".into(), string(p));
+        }
+        t.insert(
+            "schedule".into(),
+            table([("every", string(format!("{}h", d.schedule_hours)))]),
+        );
+        t.insert("keep".into(), int(d.keep));
+        devices.insert(name.to_string(), toml::Value::Table(t));
+    }
     let overlay = table([
         ("data_dir", string(data_dir.display().to_string())),
         (
@@ -420,6 +502,7 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
         ),
         ("destinations", toml::Value::Table(destinations)),
         ("databases", toml::Value::Table(databases)),
+        ("devices", toml::Value::Table(devices)),
         (
             "snapshots",
             table([
@@ -444,10 +527,11 @@ pub fn load(options: &Path, data_dir: &Path) -> Result<Config, ConfigError> {
     let overlay = toml::to_string(&overlay).expect("a table renders as TOML");
     let mut config = Config::from_overlay(&overlay).map_err(|e| {
         // Name the add-on option the user can change, not our internal key.
-        let key = e
-            .key
-            .as_deref()
-            .map(|k| option_of(k).map_or_else(|| k.to_string(), str::to_string));
+        let key = e.key.as_deref().map(|k| {
+            device_option(k, &o.devices)
+                .or_else(|| option_of(k).map(str::to_string))
+                .unwrap_or_else(|| k.to_string())
+        });
         ConfigError {
             key,
             file: None,
@@ -601,5 +685,36 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("backup_timezone"), "{e}");
+    }
+
+    #[test]
+    fn devices_map_onto_device_sections_and_a_bad_one_names_its_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |devices: &str| {
+            SEED.replace(
+                "\"max_backups_in_dropbox\"",
+                &format!("\"devices\": {devices}, \"max_backups_in_dropbox\""),
+            )
+        };
+        let ok = with(
+            r#"[{"name": "kitchen", "type": "wled", "host": "10.0.0.5", "schedule_hours": 6, "keep": 3},
+                {"name": "hall", "type": "shelly_gen1", "host": "hall.local", "username": "admin", "password": "pw", "schedule_hours": 24, "keep": 10}]"#,
+        );
+        let c = load(&write(dir.path(), &ok), Path::new("/data")).unwrap();
+        let k = &c.devices["kitchen"];
+        assert_eq!(
+            (k.kind.as_str(), k.host.as_deref(), k.keep),
+            ("wled", Some("10.0.0.5"), 3)
+        );
+        assert!(k.password.is_none());
+        let h = &c.devices["hall"];
+        assert_eq!(h.username.as_deref(), Some("admin"));
+        assert_eq!(h.password.as_ref().map(|p| p.expose()), Some("pw"));
+        let bad = with(
+            r#"[{"name": "kitchen", "type": "wled", "host": "10.0.0.5", "schedule_hours": 6, "keep": 3},
+                {"name": "hall", "type": "shelly_gen1", "host": "a b", "schedule_hours": 24, "keep": 10}]"#,
+        );
+        let e = load(&write(dir.path(), &bad), Path::new("/data")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("devices[1].host"), "{e}");
     }
 }

@@ -401,6 +401,98 @@ pub async fn wanted_notifications(
             fingerprint: ids.join(","),
         });
     }
+    out.extend(device_notifications(store, services).await?);
+    Ok(out)
+}
+
+/// A device whose fetch job gave up (discarded after its retries) and that has not fetched
+/// successfully since: one notification per device, dismissed when a fetch succeeds.
+async fn device_notifications(
+    store: &Store,
+    services: &Services,
+) -> Result<Vec<Notification>, crate::queue::store::StoreError> {
+    use crate::ops::devices::DeviceState;
+    let devices = crate::ops::devices::list_services(services).await;
+    let mut out = Vec::new();
+    // A device that asks for a confirmation on it (the FRITZ!Box's second factor): one
+    // notification per run of waiting answers, gone once a fetch gets through.
+    for d in devices
+        .iter()
+        .filter(|d| d.state() == DeviceState::WaitingForConfirmation)
+    {
+        let since = d
+            .index
+            .last_fetch
+            .as_ref()
+            .and_then(|l| l.waiting_since)
+            .unwrap_or_else(chrono::Utc::now);
+        out.push(Notification {
+            id: format!(
+                "{NOTIFICATION_PREFIX}device_confirm_{}",
+                crate::naming::entity_part(&d.name)
+            ),
+            title: format!("offsite: device \"{}\" waits for your confirmation", d.name),
+            message: format!(
+                "**{}** ({}) asks for a confirmation on the device before it hands out its \
+                 configuration (waiting since {}). Confirm it on the device (a FRITZ!Box: press \
+                 a button on the box or confirm in the FRITZ!App Fon); offsite asks again \
+                 every 2 minutes for half an hour, then at the next scheduled fetch.",
+                d.name,
+                d.kind,
+                iso(since)
+            ),
+            fingerprint: iso(since),
+        });
+    }
+    if !devices.iter().any(|d| d.state() == DeviceState::Failed) {
+        return Ok(out);
+    }
+    let filter = JobFilter {
+        states: vec![JobState::Discarded],
+        kind: Some(
+            <crate::jobs::device_fetch::DeviceFetchArgs as crate::queue::JobArgs>::KIND.into(),
+        ),
+        ..Default::default()
+    };
+    let discarded = store.list_jobs(&filter, 200, None).await?;
+    for d in devices.iter().filter(|d| d.state() == DeviceState::Failed) {
+        let since = d.index.failing_since;
+        let Some(job) = discarded
+            .iter()
+            .filter(|j| j.args.get("device").and_then(Value::as_str) == Some(d.name.as_str()))
+            .filter(|j| {
+                let ended = j.finalized_at.map(to_datetime);
+                since.is_none_or(|s| ended.is_some_and(|e| e >= s))
+            })
+            .max_by_key(|j| j.id)
+        else {
+            continue;
+        };
+        let error = d
+            .index
+            .last_fetch
+            .as_ref()
+            .and_then(|l| l.error.as_deref())
+            .unwrap_or("no error recorded");
+        let error: String = crate::redact::redact(error).chars().take(300).collect();
+        let since = since.map_or_else(String::new, |t| format!(" since {}", iso(t)));
+        let last_ok = d.index.last_ok.map_or_else(|| "never".to_string(), iso);
+        out.push(Notification {
+            id: format!(
+                "{NOTIFICATION_PREFIX}device_failing_{}",
+                crate::naming::entity_part(&d.name)
+            ),
+            title: format!("offsite: device \"{}\" keeps failing", d.name),
+            message: format!(
+                "Configuration backups of **{}** ({}) fail{since} and offsite gave up \
+                 retrying (job {}): {error}\n\nLast successful fetch: {last_ok}. Its next \
+                 scheduled fetch tries again; open **offsite** in the sidebar to test the \
+                 connection or fetch now.",
+                d.name, d.kind, job.id
+            ),
+            fingerprint: job.id.to_string(),
+        });
+    }
     Ok(out)
 }
 
@@ -487,6 +579,7 @@ pub async fn wanted_sensors(
     if !config.databases.is_empty() {
         out.push(last_dump_sensor(store, registry, prefix).await?);
     }
+    out.extend(device_sensors(config, prefix).await);
 
     let next = if config.snapshots.as_ref().is_some_and(|s| s.enabled) {
         store
@@ -509,6 +602,41 @@ pub async fn wanted_sensors(
         }),
     });
     Ok(out)
+}
+
+/// `sensor.<prefix>_device_<name>` per device: ok / failed / waiting, with the last backup
+/// (successful fetch), the last change, the versions kept, the firmware and a failing
+/// device's redacted error and since when.
+async fn device_sensors(config: &Config, prefix: &str) -> Vec<Sensor> {
+    use crate::ops::devices::DeviceState;
+    crate::ops::devices::list(config)
+        .await
+        .into_iter()
+        .map(|d| {
+            let state = d.state();
+            let failed = state == DeviceState::Failed;
+            Sensor {
+                entity_id: format!(
+                    "sensor.{prefix}_device_{}",
+                    crate::naming::entity_part(&d.name)
+                ),
+                state: state.as_str().into(),
+                attributes: json!({
+                    "friendly_name": format!("offsite device {}", d.name),
+                    "icon": if failed { "mdi:router-wireless-off" } else { "mdi:router-wireless" },
+                    "device": d.name,
+                    "type": d.kind,
+                    "last_backup": d.index.last_ok.map(iso),
+                    "last_fetch": d.index.last_fetch.as_ref().map(|l| iso(l.at)),
+                    "last_change": d.index.last_change.map(iso),
+                    "versions": d.index.versions.len(),
+                    "firmware": d.firmware(),
+                    "error": d.index.last_fetch.as_ref().and_then(|l| l.error.clone()).filter(|_| failed),
+                    "failing_since": d.index.failing_since.map(iso),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// `sensor.<prefix>_last_database_dump`: how the last PostgreSQL dump ended, its file and

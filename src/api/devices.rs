@@ -3,7 +3,6 @@
 
 use axum::{
     Json, Router,
-    body::Body,
     extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -16,45 +15,14 @@ use super::{
     error::{ApiError, Problem},
     jobs::EnqueueResponse,
 };
-use crate::devices::store::{self, Index};
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeviceInfo {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub enabled: bool,
-    pub keep: usize,
-    #[serde(flatten)]
-    pub index: Index,
-}
-
-fn configured(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if state.config.devices.contains_key(name) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "device {name:?} is not configured under [devices]"
-        )))
-    }
-}
+use crate::ops::devices as ops;
+pub use crate::ops::devices::DeviceInfo;
 
 /// Every configured device with its last fetch, result, last change and stored versions.
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", operation_id = "list_devices",
     responses((status = 200, body = [DeviceInfo])))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<DeviceInfo>> {
-    let mut out = Vec::new();
-    for (name, d) in &state.config.devices {
-        let index = store::read_index(&store::device_dir(&state.config.data_dir, name)).await;
-        out.push(DeviceInfo {
-            name: name.clone(),
-            kind: d.kind.clone(),
-            enabled: d.enabled,
-            keep: d.keep,
-            index,
-        });
-    }
-    Json(out)
+    Json(ops::list(&state.config).await)
 }
 
 /// Enqueue a fetch of the device now (its schedule's job).
@@ -65,9 +33,7 @@ pub async fn fetch(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    configured(&state, &name)?;
-    let schedule = format!("{}{name}", crate::jobs::device_fetch::SCHEDULE_PREFIX);
-    let enqueued = crate::ops::run_schedule(&state.store, &state.registry, &schedule).await?;
+    let enqueued = ops::fetch_now(&state.config, &state.store, &state.registry, &name).await?;
     state.nudge();
     Ok((
         StatusCode::CREATED,
@@ -92,11 +58,8 @@ pub async fn test(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<TestResult>, ApiError> {
-    configured(&state, &name)?;
-    crate::jobs::device_fetch::test_connection(&state.services, &name)
-        .await
-        .map(|message| Json(TestResult { message }))
-        .map_err(|e| ApiError::BadGateway(e.to_string()))
+    let message = ops::test_connection(&state.config, &state.services, &name).await?;
+    Ok(Json(TestResult { message }))
 }
 
 /// A stored version's file as it came from the device (it may hold the device's secrets).
@@ -107,33 +70,9 @@ pub async fn download(
     State(state): State<AppState>,
     Path((name, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    configured(&state, &name)?;
-    let bytes = version_bytes(&state, &name, &file).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file}\""),
-            ),
-        ],
-        Body::from(bytes),
-    )
-        .into_response())
-}
-
-/// Only a file the index lists (no path from the request reaches the file system otherwise).
-async fn version_bytes(state: &AppState, name: &str, file: &str) -> Result<Vec<u8>, ApiError> {
-    let dir = store::device_dir(&state.config.data_dir, name);
-    let index = store::read_index(&dir).await;
-    if !index.versions.iter().any(|v| v.file == file) {
-        return Err(ApiError::NotFound(format!(
-            "device {name} has no stored version {file:?}"
-        )));
-    }
-    tokio::fs::read(dir.join(file))
-        .await
-        .map_err(|e| ApiError::Internal(format!("cannot read {file}: {e}")))
+    ops::configured(&state.config, &name)?;
+    let bytes = ops::version_bytes(&state.config.data_dir, &name, &file).await?;
+    Ok(crate::http::attachment(&file, bytes))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -154,18 +93,7 @@ pub async fn diff(
     Path(name): Path<String>,
     Query(q): Query<DiffQuery>,
 ) -> Result<Response, ApiError> {
-    configured(&state, &name)?;
-    let kind = &state.config.devices[&name].kind;
-    let handler = crate::devices::handler(kind)
-        .ok_or_else(|| ApiError::Internal(format!("unknown device type {kind}")))?;
-    let a = version_bytes(&state, &name, &q.from).await?;
-    let b = version_bytes(&state, &name, &q.to).await?;
-    let text = crate::devices::diff(handler, &a, &b).ok_or_else(|| {
-        ApiError::Validation(vec![crate::queue::FieldError::new(
-            "from",
-            format!("{kind} backups are binary; no text diff"),
-        )])
-    })?;
+    let text = ops::diff(&state.config, &name, &q.from, &q.to).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 

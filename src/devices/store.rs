@@ -66,6 +66,12 @@ pub struct Index {
     pub last_fetch: Option<LastFetch>,
     /// When the newest version was stored.
     pub last_change: Option<DateTime<Utc>>,
+    /// The first failed fetch since the last successful one (none while fetches succeed).
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The last successful fetch (changed or not).
+    #[serde(default)]
+    pub last_ok: Option<DateTime<Utc>>,
 }
 
 /// What [`store`] did.
@@ -173,6 +179,8 @@ pub async fn store(
             error: None,
             waiting_since: None,
         });
+        index.failing_since = None;
+        index.last_ok = Some(now);
         write_index(&dir, &index)?;
         return Ok(Stored::Unchanged(newest));
     }
@@ -197,6 +205,8 @@ pub async fn store(
         waiting_since: None,
     });
     index.last_change = Some(now);
+    index.failing_since = None;
+    index.last_ok = Some(now);
     write_index(&dir, &index)?;
     for p in pruned {
         if let Err(e) = std::fs::remove_file(dir.join(&p.file))
@@ -214,8 +224,10 @@ pub async fn record_failure(data_dir: &Path, device: &str, error: &str) -> std::
     let dir = device_dir(data_dir, device);
     ensure_dir(&dir)?;
     let mut index = read_index(&dir).await;
+    let now = Utc::now();
+    index.failing_since.get_or_insert(now);
     index.last_fetch = Some(LastFetch {
-        at: Utc::now(),
+        at: now,
         ok: false,
         state: FetchState::Failed,
         changed: false,

@@ -257,3 +257,22 @@ pub fn serve(state: AppState, routes: Router<AppState>) -> Router {
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
+
+/// A download of `file` as it is stored (a name a device's index lists).
+pub fn attachment(file: &str, bytes: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", file.replace(['"', '\\'], "")),
+            ),
+        ],
+        axum::body::Body::from(bytes),
+    )
+        .into_response()
+}

@@ -5,6 +5,7 @@
 
 pub mod authorization;
 pub mod destinations;
+pub mod devices;
 mod setup;
 pub mod views;
 

@@ -345,6 +345,109 @@ async fn dump_now(
     }
 }
 
+/// Fetch now: the device's schedule job, at once.
+async fn device_fetch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match ops::devices::fetch_now(&state.config, &state.store, &state.registry, &name).await {
+        Ok(_) => {
+            state.nudge();
+            back(
+                &state,
+                &prefix,
+                "ok",
+                &format!("Fetching device {name} now; the job appears under Activity."),
+                "devices",
+            )
+        }
+        Err(e) => back(&state, &prefix, "error", &user_message(e.into()), "devices"),
+    }
+}
+
+/// Test connection: contacts the device now; what it said (or why not) is the message.
+async fn device_test(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    match ops::devices::test_connection(&state.config, &state.services, &name).await {
+        Ok(said) => back(
+            &state,
+            &prefix,
+            "ok",
+            &format!("Device {name} answered: {said}"),
+            "devices",
+        ),
+        Err(e) => back(
+            &state,
+            &prefix,
+            "error",
+            &format!("Test of device {name} failed: {}", user_message(e.into())),
+            "devices",
+        ),
+    }
+}
+
+/// A stored version's file (only those the device's index lists).
+async fn device_version(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    let found = match ops::devices::configured(&state.config, &name) {
+        Ok(()) => ops::devices::version_bytes(&state.config.data_dir, &name, &file).await,
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(bytes) => crate::http::attachment(&file, bytes),
+        Err(e) => device_page_error(&prefix, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiffParams {
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+/// The readable diff of two versions (masked, escaped).
+async fn device_diff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<DiffParams>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    match ops::devices::diff(&state.config, &name, &q.from, &q.to).await {
+        Ok(text) => Html(page::device_diff(&prefix, &name, &q.from, &q.to, &text)).into_response(),
+        Err(e) => device_page_error(&prefix, e),
+    }
+}
+
+fn device_page_error(prefix: &str, e: ops::OpsError) -> Response {
+    let status = match &e {
+        ops::OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+        ops::OpsError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    page_error(prefix, status, "Not available", &user_message(e.into()))
+}
+
 async fn authorize(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -554,6 +657,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/panel/sections", get(sections))
         .route("/panel/backup-now", post(backup_now))
         .route("/panel/dumps/{name}/run", post(dump_now))
+        .route("/panel/devices/{name}/fetch", post(device_fetch))
+        .route("/panel/devices/{name}/test", post(device_test))
+        .route("/panel/devices/{name}/versions/{file}", get(device_version))
+        .route("/panel/devices/{name}/diff", get(device_diff))
         .route("/panel/destinations/{name}/authorize", post(authorize))
         .route(
             "/panel/destinations/{name}/authorize/code",

@@ -177,11 +177,19 @@ pub struct DumpRow {
     pub external_path: String,
 }
 
+/// A device and whether its versions can be diffed as text.
+pub struct DeviceRow {
+    pub info: crate::ops::devices::DeviceInfo,
+    pub diffable: bool,
+}
+
 /// Everything the page shows, read in one go.
 pub struct PanelData {
     pub destinations: Vec<DestinationRow>,
     /// The database dumps, by database name.
     pub dumps: Vec<DumpRow>,
+    /// `[devices.<name>]`, by name.
+    pub devices: Vec<DeviceRow>,
     pub backups_configured: bool,
     pub schedule: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
@@ -237,6 +245,14 @@ impl PanelData {
                 external_path: db.external_path.display().to_string(),
             });
         }
+        let devices = crate::ops::devices::list(&state.config)
+            .await
+            .into_iter()
+            .map(|info| DeviceRow {
+                diffable: crate::ops::devices::diffable(&state.config, &info.name),
+                info,
+            })
+            .collect();
         let snapshots = schedules
             .into_iter()
             .find(|s| s.record.def.name == SNAPSHOTS && s.record.def.enabled);
@@ -301,6 +317,7 @@ impl PanelData {
         Ok(PanelData {
             destinations,
             dumps,
+            devices,
             backups_configured,
             schedule,
             next_run,
@@ -416,6 +433,9 @@ pub fn sections(c: &Ctx, d: &PanelData) -> Vec<(&'static str, String)> {
     if !d.dumps.is_empty() {
         out.push(("dumps", dumps(c, d)));
     }
+    if !d.devices.is_empty() {
+        out.push(("devices", devices(c, d)));
+    }
     out.extend([
         ("activity", activity(c, d)),
         ("problems", problems(c, d)),
@@ -468,6 +488,146 @@ fn dumps(c: &Ctx, d: &PanelData) -> String {
         );
     }
     out.push_str("</tbody></table>");
+    out
+}
+
+/// The devices: type, last fetch and its result (a failing one marked, with since when),
+/// last change, versions, firmware; Fetch now, Test connection; each version's download and
+/// its changes against the one before.
+fn devices(c: &Ctx, d: &PanelData) -> String {
+    use crate::ops::devices::DeviceState;
+    let mut out = String::from(
+        "<h2>Devices</h2><table class=devices><thead><tr><th>Device</th><th>Type</th><th>Last fetch</th>\
+         <th>Result</th><th>Last change</th><th>Versions</th><th>Firmware</th><th></th>\
+         </tr></thead><tbody>",
+    );
+    for row in &d.devices {
+        let info = &row.info;
+        let state = info.state();
+        let last = info.index.last_fetch.as_ref();
+        let result = match state {
+            DeviceState::Ok if last.is_some_and(|l| l.changed) => "ok (changed)".to_string(),
+            DeviceState::Ok => "ok (unchanged)".to_string(),
+            DeviceState::Waiting => "waiting (not fetched yet)".to_string(),
+            DeviceState::WaitingForConfirmation => format!(
+                "waiting for your confirmation on the device{} — confirm it there; offsite asks again",
+                last.and_then(|l| l.waiting_since)
+                    .map(|t| format!(" since {}", c.time(t)))
+                    .unwrap_or_default()
+            ),
+            DeviceState::Failed => {
+                let since = info
+                    .index
+                    .failing_since
+                    .map(|t| format!(" — failing since {}", c.time(t)))
+                    .unwrap_or_default();
+                format!(
+                    "<strong>failed</strong>{since}<br><span class=muted>{}</span>",
+                    esc(last.and_then(|l| l.error.as_deref()).unwrap_or(""))
+                )
+            }
+        };
+        let result = if state == DeviceState::Failed {
+            result
+        } else {
+            esc(&result)
+        };
+        let name = enc(&info.name);
+        let _ = write!(
+            out,
+            "<tr class=\"device {}\" data-device=\"{}\"><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=result>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+            state.as_str(),
+            esc(&info.name),
+            esc(&info.name),
+            esc(&info.kind),
+            last.map_or_else(|| "—".to_string(), |l| c.time(l.at)),
+            result,
+            info.index
+                .last_change
+                .map_or_else(|| "—".to_string(), |t| c.time(t)),
+            info.index.versions.len(),
+            esc(info.firmware().unwrap_or("—")),
+            c.button(&format!("/panel/devices/{name}/fetch"), "Fetch now", "", ""),
+            c.button(
+                &format!("/panel/devices/{name}/test"),
+                "Test connection",
+                "",
+                ""
+            ),
+        );
+        if !info.index.versions.is_empty() {
+            let _ = write!(
+                out,
+                "<tr class=versions><td colspan=8><details><summary>Versions of {}</summary><ul>",
+                esc(&info.name)
+            );
+            let mut previous: Option<&str> = None;
+            for v in info.index.versions.iter() {
+                let _ = write!(
+                    out,
+                    "<li><a href=\"{}\" download>{}</a> {} · {}{}",
+                    c.url(&format!("/panel/devices/{name}/versions/{}", enc(&v.file))),
+                    esc(&v.file),
+                    c.time(v.fetched_at),
+                    esc(&bytes(v.size)),
+                    v.firmware
+                        .as_deref()
+                        .map(|f| format!(" · firmware {}", esc(f)))
+                        .unwrap_or_default()
+                );
+                if let Some(p) = previous.filter(|_| row.diffable) {
+                    let q: String = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("from", p)
+                        .append_pair("to", &v.file)
+                        .finish();
+                    let _ = write!(
+                        out,
+                        " · <a href=\"{}\">changes</a>",
+                        c.url(&format!("/panel/devices/{name}/diff?{q}"))
+                    );
+                }
+                out.push_str("</li>");
+                previous = Some(&v.file);
+            }
+            out.push_str("</ul></details></td></tr>");
+        }
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// The changes between two versions of a device's configuration (secrets masked), each line
+/// escaped, removed and added lines marked.
+pub fn device_diff(prefix: &str, device: &str, from: &str, to: &str, diff: &str) -> String {
+    let mut out = head(prefix, &format!("offsite · {device} changes"));
+    let _ = write!(
+        out,
+        "<body><main><p><a href=\"{}/#devices\">← back to the panel</a></p>\
+         <h1>Changes of {}</h1><p>From <code>{}</code> to <code>{}</code> \
+         (secrets masked)</p><pre class=diff>",
+        esc(prefix),
+        esc(device),
+        esc(from),
+        esc(to)
+    );
+    let mut changed = 0;
+    for line in diff.lines() {
+        let class = match line.chars().next() {
+            Some('+') => "add",
+            Some('-') => "del",
+            _ => "same",
+        };
+        if class != "same" {
+            changed += 1;
+        }
+        let _ = writeln!(out, "<span class={class}>{}</span>", esc(line));
+    }
+    out.push_str("</pre>");
+    if changed == 0 {
+        out.push_str("<p>No changes.</p>");
+    }
+    out.push_str("</main></body></html>");
     out
 }
 

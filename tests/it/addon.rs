@@ -219,6 +219,22 @@ fn element_of(t: &Yaml) -> (&str, bool) {
     }
 }
 
+/// A list option whose items are dictionaries (`- name: str …`): the fields' type strings.
+fn item_fields(t: &Yaml) -> Option<Vec<(String, String)>> {
+    let items = t.as_vec()?;
+    let h = items.first()?.as_hash()?;
+    Some(
+        h.iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_string(),
+                    v.as_str().expect("an item field's type").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// A scalar (or list of scalars) option default as JSON.
 fn yaml_json(y: &Yaml) -> Value {
     match y {
@@ -236,6 +252,12 @@ fn saved_defaults() -> (Yaml, serde_json::Map<String, Value>) {
     let mut json = serde_json::Map::new();
     for (k, t) in c["schema"].as_hash().unwrap() {
         let k = k.as_str().unwrap();
+        if item_fields(t).is_some() {
+            // A list of items (devices), empty by default; its items have their own test.
+            assert_eq!(c["options"][k].as_vec().map(Vec::len), Some(0), "{k}");
+            json.insert(k.to_string(), Value::Array(Vec::new()));
+            continue;
+        }
         let (t, list) = element_of(t);
         let stored = if list {
             // A list option: each item is checked against the element type.
@@ -268,6 +290,9 @@ fn every_value_the_schema_lets_a_user_save_starts_the_addon() {
     let mut tried = 0;
     for (k, t) in c["schema"].as_hash().unwrap() {
         let option = k.as_str().unwrap();
+        if item_fields(t).is_some() {
+            continue; // a list of items (devices): its own test
+        }
         let (schema, list) = element_of(t);
         let items: Vec<Value> = candidates(schema, &mut rng)
             .iter()
@@ -591,4 +616,97 @@ fn the_version_that_ships_is_the_same_everywhere() {
             "publish.yml builds {a}"
         );
     }
+}
+
+/// The `devices` list: every value the schema lets a user save in each field of an item starts
+/// the add-on (one device, the other fields valid), and what the add-on refuses beyond the
+/// schema (a repeated name) is named by the option, `devices[1].name`.
+#[test]
+fn every_device_item_the_schema_lets_a_user_save_starts_the_addon() {
+    let (c, defaults) = saved_defaults();
+    let fields = item_fields(&c["schema"]["devices"]).expect("devices is a list of items");
+    assert_eq!(
+        c["options"]["devices"].as_vec().map(Vec::len),
+        Some(0),
+        "no device by default"
+    );
+    let valid = serde_json::json!({"name": "kitchen", "type": "wled", "host": "10.0.0.5",
+        "username": "admin", "password": "pw", "schedule_hours": 24, "keep": 10});
+    let extra: &[(&str, &[&str])] = &[
+        (
+            "host",
+            &[
+                "10.0.0.5:8080",
+                "wled-kitchen.local",
+                "a",
+                "255.255.255.255:65535",
+                "h\n",
+            ],
+        ),
+        ("name", &["Kitchen_2", "a-b", "x\n"]),
+    ];
+    let mut rng = Lcg(0xde71ce);
+    let mut tried = 0;
+    for (field, schema) in &fields {
+        let mut values = candidates(schema, &mut rng);
+        if let Some((_, more)) = extra.iter().find(|(f, _)| f == field) {
+            values.extend(more.iter().map(|s| Value::from(*s)));
+        }
+        let mut saved: Vec<Option<Value>> = values
+            .iter()
+            .filter_map(|v| supervisor_stores(schema, v).ok())
+            .map(Some)
+            .collect();
+        assert!(
+            !saved.is_empty(),
+            "devices.{field}: no sample fits {schema}"
+        );
+        if schema.ends_with('?') {
+            saved.push(None);
+        }
+        for value in saved {
+            let mut item = valid.clone();
+            match &value {
+                Some(v) => item[field.as_str()] = v.clone(),
+                None => {
+                    item.as_object_mut().unwrap().remove(field.as_str());
+                }
+            }
+            let mut options = defaults.clone();
+            options.insert("devices".into(), Value::Array(vec![item]));
+            start_with(&options).unwrap_or_else(|e| {
+                panic!("the Supervisor saves devices[0].{field} = {value:?} ({schema}), the add-on refuses it: {e}")
+            });
+            tried += 1;
+        }
+    }
+    assert!(tried > 50, "{tried} values tried");
+
+    // Refused at save: values the add-on could not use.
+    let host = fields.iter().find(|(f, _)| f == "host").unwrap().1.clone();
+    for bad in [
+        "",
+        "a b",
+        "http://x",
+        "1.2.3.256",
+        "4294967296",
+        "a:0",
+        "a:65536",
+        "x/y",
+    ] {
+        assert!(
+            supervisor_stores(&host, &Value::from(bad)).is_err(),
+            "the Supervisor lets a user save devices[].host = {bad:?}"
+        );
+    }
+
+    // Beyond the schema: a name used twice is named by its option.
+    let mut options = defaults.clone();
+    options.insert(
+        "devices".into(),
+        Value::Array(vec![valid.clone(), valid.clone()]),
+    );
+    let e = start_with(&options).unwrap_err();
+    assert!(e.contains("devices[1].name"), "{e}");
+    assert!(!e.contains("pw\""), "{e}");
 }

@@ -358,3 +358,64 @@ async fn panel_in_chromium_authorize_back_up_watch_progress_fail_and_retry() {
 
     c.close().await.unwrap();
 }
+
+/// The Devices section in Chromium: Fetch now fills the row in by itself (the live refresh),
+/// Test connection shows the device's answer, the changes page opens from the list of
+/// versions.
+#[tokio::test]
+async fn devices_in_chromium_fetch_now_test_connection_and_the_row_updates_live() {
+    use crate::support::devices::FakeDevice;
+    let fake = FakeDevice::start("admin", "browser-device-pw").await;
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"browser-device-pw\"\n",
+        fake.base
+    ))
+    .unwrap();
+    let w = World::start(WorldOptions {
+        devices: vec![("hall".into(), device)],
+        ..Default::default()
+    })
+    .await;
+    let driver = Driver::start().await;
+    let c = driver.browser().await;
+    let mut shots = Shots::new();
+
+    c.goto(&w.ingress.url()).await.unwrap();
+    let row = text_of(&c, "#devices tr[data-device=hall] td.result").await;
+    assert!(row.contains("waiting"), "{row}");
+    click(
+        &c,
+        "#devices tr[data-device=hall] form[action$='/fetch'] button",
+    )
+    .await;
+    let flash = wait_text(&c, "#flash", "Fetching device hall now").await;
+    assert!(flash.contains("hall"), "{flash}");
+    let row = wait_text(&c, "#devices tr[data-device=hall] td.result", "ok").await;
+    assert!(row.contains("ok (changed)"), "{row}");
+    shots.take(&c, "device-fetched").await;
+
+    click(
+        &c,
+        "#devices tr[data-device=hall] form[action$='/test'] button",
+    )
+    .await;
+    let flash = wait_text(&c, "#flash", "answered").await;
+    assert!(flash.contains("v1.14.0"), "{flash}");
+    assert!(!c.source().await.unwrap().contains("browser-device-pw"));
+    shots.take(&c, "device-tested").await;
+
+    // On a phone: the devices fit the screen.
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&w.ingress.url()).await.unwrap();
+    wait_css(&c, "#devices tr[data-device=hall]").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true), "no sideways scrolling on a phone");
+    shots.take(&c, "device-phone").await;
+    c.close().await.unwrap();
+}

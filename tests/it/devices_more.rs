@@ -180,6 +180,31 @@ async fn fritzbox_second_factor_shows_as_waiting_in_the_api() {
         "{list}"
     );
     assert_no_fritz_secret("the API's list", &list.to_string(), &fake);
+    // Home Assistant is told to go and confirm, once: not "keeps failing".
+    let st = &h.running().state;
+    let wanted =
+        offsite::homeassistant::wanted_notifications(&st.store, &st.services, &st.registry)
+            .await
+            .unwrap();
+    let ids: Vec<&str> = wanted.iter().map(|n| n.id.as_str()).collect();
+    assert!(
+        ids.contains(&"offsite_device_confirm_fritz"),
+        "no confirmation notice: {ids:?}"
+    );
+    assert!(
+        !ids.iter().any(|i| i.contains("device_failing")),
+        "a wait is not a failure: {ids:?}"
+    );
+    let notice = wanted
+        .iter()
+        .find(|n| n.id == "offsite_device_confirm_fritz")
+        .unwrap();
+    assert!(
+        notice.message.contains("Confirm it on the device"),
+        "{}",
+        notice.message
+    );
+    assert_no_fritz_secret("the notification", &notice.message, &fake);
     h.stop().await;
 }
 

@@ -48,6 +48,8 @@ pub struct World {
 pub struct WorldOptions {
     pub throttle_bytes_per_sec: u64,
     pub max_attempts: Option<i64>,
+    /// `[devices.<name>]` sections.
+    pub devices: Vec<(String, offsite::devices::DeviceConfig)>,
 }
 
 impl World {
@@ -94,6 +96,7 @@ impl World {
                 refresh: Duration::from_secs(3600),
             });
             c.api.allow_from = vec![INGRESS_FROM.parse().unwrap()];
+            c.devices.extend(opts.devices);
             if let Some(m) = opts.max_attempts {
                 c.kinds.insert(
                     "snapshot_upload".into(),
@@ -848,5 +851,270 @@ async fn a_revoked_dropbox_raises_the_reauthorization_notice_and_the_panel_says_
             "the waiting upload never went on"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const DEVICE_PASSWORD: &str = "panel-device-Pa55word-never-shown";
+
+/// The changed lines of the panel's diff page (removed and added, marked by their class).
+fn diff_lines(page: &str) -> Vec<String> {
+    Regex::new(r#"<span class=(add|del)>([^<]*)</span>"#)
+        .unwrap()
+        .captures_iter(page)
+        .map(|c| c[2].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_devices_section_fetches_tests_lists_versions_diffs_and_marks_a_failing_device() {
+    use crate::support::devices::FakeDevice;
+    use offsite::devices::store::{device_dir, read_index};
+
+    let fake = FakeDevice::start("admin", DEVICE_PASSWORD).await;
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{DEVICE_PASSWORD}\"\nretries = 0\n",
+        fake.base
+    ))
+    .unwrap();
+    let w = World::start(WorldOptions {
+        devices: vec![("hall".into(), device)],
+        ..Default::default()
+    })
+    .await;
+    let dir = device_dir(&w.h.data_dir(), "hall");
+    let mut b = Browser::new();
+    let mut pages = Vec::new();
+
+    let (s, page) = b.get(&w.ingress.url(), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("<h2>Devices</h2>"), "{page}");
+    assert!(page.contains("data-device=\"hall\""), "{page}");
+    assert!(page.contains("waiting (not fetched yet)"), "{page}");
+    pages.push(page);
+
+    // Fetch now enqueues the device's job, which stores the first version.
+    let (s, loc) = b.press(&w, "panel/devices/hall/fetch").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(loc.ends_with("#devices"), "{loc}");
+    let (_, page) = b.follow(&w, &loc).await;
+    assert!(page.contains("Fetching device hall now"), "{page}");
+    pages.push(page);
+    let jobs = w
+        .jobs(JobFilter {
+            kind: Some("device_fetch".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(jobs.len(), 1, "fetch now enqueued one job");
+    let first = jobs[0].id;
+    crate::common::wait_for(w.h.store(), first, |j| j.state == JobState::Completed).await;
+
+    // A change, fetched again: two versions.
+    fake.edit(|s| s.settings["name"] = "Hall lamp".into());
+    let (s, _) = b.press(&w, "panel/devices/hall/fetch").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let index = loop {
+        let i = read_index(&dir).await;
+        if i.versions.len() == 2 {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no second version: {i:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    let prefix = w.ingress.prefix();
+    for v in &index.versions {
+        assert!(
+            page.contains(&format!("{prefix}/panel/devices/hall/versions/{}", v.file)),
+            "a download link for {}: {page}",
+            v.file
+        );
+    }
+    assert!(page.contains("ok (changed)"), "{page}");
+    assert!(page.contains("v1.14.0"), "the newest firmware: {page}");
+    let link = Regex::new(r#"href="([^"]*/panel/devices/hall/diff\?[^"]*)""#)
+        .unwrap()
+        .captures(&page)
+        .expect("a changes link")[1]
+        .replace("&amp;", "&");
+    pages.push(page);
+
+    let (s, diff) = b.follow(&w, &link).await;
+    assert_eq!(s, StatusCode::OK, "{diff}");
+    assert_eq!(
+        diff_lines(&diff),
+        vec![
+            "-   &quot;name&quot;: &quot;Hall light&quot;,",
+            "+   &quot;name&quot;: &quot;Hall lamp&quot;,"
+        ],
+        "exactly the changed line, escaped: {diff}"
+    );
+    pages.push(diff);
+
+    // A stored version downloads as it is; a file the index does not list does not.
+    let (s, body) = b
+        .get(
+            &format!(
+                "{}panel/devices/hall/versions/{}",
+                w.ingress.url(),
+                index.versions[1].file
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("Hall lamp"), "{body}");
+    let (s, _) = b
+        .get(
+            &format!(
+                "{}panel/devices/hall/versions/..%2Foffsite.db",
+                w.ingress.url()
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Test connection: what the device said is the page's message.
+    let (s, loc) = b.press(&w, "panel/devices/hall/test").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (_, page) = b.follow(&w, &loc).await;
+    let flash = Regex::new(r"id=flash>([^<]*)<")
+        .unwrap()
+        .captures(&page)
+        .expect("a message")[1]
+        .to_string();
+    assert!(
+        flash.contains("Device hall answered") && flash.contains("v1.14.0"),
+        "{flash}"
+    );
+    pages.push(page);
+
+    // Wrong credentials: the test says so; a fetch fails and the row is marked failing.
+    fake.edit(|s| s.password = "changed".into());
+    let (_, loc) = b.press(&w, "panel/devices/hall/test").await;
+    let (_, page) = b.follow(&w, &loc).await;
+    assert!(page.contains("class=\"flash error\""), "{page}");
+    assert!(page.contains("Test of device hall failed"), "{page}");
+    pages.push(page);
+    b.press(&w, "panel/devices/hall/fetch").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_index(&dir).await.last_fetch.is_none_or(|l| l.ok) {
+        assert!(
+            Instant::now() < deadline,
+            "the failed fetch was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, page) = b.get(&w.ingress.url(), &[]).await;
+    assert!(
+        page.contains("class=\"device failed\" data-device=\"hall\""),
+        "the row is marked failed: {page}"
+    );
+    assert!(page.contains("failing since"), "{page}");
+    pages.push(page);
+
+    for p in &pages {
+        assert!(
+            !p.contains(DEVICE_PASSWORD),
+            "the device password in a page: {p}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn home_assistant_gets_a_sensor_per_device_and_a_notification_when_one_gives_up() {
+    use crate::support::devices::FakeDevice;
+
+    let fake = FakeDevice::start("admin", "the-right-one").await;
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"shelly_gen1\"\nhost = \"{}\"\npassword = \"{DEVICE_PASSWORD}\"\nretries = 1\n",
+        fake.base
+    ))
+    .unwrap();
+    let w = World::start(WorldOptions {
+        devices: vec![("Hall Switch".into(), device)],
+        ..Default::default()
+    })
+    .await;
+    let sensor = "sensor.offsite_device_hall_switch";
+    let notification = "offsite_device_failing_hall_switch";
+    let s = eventually("the device sensor", || w.sup.states().get(sensor).cloned()).await;
+    assert_eq!(s.state, "waiting", "{s:?}");
+    assert_eq!(s.attributes["type"], "shelly_gen1");
+
+    // Wrong credentials: the job fails and is discarded (refused credentials are not retried:
+    // the engine gives up at once) — and only then the notification is raised.
+    let mut b = Browser::new();
+    b.press(&w, "panel/devices/Hall%20Switch/fetch").await;
+    let jobs = w
+        .jobs(JobFilter {
+            kind: Some("device_fetch".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(jobs.len(), 1);
+    let id = jobs[0].id;
+    let s = eventually("the sensor says failed", || {
+        w.sup
+            .states()
+            .get(sensor)
+            .filter(|s| s.state == "failed")
+            .cloned()
+    })
+    .await;
+    assert!(s.attributes["failing_since"].is_string(), "{s:?}");
+    assert!(
+        s.attributes["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Hall Switch"),
+        "{s:?}"
+    );
+    let discarded = crate::common::wait_for(w.h.store(), id, |j| {
+        matches!(j.state, JobState::Discarded | JobState::Completed)
+    })
+    .await;
+    assert_eq!(discarded.state, JobState::Discarded);
+    let n = eventually("the device notification", || {
+        w.sup.notifications().get(notification).cloned()
+    })
+    .await;
+    assert!(
+        n.title.as_deref().unwrap_or("").contains("Hall Switch")
+            && n.message.contains(&format!("job {id}")),
+        "{n:?}"
+    );
+
+    // Fixed: the next fetch succeeds, the sensor says ok and the notification goes away.
+    fake.edit(|s| s.password = DEVICE_PASSWORD.into());
+    b.press(&w, "panel/devices/Hall%20Switch/fetch").await;
+    let s = eventually("the sensor says ok", || {
+        w.sup
+            .states()
+            .get(sensor)
+            .filter(|s| s.state == "ok")
+            .cloned()
+    })
+    .await;
+    assert!(s.attributes["last_backup"].is_string(), "{s:?}");
+    assert!(s.attributes["last_change"].is_string(), "{s:?}");
+    assert_eq!(s.attributes["versions"], 1);
+    eventually("the notification is dismissed", || {
+        (!w.sup.notifications().contains_key(notification)).then_some(())
+    })
+    .await;
+    assert!(
+        w.sup
+            .notification_calls()
+            .contains(&NotificationCall::Dismiss(notification.into()))
+    );
+    for (_, _, body) in w.sup.state_writes() {
+        assert!(!body.to_string().contains(DEVICE_PASSWORD), "{body}");
+    }
+    for c in w.sup.notification_calls() {
+        assert!(!format!("{c:?}").contains(DEVICE_PASSWORD), "{c:?}");
     }
 }
