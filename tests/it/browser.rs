@@ -144,7 +144,15 @@ where
         let el = wait_css(c, css).await;
         match f(el).await {
             Ok(v) => return v,
-            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => continue,
+            // ChromeDriver also reports a replaced node as an "unknown error" from the
+            // inspector ("Node with given id does not belong to the document").
+            Err(e)
+                if (e.is_stale_element_reference()
+                    || e.to_string().contains("does not belong to the document"))
+                    && Instant::now() < deadline =>
+            {
+                continue;
+            }
             Err(e) => panic!("{css}: {e}"),
         }
     }

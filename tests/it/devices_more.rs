@@ -377,3 +377,65 @@ async fn opnsense_wrong_key_and_an_empty_history_fail_clearly() {
     assert!(!log.contains(PASSWORD) && !log.contains(API_KEY));
     assert_no_secret_outside_artifacts(&run.data, PASSWORD);
 }
+
+#[tokio::test]
+async fn an_offline_device_is_retried_then_home_assistant_is_told_it_keeps_failing() {
+    // A port nobody listens on: the device is off.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let device: offsite::devices::DeviceConfig = toml::from_str(&format!(
+        "type = \"wled\"\nhost = \"127.0.0.1:{port}\"\nretries = 2\ntimeout_secs = 2\n"
+    ))
+    .unwrap();
+    let mut h = crate::common::Harness::start_with(|c| {
+        c.devices.insert("lamp".into(), device);
+        // Each retry waits a second: wide enough to see the job between its attempts.
+        c.engine.backoff_cap = Duration::from_secs(1);
+    })
+    .await;
+    let st = h.running().state.clone();
+    let wanted = || async {
+        offsite::homeassistant::wanted_notifications(&st.store, &st.services, &st.registry)
+            .await
+            .unwrap()
+    };
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/devices/lamp/fetch", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["job"]["id"]
+        .as_i64()
+        .unwrap();
+    // Retried while attempts are left, and nobody is bothered meanwhile.
+    let retrying = wait_for(h.store(), id, |j| j.state == JobState::Retryable).await;
+    assert!(
+        retrying
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("device lamp"),
+        "{retrying:?}"
+    );
+    assert!(
+        !wanted()
+            .await
+            .iter()
+            .any(|n| n.id.contains("device_failing")),
+        "told before the retries were used"
+    );
+    let done = wait_for(h.store(), id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::Discarded, "{done:?}");
+    assert_eq!(done.attempt, 3, "retries = 2: three attempts");
+    let notices = wanted().await;
+    let notice = notices
+        .iter()
+        .find(|n| n.id == "offsite_device_failing_lamp")
+        .unwrap_or_else(|| panic!("no notification: {notices:?}"));
+    assert!(notice.message.contains("lamp"), "{}", notice.message);
+    h.stop().await;
+}
