@@ -94,15 +94,39 @@ pub async fn read_index(dir: &Path) -> Index {
     let path = dir.join(INDEX);
     match tokio::fs::read(&path).await {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            // Not silently: the versions it listed are no longer pruned or offered for diffs
-            // (their files stay where they are).
-            tracing::warn!(file = %path.display(), "the device's index is unreadable ({e}); starting a new one");
+            tracing::warn!(file = %path.display(), "the device's index is unreadable: {e}");
             Index::default()
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
         Err(e) => {
             tracing::warn!(file = %path.display(), "cannot read the device's index: {e}");
             Index::default()
+        }
+    }
+}
+
+/// The index a write starts from. A read error fails the fetch (it is retried) rather than
+/// replace the index with one that forgets the stored versions. An index that does not parse
+/// is kept beside as `index.json.unreadable-<time>` and a new one begun: its versions' files
+/// stay where they are, but are no longer listed or pruned.
+async fn index_for_update(dir: &Path) -> std::io::Result<Index> {
+    let path = dir.join(INDEX);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
+        Err(e) => return Err(e),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(index) => Ok(index),
+        Err(e) => {
+            let aside = dir.join(format!(
+                "{INDEX}.unreadable-{}",
+                Utc::now().format("%Y-%m-%dT%H-%M-%S")
+            ));
+            std::fs::rename(&path, &aside)?;
+            tracing::warn!(file = %path.display(), kept_as = %aside.display(),
+                "the device's index is unreadable ({e}); kept it aside and began a new one");
+            Ok(Index::default())
         }
     }
 }
@@ -165,7 +189,7 @@ pub async fn store(
     let _g = LOCK.lock().await;
     let dir = device_dir(data_dir, device);
     ensure_dir(&dir)?;
-    let mut index = read_index(&dir).await;
+    let mut index = index_for_update(&dir).await?;
     let now = Utc::now();
     if let Some(newest) = index.versions.last().cloned()
         && let Ok(old) = tokio::fs::read(dir.join(&newest.file)).await
@@ -223,7 +247,7 @@ pub async fn record_failure(data_dir: &Path, device: &str, error: &str) -> std::
     let _g = LOCK.lock().await;
     let dir = device_dir(data_dir, device);
     ensure_dir(&dir)?;
-    let mut index = read_index(&dir).await;
+    let mut index = index_for_update(&dir).await?;
     let now = Utc::now();
     index.failing_since.get_or_insert(now);
     index.last_fetch = Some(LastFetch {
@@ -247,7 +271,7 @@ pub async fn record_waiting(
     let _g = LOCK.lock().await;
     let dir = device_dir(data_dir, device);
     ensure_dir(&dir)?;
-    let mut index = read_index(&dir).await;
+    let mut index = index_for_update(&dir).await?;
     let now = Utc::now();
     let since = index
         .last_fetch
@@ -316,5 +340,43 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         assert_eq!(vc.sha256, sha256_hex(c.as_bytes()));
         assert_eq!(vc.firmware.as_deref(), Some("v1"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_index_is_kept_aside_and_a_failing_read_stores_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let dir = device_dir(d, "sw");
+        ensure_dir(&dir).unwrap();
+        std::fs::write(dir.join(INDEX), b"{ not json").unwrap();
+        let a = r#"{"device":{},"name":"a"}"#;
+        assert!(matches!(
+            store(d, "sw", &ShellyGen1, &art(a), 2).await.unwrap(),
+            Stored::New(_)
+        ));
+        let aside: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("index.json.unreadable-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the unreadable index is kept");
+        assert_eq!(
+            std::fs::read(dir.join(&aside[0])).unwrap(),
+            b"{ not json",
+            "as it was"
+        );
+        assert_eq!(read_index(&dir).await.versions.len(), 1);
+
+        // An index that cannot be read at all (here: a directory): the fetch fails and
+        // nothing is stored or rewritten.
+        let other = device_dir(d, "plug");
+        std::fs::create_dir_all(other.join(INDEX)).unwrap();
+        assert!(store(d, "plug", &ShellyGen1, &art(a), 2).await.is_err());
+        assert!(record_failure(d, "plug", "x").await.is_err());
+        let files: Vec<String> = std::fs::read_dir(&other)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![INDEX.to_string()], "nothing written");
     }
 }
