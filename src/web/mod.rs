@@ -330,18 +330,31 @@ async fn dump_now(
         return r;
     }
     let schedule = format!("{}{name}", crate::jobs::db_dump::SCHEDULE_PREFIX);
-    match ops::run_schedule(&state.store, &state.registry, &schedule).await {
+    let enqueued = ops::run_schedule(&state.store, &state.registry, &schedule).await;
+    started(
+        &state,
+        &prefix,
+        enqueued,
+        &format!("Dumping database {name} now; the job appears under Activity."),
+        ("activity", "top"),
+    )
+}
+
+/// After a "… now" button: the job is enqueued (the workers are woken and the page says
+/// `ok`, at `anchors.0`), or why not (at `anchors.1`).
+fn started<T>(
+    state: &AppState,
+    prefix: &str,
+    enqueued: Result<T, ops::OpsError>,
+    ok: &str,
+    anchors: (&str, &str),
+) -> Response {
+    match enqueued {
         Ok(_) => {
             state.nudge();
-            back(
-                &state,
-                &prefix,
-                "ok",
-                &format!("Dumping database {name} now; the job appears under Activity."),
-                "activity",
-            )
+            back(state, prefix, "ok", ok, anchors.0)
         }
-        Err(e) => back(&state, &prefix, "error", &user_message(e.into()), "top"),
+        Err(e) => back(state, prefix, "error", &user_message(e.into()), anchors.1),
     }
 }
 
@@ -356,19 +369,15 @@ async fn device_fetch(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
-    match ops::devices::fetch_now(&state.config, &state.store, &state.registry, &name).await {
-        Ok(_) => {
-            state.nudge();
-            back(
-                &state,
-                &prefix,
-                "ok",
-                &format!("Fetching device {name} now; the job appears under Activity."),
-                "devices",
-            )
-        }
-        Err(e) => back(&state, &prefix, "error", &user_message(e.into()), "devices"),
-    }
+    let enqueued =
+        ops::devices::fetch_now(&state.config, &state.store, &state.registry, &name).await;
+    started(
+        &state,
+        &prefix,
+        enqueued,
+        &format!("Fetching device {name} now; the job appears under Activity."),
+        ("devices", "devices"),
+    )
 }
 
 /// Test connection: contacts the device now; what it said (or why not) is the message.
