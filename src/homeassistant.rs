@@ -461,8 +461,9 @@ async fn device_notifications(
             .iter()
             .filter(|j| j.args.get("device").and_then(Value::as_str) == Some(d.name.as_str()))
             .filter(|j| {
-                let ended = j.finalized_at.map(to_datetime);
-                since.is_none_or(|s| ended.is_some_and(|e| e >= s))
+                // The job's times are whole milliseconds; `failing_since` is finer: a job
+                // discarded in the millisecond its failure was recorded ends "before" it.
+                since.is_none_or(|s| j.finalized_at.is_some_and(|e| e >= s.timestamp_millis()))
             })
             .max_by_key(|j| j.id)
         else {
