@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Sha256State;
+use super::{Md5State, Sha256State};
 use crate::destinations::Session;
 
 /// Checkpoints without this version (or another one) are not resumed: the upload starts over,
@@ -31,6 +31,10 @@ pub struct CopyCheckpoint {
     pub src_offset: u64,
     /// SHA-256 of the source's bytes before `src_offset`.
     pub sha256: Sha256State,
+    /// MD5 of the same bytes, kept only for a source that publishes an MD5 to check against
+    /// (Google Drive's `md5Checksum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<Md5State>,
 }
 
 impl CopyCheckpoint {
@@ -44,6 +48,7 @@ impl CopyCheckpoint {
             dst_offset: 0,
             src_offset: 0,
             sha256: Sha256State::new(),
+            md5: None,
         }
     }
 

@@ -19,7 +19,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use super::{ByteSource, ByteStream, Sha256State, TransferError, checkpoint::CopyCheckpoint};
+use super::{
+    ByteSource, ByteStream, Md5State, Sha256State, TransferError, checkpoint::CopyCheckpoint,
+};
 use crate::{
     destinations::{Destination, RemoteFile, Sent, Session},
     queue::{JobContext, JobError, Progress},
@@ -65,6 +67,9 @@ pub struct Copy<'a> {
     pub chunk: u64,
     /// Shown with the progress: what goes where.
     pub label: String,
+    /// The MD5 the source says its bytes have (hex), checked before the destination commits
+    /// the file.
+    pub md5: Option<String>,
 }
 
 /// A transfer that ended with the file committed and checked.
@@ -82,6 +87,8 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
     let mut cp: CopyCheckpoint = ctx
         .checkpoint()
         .filter(|c: &CopyCheckpoint| c.usable_for(&job.remote))
+        // A checkpoint without the MD5 the source is to be checked against cannot finish.
+        .filter(|c| c.session.is_none() || c.md5.is_some() == job.md5.is_some())
         .unwrap_or_else(|| CopyCheckpoint::fresh(&job.remote));
     let mut restarts = 0;
 
@@ -152,6 +159,7 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     chunk,
                     total,
                     session: Some(session.clone()),
+                    md5: job.md5.as_ref().map(|_| Md5State::new()),
                     ..CopyCheckpoint::fresh(&job.remote)
                 };
                 ctx.save_checkpoint(&cp).await?;
@@ -183,11 +191,14 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                     return Err(JobError::Interrupted);
                 }
             }
-            let before = cp.sha256.clone();
+            let before = (cp.sha256.clone(), cp.md5.clone());
             let hashing = {
                 let (mut sha, bytes) = (before.clone(), current.clone());
                 tokio::task::spawn_blocking(move || {
-                    sha.update(&bytes);
+                    sha.0.update(&bytes);
+                    if let Some(md5) = &mut sha.1 {
+                        md5.update(&bytes);
+                    }
                     sha
                 })
             };
@@ -196,7 +207,28 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
             // The next chunk, read while this one is sent; a read error there counts only once
             // this chunk's acknowledgement is checkpointed.
             let (sent, next) = if end == total {
-                let sha = joined(hashing).await?;
+                let (sha, md5) = joined(hashing).await?;
+                if let Some(expected) = &job.md5 {
+                    let ours = md5.map(|m| m.hex());
+                    if !ours
+                        .as_deref()
+                        .is_some_and(|o| o.eq_ignore_ascii_case(expected))
+                    {
+                        // The bytes the source gave are not the ones it vouches for: nothing
+                        // is committed, and the next attempt reads them all again.
+                        save(ctx, saving.take()).await?;
+                        if let Err(e) = dest.abandon(&session).await {
+                            warn!(error = %e, "could not remove what the upload left");
+                        }
+                        ctx.save_checkpoint(&CopyCheckpoint::fresh(&job.remote))
+                            .await?;
+                        return Err(JobError::retryable(format!(
+                            "the source's bytes have MD5 {}, but it says they have {expected}; \
+                             nothing was stored",
+                            ours.as_deref().unwrap_or("(not computed)")
+                        )));
+                    }
+                }
                 let hex = sha.hex();
                 let sent = Sent {
                     size: total,
@@ -236,7 +268,7 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                 saved?;
                 match sent {
                     Ok(()) => {
-                        cp.sha256 = sha?;
+                        (cp.sha256, cp.md5) = sha?;
                         (Ok(()), next)
                     }
                     Err(e) => (Err(e), next),
@@ -265,7 +297,7 @@ pub async fn copy(ctx: &JobContext, job: Copy<'_>) -> Result<Copied, JobError> {
                         theirs = at,
                         "destination is further along; continuing from its offset"
                     );
-                    cp.sha256 = before;
+                    (cp.sha256, cp.md5) = before;
                     reader.unread(next?);
                     reader.unread(std::mem::take(&mut current));
                     if !catch_up(ctx, dest, &mut reader, &mut session, &mut cp, at).await? {
@@ -324,16 +356,19 @@ async fn catch_up(
             }
             Err(e) => return Err(e.into()),
         }
-        let (sha, piece) = {
-            let mut sha = cp.sha256.clone();
+        let ((sha, md5), piece) = {
+            let (mut sha, mut md5) = (cp.sha256.clone(), cp.md5.clone());
             tokio::task::spawn_blocking(move || {
                 sha.update(&piece);
-                (sha, piece)
+                if let Some(m) = &mut md5 {
+                    m.update(&piece);
+                }
+                ((sha, md5), piece)
             })
             .await
             .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))?
         };
-        cp.sha256 = sha;
+        (cp.sha256, cp.md5) = (sha, md5);
         cp.dst_offset += piece.len() as u64;
         cp.src_offset = cp.dst_offset;
         ctx.touch();
@@ -406,12 +441,38 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
             super::sha256_of(stream).await?.1
         }
     };
+    if let Some(expected) = &job.md5 {
+        // The stored bytes are the source's; whether they are the ones the source vouches for
+        // takes one more read of the source (this happens only after a crash at commit).
+        let (stream, _) = job.source.open_at(0).await?;
+        let ours = md5_of(stream).await?;
+        if !ours.eq_ignore_ascii_case(expected) {
+            warn!(remote = %job.remote, "the file at the upload's path is not the one the source vouches for");
+            return Ok(None);
+        }
+    }
     info!(remote = %found.path, "the destination already has this file, complete and intact");
     Ok(Some(Copied {
         stored: found,
         size: total,
         sha256,
     }))
+}
+
+/// Hex MD5 of a whole stream.
+async fn md5_of(mut stream: ByteStream) -> Result<String, TransferError> {
+    let mut state = Md5State::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| TransferError::Temporary(format!("reading failed: {e}")))?;
+        if n == 0 {
+            return Ok(state.hex());
+        }
+        state.update(&buf[..n]);
+    }
 }
 
 /// Commits a checkpoint held back to overlap with the next chunk, if there is one.
@@ -422,7 +483,7 @@ async fn save(ctx: &JobContext, cp: Option<CopyCheckpoint>) -> Result<(), JobErr
     }
 }
 
-async fn joined(task: tokio::task::JoinHandle<Sha256State>) -> Result<Sha256State, JobError> {
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, JobError> {
     task.await
         .map_err(|e| JobError::retryable(format!("hashing failed: {e}")))
 }

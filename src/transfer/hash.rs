@@ -1,6 +1,7 @@
-//! SHA-256 of the plain bytes a transfer read from its source, resumable: the state in progress
-//! is serialized into the checkpoint, so a transfer that resumes after `kill -9` still ends with
-//! the hash of every byte, not of the bytes since the restart.
+//! SHA-256 (and, where the source publishes one to check, MD5) of the plain bytes a transfer
+//! read from its source, resumable: the state in progress is serialized into the checkpoint, so
+//! a transfer that resumes after `kill -9` still ends with the hash of every byte, not of the
+//! bytes since the restart.
 
 use serde::{Deserialize, Serialize};
 use sha2_resumable::{
@@ -11,17 +12,23 @@ use tokio::io::AsyncReadExt;
 
 use super::{ByteStream, TransferError};
 
-/// A SHA-256 in progress.
+/// A hash in progress whose state serializes (RustCrypto's 0.11 digests), so a checkpoint can
+/// carry it across a restart.
 #[derive(Clone, Default)]
-pub struct Sha256State(Sha256);
+pub struct Resumable<D>(D);
 
-impl Sha256State {
+/// A SHA-256 in progress.
+pub type Sha256State = Resumable<Sha256>;
+/// An MD5 in progress: Google Drive's `md5Checksum` is checked against it.
+pub type Md5State = Resumable<md5_resumable::Md5>;
+
+impl<D: Digest + Clone + Default + SerializableState> Resumable<D> {
     pub fn new() -> Self {
         Self::default()
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        Digest::update(&mut self.0, bytes);
     }
 
     /// Hex digest of everything so far.
@@ -30,33 +37,33 @@ impl Sha256State {
     }
 }
 
-impl std::fmt::Debug for Sha256State {
+impl<D> std::fmt::Debug for Resumable<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sha256State")
+        f.write_str("hash state")
     }
 }
 
-impl PartialEq for Sha256State {
+impl<D: SerializableState> PartialEq for Resumable<D> {
     fn eq(&self, other: &Self) -> bool {
         self.0.serialize() == other.0.serialize()
     }
 }
 
-impl Serialize for Sha256State {
+impl<D: SerializableState> Serialize for Resumable<D> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex(&self.0.serialize()))
     }
 }
 
-impl<'de> Deserialize<'de> for Sha256State {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl<'de, D: SerializableState> Deserialize<'de> for Resumable<D> {
+    fn deserialize<De: serde::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
         let text = String::deserialize(d)?;
         let bytes = unhex(&text).ok_or_else(|| serde::de::Error::custom("not hex"))?;
-        let state = SerializedState::<Sha256>::try_from(bytes.as_slice())
-            .map_err(|_| serde::de::Error::custom("not a SHA-256 state"))?;
-        Sha256::deserialize(&state)
-            .map(Sha256State)
-            .map_err(|_| serde::de::Error::custom("not a SHA-256 state"))
+        let state = SerializedState::<D>::try_from(bytes.as_slice())
+            .map_err(|_| serde::de::Error::custom("not a hash state"))?;
+        D::deserialize(&state)
+            .map(Resumable)
+            .map_err(|_| serde::de::Error::custom("not a hash state"))
     }
 }
 
@@ -133,5 +140,20 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(serde_json::from_str::<Sha256State>("\"00\"").is_err());
+    }
+
+    #[test]
+    fn an_md5_continues_across_a_restart_too() {
+        let data: Vec<u8> = (0..70_001u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut whole = Md5State::new();
+        whole.update(&data);
+        let mut a = Md5State::new();
+        a.update(&data[..40_000]);
+        let mut b: Md5State = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        b.update(&data[40_000..]);
+        assert_eq!(b.hex(), whole.hex());
+        let mut abc = Md5State::new();
+        abc.update(b"abc");
+        assert_eq!(abc.hex(), "900150983cd24fb0d6963f7d28e17f72");
     }
 }

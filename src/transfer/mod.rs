@@ -14,7 +14,7 @@ pub mod spool;
 
 use std::time::Duration;
 
-pub use hash::{Sha256State, hex, sha256_hex, sha256_of, unhex};
+pub use hash::{Md5State, Sha256State, hex, sha256_hex, sha256_of, unhex};
 
 /// Bytes read sequentially; a failure in the middle (a dropped connection, an unreadable file,
 /// a body shorter than announced) is an `io::Error` from the reader.
