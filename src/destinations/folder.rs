@@ -24,7 +24,9 @@ use std::{
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkRules, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session};
+use super::{
+    ChunkRules, CopyError, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session,
+};
 use crate::transfer::{ByteStream, Sha256State, TransferError, io_error};
 
 /// Files whose name ends so are offsite's unfinished uploads.
@@ -333,6 +335,51 @@ impl Destination for LocalFolder {
 
     async fn delete(&self, remote: &str) -> Result<(), TransferError> {
         remove(self.target(remote)).await
+    }
+
+    /// A file copy to the hidden temporary name, synced, read back and compared with `sent`,
+    /// then renamed into place: the same proof as an upload's.
+    async fn copy_within(
+        &self,
+        from: &str,
+        to: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        let source = self.target(from);
+        let target = self.target(to);
+        let temp = self.temp_path(to);
+        let (size, sha256, remote) = (sent.size, sent.sha256.to_string(), to.to_string());
+        Ok(blocking(move || {
+            if let Some(dir) = temp.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create folder", dir, e))?;
+            }
+            std::fs::copy(&source, &temp).map_err(|e| io_err("cannot copy", &source, e))?;
+            File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_err("cannot sync", &temp, e))?;
+            let (len, hash) = hash_file(&temp).map_err(|e| io_err("cannot read back", &temp, e))?;
+            if len != size || hash != sha256 {
+                let _ = std::fs::remove_file(&temp);
+                return Err(TransferError::Permanent(format!(
+                    "the copy of {} read back as {len} bytes with SHA-256 {hash}, expected \
+                     {size} bytes hashing to {sha256}; removed it",
+                    source.display()
+                )));
+            }
+            std::fs::rename(&temp, &target)
+                .map_err(|e| io_err("cannot rename into", &target, e))?;
+            if let Some(dir) = target.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_err("cannot sync folder", dir, e))?;
+            }
+            Ok(RemoteFile {
+                path: remote,
+                size: len,
+                content_hash: Some(hash),
+            })
+        })
+        .await?)
     }
 
     async fn begin(&self, remote: &str, _size: u64, _chunk: u64) -> Result<Session, TransferError> {

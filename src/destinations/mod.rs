@@ -235,6 +235,20 @@ pub trait Destination: Send + Sync {
         session.0.to_string()
     }
 
+    /// Copies the committed file at `from` to `to` on the server, without its bytes passing
+    /// through offsite (a mirror's rename, move, soft delete or duplicate), and checks the copy
+    /// against `sent` (its size, and the destination's own hash where it keeps one) before it
+    /// returns; a copy that does not match is removed. `Unsupported` when this destination (or
+    /// this file, S3 above 5 GiB) cannot be copied so: the caller sends the bytes instead.
+    async fn copy_within(
+        &self,
+        _from: &str,
+        _to: &str,
+        _sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        Err(CopyError::Unsupported)
+    }
+
     /// Whether `stored` holds exactly `source` (`size` bytes): a file committed before its job
     /// heard back. This reads the file back and compares SHA-256; a destination that keeps a
     /// hash of its own computes that from `source` instead.
@@ -254,6 +268,15 @@ pub trait Destination: Send + Sync {
         )?;
         Ok(a.0 == size && b.0 == size && a.1 == b.1)
     }
+}
+
+/// Why [`Destination::copy_within`] did not copy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CopyError {
+    #[error("this destination cannot copy files on its own side")]
+    Unsupported,
+    #[error(transparent)]
+    Failed(#[from] TransferError),
 }
 
 /// Shared by the jobs, the operator actions and the sweeps.

@@ -1,8 +1,12 @@
-//! Reads as the destination inside does, deletes nothing: what a retention dry run needs.
+//! Reads as the destination inside does, deletes and copies nothing: what a retention dry run
+//! needs.
 
 use std::sync::{Arc, Mutex};
 
-use crate::{destinations::Destination, transfer::TransferError};
+use crate::{
+    destinations::{CopyError, Destination, RemoteFile, Sent},
+    transfer::TransferError,
+};
 
 pub struct DryRun {
     inner: Arc<dyn Destination>,
@@ -39,5 +43,19 @@ impl super::Layer for DryRun {
             .unwrap_or_else(|e| e.into_inner())
             .push(remote.to_string());
         Ok(())
+    }
+
+    async fn copy_within(
+        &self,
+        from: &str,
+        to: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        tracing::info!(from, to, "dry run: would copy");
+        Ok(RemoteFile {
+            path: to.to_string(),
+            size: sent.size,
+            content_hash: None,
+        })
     }
 }

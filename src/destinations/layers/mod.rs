@@ -15,7 +15,8 @@ pub use dry_run::DryRun;
 pub use throttle::Throttle;
 
 use super::{
-    Authorization, ChunkRules, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session,
+    Authorization, ChunkRules, CopyError, Destination, DestinationInfo, Partial, RemoteFile, Sent,
+    Session,
 };
 use crate::transfer::{ByteStream, TransferError};
 
@@ -82,6 +83,14 @@ pub trait Layer: Send + Sync {
         size: u64,
     ) -> Result<bool, TransferError> {
         self.inner().same_content(stored, source, size).await
+    }
+    async fn copy_within(
+        &self,
+        from: &str,
+        to: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        self.inner().copy_within(from, to, sent).await
     }
 }
 
@@ -165,5 +174,13 @@ impl<L: Layer> Destination for L {
         size: u64,
     ) -> Result<bool, TransferError> {
         Layer::same_content(self, stored, source, size).await
+    }
+    async fn copy_within(
+        &self,
+        from: &str,
+        to: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        Layer::copy_within(self, from, to, sent).await
     }
 }

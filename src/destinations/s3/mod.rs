@@ -38,7 +38,9 @@ use tokio::io::AsyncReadExt;
 pub use self::config::{Addressing, S3Config, STORAGE_CLASSES, Sse};
 use self::config::{Keys, resolve_keys};
 use self::wire::*;
-use super::{ChunkRules, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session};
+use super::{
+    ChunkRules, CopyError, Destination, DestinationInfo, Partial, RemoteFile, Sent, Session,
+};
 use crate::redact::Secret;
 use crate::transfer::{ByteStream, TransferError};
 
@@ -945,6 +947,57 @@ impl Destination for S3Destination {
     async fn delete(&self, remote: &str) -> Result<(), TransferError> {
         let key = self.key(remote)?;
         self.delete_key(&key).await
+    }
+
+    /// CopyObject (up to 5 GiB; larger objects would need UploadPartCopy, and are sent
+    /// again instead), asking the server for the copy's SHA-256, which is then checked like an
+    /// upload's.
+    async fn copy_within(
+        &self,
+        from: &str,
+        to: &str,
+        sent: &Sent<'_>,
+    ) -> Result<RemoteFile, CopyError> {
+        if sent.size > MAX_PART {
+            return Err(CopyError::Unsupported);
+        }
+        let source = self.key(from)?;
+        let key = self.key(to)?;
+        /// What a key may keep unencoded in x-amz-copy-source: RFC 3986's unreserved and '/'.
+        const KEY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        let mut headers = self.object_headers();
+        headers.push((
+            "x-amz-copy-source",
+            format!(
+                "/{}/{}",
+                self.bucket.name(),
+                percent_encoding::utf8_percent_encode(&source, KEY)
+            ),
+        ));
+        // The copy is one part: its own checksum, not the source's part-size metadata.
+        headers.push(("x-amz-metadata-directive", "REPLACE".into()));
+        headers.push(("x-amz-checksum-algorithm", "SHA256".into()));
+        headers.push(("content-type", "application/octet-stream".into()));
+        self.call(
+            "CopyObject",
+            Method::PUT,
+            Some(&key),
+            &[],
+            &headers,
+            Body::Empty,
+        )
+        .await?;
+        let expected = hex_to_base64(sent.sha256).ok_or_else(|| {
+            TransferError::Permanent(format!("{:?} is not a SHA-256", sent.sha256))
+        })?;
+        Ok(self
+            .verify_committed(to, &key, sent.size, &expected, sent.sha256)
+            .await?)
     }
 
     async fn begin(&self, remote: &str, size: u64, chunk: u64) -> Result<Session, TransferError> {
