@@ -498,3 +498,38 @@ async fn scheduled_faults_answer_with_drive_error_bodies() {
 fn urlenc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// The kill -9 case: a client that goes away while its download is held frees the fake's side.
+#[tokio::test]
+async fn a_held_download_ends_when_the_client_goes_away() {
+    let fake = FakeDrive::start().await;
+    let (_, token) = fake.issue_tokens(SCOPE);
+    let id = fake.add_file_sized("big.bin", "root", 2 << 20, 1);
+    let gate = fake.pause_download_at(&id, 1 << 20);
+    let url = format!("{}/drive/v3/files/{id}?alt=media", fake.base_url());
+    let task = tokio::spawn(async move {
+        let mut r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let mut n = 0u64;
+        while n < 1 << 20 {
+            n += r.chunk().await.unwrap().unwrap().len() as u64;
+        }
+        n
+    });
+    tokio::time::timeout(Duration::from_secs(10), gate.wait_paused())
+        .await
+        .unwrap();
+    assert!(gate.holding());
+    assert_eq!(task.await.unwrap(), 1 << 20);
+    let mut left = 50;
+    while gate.holding() && left > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left -= 1;
+    }
+    assert!(!gate.holding(), "the fake kept a dead client's download");
+    assert_eq!(fake.bytes_served(), 1 << 20);
+}

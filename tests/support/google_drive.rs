@@ -170,6 +170,11 @@ impl Gate {
     pub fn is_paused(&self) -> bool {
         *self.state.reached.borrow()
     }
+    /// Whether a download is held at the gate right now (false once released, or once the
+    /// server dropped the response because the client went away).
+    pub fn holding(&self) -> bool {
+        self.state.released.receiver_count() > 0
+    }
     /// The paused download goes on.
     pub fn release(&self) {
         self.state.released.send_replace(true);
@@ -578,15 +583,22 @@ impl FakeDrive {
     pub fn rename(&self, id: &str, name: &str) {
         self.change(id, |i| i.name = name.into());
     }
-    /// Moves `id` (and what is under it) into `new_parent`, possibly in another drive.
+    /// Moves `id` into `new_parent`. Into another drive, what is under it moves along (and
+    /// changes too); within a drive only `id` changes.
     pub fn move_to(&self, id: &str, new_parent: &str) {
-        let (parent, drive) = {
+        let (parent, drive, same_drive) = {
             let inner = self.inner();
             let parent = resolve(&inner, new_parent);
             let drive = drive_of(&inner, &parent);
-            (parent, drive)
+            let same = inner.items.get(id).map(|i| &i.drive_id) == Some(&drive);
+            (parent, drive, same)
         };
-        for d in self.subtree(id) {
+        let moved = if same_drive {
+            vec![id.to_string()]
+        } else {
+            self.subtree(id)
+        };
+        for d in moved {
             let drive = drive.clone();
             let parent = parent.clone();
             let top = d == id;
@@ -1676,6 +1688,15 @@ fn list_changes(shared: &Shared, p: &HashMap<String, String>) -> Response {
     let mut inner = shared.inner.lock().unwrap();
     inner.counters.changes += 1;
     let len = inner.log.len();
+    if !p.contains_key("pageToken") {
+        return drive_error(
+            400,
+            "Required parameter: pageToken",
+            "global",
+            "required",
+            Some(("pageToken", "parameter")),
+        );
+    }
     let Some(from) = p
         .get("pageToken")
         .and_then(|t| t.parse::<usize>().ok())
@@ -1943,7 +1964,8 @@ async fn media(
 fn export(shared: &Shared, id: &str, p: &HashMap<String, String>) -> Response {
     let mut inner = shared.inner.lock().unwrap();
     inner.counters.exports += 1;
-    let Some(item) = visible(&inner, id, p) else {
+    // files.export has no supportsAllDrives parameter: shared-drive files export all the same.
+    let Some(item) = inner.items.get(&resolve(&inner, id)).cloned() else {
         return not_found(id);
     };
     let Some(mime) = p.get("mimeType") else {
