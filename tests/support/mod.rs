@@ -22,6 +22,7 @@ pub mod devices;
 pub mod dropbox;
 pub mod fault;
 pub mod fritzbox;
+pub mod google_drive;
 pub mod graph;
 pub mod ingress;
 pub mod nginx;
