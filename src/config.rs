@@ -151,6 +151,14 @@ pub struct Config {
     /// device_fetch kind), by name.
     #[serde(default)]
     pub devices: BTreeMap<String, crate::devices::DeviceConfig>,
+    /// Google Drive accounts mirrored to destinations through the changes feed (the
+    /// google_delta kind), by name.
+    #[serde(default)]
+    pub google_drive: BTreeMap<String, crate::sources::google_drive::GoogleDriveConfig>,
+    /// Not supported (no API reads a whole library since March 2025): a section here is
+    /// refused with an explanation of what works instead.
+    #[serde(default)]
+    pub google_photos: Option<toml::Value>,
     /// Notifications and sensors in Home Assistant (the add-on turns this on).
     pub homeassistant: Option<HomeAssistantConfig>,
     /// Where the configuration came from, for messages.
@@ -961,6 +969,44 @@ impl Config {
             }
             if let Err((field, message)) = d.validate() {
                 return Err(self.err(&format!("devices.{name}.{field}"), message));
+            }
+        }
+        if self.google_photos.is_some() {
+            return Err(self.err(
+                "google_photos",
+                crate::sources::google_drive::PHOTOS_EXPLAINED,
+            ));
+        }
+        for (name, g) in &self.google_drive {
+            if !crate::devices::valid_name(name) {
+                return Err(self.err(
+                    &format!("google_drive.{name}"),
+                    "a Google Drive source's name is letters, digits, '-' and '_'",
+                ));
+            }
+            if let Err((field, message)) = g.validate() {
+                return Err(self.err(&format!("google_drive.{name}.{field}"), message));
+            }
+            for (i, d) in g.destinations.iter().enumerate() {
+                let field = format!("google_drive.{name}.destinations[{i}]");
+                match self.destinations.get(d).map(|c| &c.kind) {
+                    None => {
+                        return Err(self.err(
+                            &field,
+                            format!("{d:?} is not a destination under [destinations]"),
+                        ));
+                    }
+                    Some(DestinationKind::S3(_) | DestinationKind::Folder(_)) => {}
+                    Some(_) => {
+                        return Err(self.err(
+                            &field,
+                            format!(
+                                "{d:?} is not an S3 or folder destination: a mirror renames and \
+                                 soft-deletes by server-side copies, which only those offer here"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(ha) = self.homeassistant.as_ref().filter(|h| h.enabled) {

@@ -235,6 +235,12 @@ pub trait Destination: Send + Sync {
         session.0.to_string()
     }
 
+    /// Whether the destination keeps the previous version of a file that is overwritten (S3
+    /// bucket versioning); None when it cannot tell.
+    async fn keeps_versions(&self) -> Option<bool> {
+        None
+    }
+
     /// Copies the committed file at `from` to `to` on the server, without its bytes passing
     /// through offsite (a mirror's rename, move, soft delete or duplicate), and checks the copy
     /// against `sent` (its size, and the destination's own hash where it keeps one) before it

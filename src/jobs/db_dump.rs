@@ -654,6 +654,7 @@ impl DbDumpWorker {
                 remote: format!("{root}/{name}"),
                 chunk: services.chunk_size(&db.destination),
                 label: format!("{name} → {}", db.destination),
+                md5: None,
             },
         )
         .await?;

@@ -3,6 +3,7 @@
 
 pub mod db_dump;
 pub mod device_fetch;
+pub mod google_delta;
 pub mod noop;
 pub mod retention;
 pub mod services;
@@ -117,6 +118,8 @@ pub fn registry_with(config: &Config, services: Arc<Services>) -> Result<Registr
     add::<retention::RetentionPruneArgs>(&mut registry, config, &services);
     add::<db_dump::DbDumpArgs>(&mut registry, config, &services);
     add::<device_fetch::DeviceFetchArgs>(&mut registry, config, &services);
+    add::<google_delta::GoogleDeltaArgs>(&mut registry, config, &services);
+    add::<google_delta::GoogleFileArgs>(&mut registry, config, &services);
 
     for kind in config.kinds.keys() {
         if registry.get(kind).is_none() {

@@ -11,7 +11,9 @@ use crate::{
         layers::Throttle, s3::S3Destination, sharepoint::SharePointDestination,
     },
     jobs::retention::RetentionPolicy,
-    sources::{Source, folder::FolderSource, supervisor::SupervisorSource},
+    sources::{
+        Source, folder::FolderSource, google_drive::GoogleDrive, supervisor::SupervisorSource,
+    },
     transfer::TransferError,
 };
 
@@ -28,6 +30,8 @@ pub struct Services {
     /// The configuration's time zone (else the system's).
     timezone: String,
     destinations: BTreeMap<String, (SharedDestination, DestinationConfig)>,
+    /// `[google_drive]`, for the google_delta kind.
+    google: BTreeMap<String, Arc<GoogleDrive>>,
 }
 
 fn http_client() -> Result<reqwest::Client, ConfigError> {
@@ -87,7 +91,22 @@ impl Services {
             }
             destinations.insert(name.clone(), (destination, d.clone()));
         }
+        let mut google = BTreeMap::new();
+        for (name, g) in &config.google_drive {
+            let drive = GoogleDrive::new(
+                name,
+                g.clone(),
+                credential_file(&config.data_dir, "google", name),
+                http.clone(),
+                &|v| std::env::var(v).ok(),
+            )
+            .map_err(|(field, message)| {
+                config.error(&format!("google_drive.{name}.{field}"), message)
+            })?;
+            google.insert(name.clone(), Arc::new(drive));
+        }
         Ok(Services {
+            google,
             sources,
             databases: config.databases.clone(),
             devices: config.devices.clone(),
@@ -112,6 +131,15 @@ impl Services {
 
     pub fn destination_names(&self) -> impl Iterator<Item = &String> {
         self.destinations.keys()
+    }
+
+    /// A `[google_drive.<name>]` source.
+    pub fn google_drive(&self, name: &str) -> Option<&Arc<GoogleDrive>> {
+        self.google.get(name)
+    }
+
+    pub fn google_drive_names(&self) -> impl Iterator<Item = &String> {
+        self.google.keys()
     }
 
     /// A `[devices.<name>]` section.

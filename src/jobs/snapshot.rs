@@ -226,6 +226,7 @@ impl Worker<SnapshotUploadArgs> for SnapshotUploadWorker {
                 remote: remote_path(dest.root(), &args.name, &args.date),
                 chunk: services.chunk_size(&args.destination),
                 label: format!("{} → {}", args.name, args.destination),
+                md5: None,
             },
         )
         .await?;

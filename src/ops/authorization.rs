@@ -22,6 +22,12 @@ pub fn authorization<'a>(
     services: &'a Services,
     name: &str,
 ) -> Result<&'a dyn Authorization, OpsError> {
+    // A Google Drive source is authorized like an OAuth destination.
+    if !services.has_destination(name)
+        && let Some(drive) = services.google_drive(name)
+    {
+        return Ok(&**drive as &dyn Authorization);
+    }
     services
         .destination(name)
         .map_err(|_| OpsError::NotFound(format!("destination {name:?} is not configured")))?
@@ -136,7 +142,7 @@ pub async fn finish_authorization(
     if code.is_empty() {
         return Err(OpsError::Validation(vec![FieldError::new(
             "code",
-            "paste the code Dropbox showed",
+            "paste the code (or, for Google, the address the browser ended on)",
         )]));
     }
     let started = pending_authorization(pending, name).ok_or_else(|| {
@@ -149,7 +155,7 @@ pub async fn finish_authorization(
                 OpsError::Validation(vec![FieldError::new("code", m)])
             }
             // Dropbox unreachable or failing: not our fault, and worth trying again.
-            other => OpsError::BadGateway(format!("Dropbox could not be asked: {other}")),
+            other => OpsError::BadGateway(format!("the service could not be asked: {other}")),
         })?;
     authorized(store, pending, name).await?;
     Ok(())
@@ -165,7 +171,11 @@ pub async fn authorized(
     if let Ok(mut pending) = pending.lock() {
         pending.remove(destination);
     }
-    store
+    let woken = store
         .wake_tag(&crate::jobs::destination_tag(destination))
-        .await
+        .await?;
+    Ok(woken
+        + store
+            .wake_tag(&crate::jobs::google_delta::source_tag(destination))
+            .await?)
 }

@@ -84,6 +84,16 @@ impl Setup {
             }
             schedules.push(def);
         }
+        for (name, g) in &config.google_drive {
+            let def = jobs::google_delta::schedule(name, g, &registry, &config)?;
+            if schedules.iter().any(|s| s.name == def.name) {
+                return Err(config.error(
+                    &format!("google_drive.{name}"),
+                    format!("a schedule file already defines {:?}", def.name),
+                ));
+            }
+            schedules.push(def);
+        }
         Ok(Setup {
             config: Arc::new(config),
             registry: Arc::new(registry),

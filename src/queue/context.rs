@@ -131,6 +131,29 @@ impl JobContext {
         Ok(enqueued)
     }
 
+    /// Enqueues many jobs in one transaction (each validated; those whose idempotency key is
+    /// taken are left as they are); how many are new.
+    pub async fn enqueue_many(&self, requests: &[EnqueueRequest]) -> Result<usize, JobError> {
+        let mut jobs = Vec::with_capacity(requests.len());
+        for r in requests {
+            jobs.push(self.inner.registry.prepare(r).map_err(|errors| {
+                JobError::Permanent(format!("follow-up job is invalid: {}", errors[0]))
+            })?);
+        }
+        let mut new = 0;
+        for batch in jobs.chunks(500) {
+            let done = self
+                .inner
+                .store
+                .enqueue_batch(batch)
+                .await
+                .map_err(JobError::retryable)?;
+            new += done.iter().filter(|e| !e.deduplicated).count();
+        }
+        self.inner.wake.notify_one();
+        Ok(new)
+    }
+
     /// Something may be runnable now (a job this one made due): look at once.
     pub fn wake_workers(&self) {
         self.inner.wake.notify_one();

@@ -497,6 +497,12 @@ impl Store {
         &self.path
     }
 
+    /// For a kind's own tables (google_delta's sync state): the one write connection (its
+    /// transactions must stay short) and the read pool.
+    pub fn pools(&self) -> (&SqlitePool, &SqlitePool) {
+        (&self.writer, &self.reader)
+    }
+
     /// Why the database cannot be written right now, if it cannot (said once in the log when
     /// it starts and once when it ends).
     pub fn write_problem(&self) -> Option<String> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::transfer::{ByteSource, ByteStream, TransferError};
 
 pub mod folder;
+pub mod google_drive;
 pub mod postgres;
 pub mod supervisor;
 

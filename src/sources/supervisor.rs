@@ -133,7 +133,15 @@ impl SupervisorSource {
                         "the Supervisor sent bytes {first}-{last}/{total} for bytes={offset}-"
                     )));
                 }
-                Ok((body_reader(resp, slug, 0, total - offset), total))
+                Ok((
+                    body_reader(
+                        resp,
+                        &format!("backup {slug} from the Supervisor"),
+                        0,
+                        total - offset,
+                    ),
+                    total,
+                ))
             }
             StatusCode::OK => {
                 let total = match content_length(resp.headers()) {
@@ -155,7 +163,15 @@ impl SupervisorSource {
                     // arrive.
                     debug!(slug, offset, "Supervisor ignored Range; skipping bytes");
                 }
-                Ok((body_reader(resp, slug, offset, total - offset), total))
+                Ok((
+                    body_reader(
+                        resp,
+                        &format!("backup {slug} from the Supervisor"),
+                        offset,
+                        total - offset,
+                    ),
+                    total,
+                ))
             }
             StatusCode::NOT_FOUND => Err(TransferError::NotFound(format!(
                 "backup {slug} no longer exists on the Supervisor"
@@ -377,10 +393,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The response body as an `AsyncRead`: drops the first `skip` bytes and
 /// insists on exactly `expect` bytes after them, so a body cut short can
 /// never pass for a complete backup.
-fn body_reader(resp: Response, slug: &str, skip: u64, expect: u64) -> BackupStream {
+pub(crate) fn body_reader(resp: Response, what: &str, skip: u64, expect: u64) -> BackupStream {
     let body = ExactBody {
         inner: Box::pin(resp.bytes_stream()),
-        slug: slug.to_owned(),
+        what: what.to_owned(),
         skip,
         remaining: expect,
         received: 0,
@@ -391,7 +407,8 @@ fn body_reader(resp: Response, slug: &str, skip: u64, expect: u64) -> BackupStre
 
 struct ExactBody {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    slug: String,
+    /// What is downloaded, for messages: "backup X from the Supervisor".
+    what: String,
     /// Bytes still to drop (a server that ignored Range).
     skip: u64,
     /// Bytes still owed to the reader after the skip.
@@ -408,8 +425,8 @@ impl ExactBody {
         Poll::Ready(Some(Err(io::Error::new(
             kind,
             format!(
-                "download of backup {} from the Supervisor broke off after {} body bytes: {detail}",
-                self.slug, self.received
+                "download of {} broke off after {} body bytes: {detail}",
+                self.what, self.received
             ),
         ))))
     }

@@ -411,6 +411,9 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
     let Some(found) = job.dest.stat(&job.remote).await.map_err(at_destination)? else {
         return Ok(None);
     };
+    if job.source.size().is_some_and(|s| s != found.size) {
+        return Ok(None);
+    }
     let (stream, total) = job.source.open_at(0).await?;
     if found.size != total {
         warn!(

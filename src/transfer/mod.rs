@@ -25,6 +25,12 @@ pub type ByteStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 #[async_trait::async_trait]
 pub trait ByteSource: Send + Sync {
     async fn open_at(&self, offset: u64) -> Result<(ByteStream, u64), TransferError>;
+
+    /// The total size, where the source knows it without opening (a remote file's listing),
+    /// so a size check costs no request.
+    fn size(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

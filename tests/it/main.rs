@@ -11,6 +11,7 @@ mod db_dump;
 mod devices;
 mod devices_more;
 mod dropbox;
+mod google;
 mod google_fake;
 mod layers;
 mod panel;

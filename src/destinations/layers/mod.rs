@@ -183,4 +183,7 @@ impl<L: Layer> Destination for L {
     ) -> Result<RemoteFile, CopyError> {
         Layer::copy_within(self, from, to, sent).await
     }
+    async fn keeps_versions(&self) -> Option<bool> {
+        self.inner().keeps_versions().await
+    }
 }

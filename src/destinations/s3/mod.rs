@@ -949,6 +949,10 @@ impl Destination for S3Destination {
         self.delete_key(&key).await
     }
 
+    async fn keeps_versions(&self) -> Option<bool> {
+        self.versioning().await.ok().flatten()
+    }
+
     /// CopyObject (up to 5 GiB; larger objects would need UploadPartCopy, and are sent
     /// again instead), asking the server for the copy's SHA-256, which is then checked like an
     /// upload's.

@@ -1,0 +1,333 @@
+//! google_delta end to end: the Google Drive fake (tests/support/google_drive.rs) as the source,
+//! two buckets on moto's S3 server as the destinations (the second with a 1,000-part limit),
+//! offsite running in-process. Authorized through the installed-app flow (the pasted loopback
+//! address), an initial sync of a tree, then a delta with additions, a modification, a rename,
+//! a move and deletions; the mirror is compared object by object with what Drive holds.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use offsite::{config::Config, jobs::services::Services, ops, queue::JobState};
+use serde_json::json;
+
+use crate::common::{Harness, test_config};
+use crate::support::google_drive::{self as gd, FakeDrive};
+use crate::support::s3::Moto;
+
+fn s3_dest(moto: &Moto, extra: &str) -> offsite::config::DestinationConfig {
+    toml::from_str(&format!(
+        "type = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{}\"\n\
+         prefix = \"mirror\"\naddressing = \"path\"\naccess_key_id = \"testing\"\n\
+         secret_access_key = \"testing-secret\"\n{extra}",
+        moto.endpoint(),
+        moto.bucket
+    ))
+    .unwrap()
+}
+
+fn config(dir: &std::path::Path, drive: &FakeDrive, aws: &Moto, eu: &Moto, extra: &str) -> Config {
+    let mut c = test_config(dir);
+    c.destinations.insert(
+        "aws".into(),
+        s3_dest(aws, "storage_class = \"INTELLIGENT_TIERING\""),
+    );
+    c.destinations
+        .insert("eu".into(), s3_dest(eu, "max_parts = 1000"));
+    let g = toml::from_str(&format!(
+        "client_id = \"{}\"\nclient_secret = \"{}\"\napi_url = \"{}\"\ntoken_url = \"{}\"\n\
+         auth_url = \"{}\"\ndestinations = [\"aws\", \"eu\"]\n\
+         exclude_patterns = [\"*.tmp\"]\nschedule = {{ every = \"24h\" }}\n{extra}",
+        gd::CLIENT_ID,
+        gd::CLIENT_SECRET,
+        drive.base_url(),
+        drive.token_url(),
+        drive.auth_url(),
+    ))
+    .unwrap();
+    c.google_drive.insert("drive".into(), g);
+    c
+}
+
+/// Authorizes the source the way a user does: open the link, consent, paste the address the
+/// browser ended on.
+async fn authorize(config: &Config, drive: &FakeDrive) {
+    let services = Services::new(config).unwrap();
+    assert!(ops::authorization::needs_authorization(&services, "drive"));
+    let started = ops::authorization::start(&services, "drive", None).unwrap();
+    let landed = drive.consent(&started.url);
+    assert!(landed.starts_with("http://127.0.0.1:8765/?"), "{landed}");
+    ops::authorization::exchange(&services, "drive", &started, &landed, None)
+        .await
+        .unwrap();
+    assert!(!ops::authorization::needs_authorization(&services, "drive"));
+}
+
+/// Every object in the bucket, by key, with its bytes.
+async fn objects(moto: &Moto) -> BTreeMap<String, Vec<u8>> {
+    let (_, listing) = moto.get("?list-type=2&max-keys=1000").await;
+    let keys: Vec<String> = listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(|k| k.replace("&amp;", "&"))
+        .collect();
+    // Objects are read signed, through the S3 destination's own read-back.
+    let cfg: offsite::destinations::s3::S3Config = toml::from_str(&format!(
+        "endpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{}\"\naddressing = \"path\"\n\
+         access_key_id = \"testing\"\nsecret_access_key = \"testing-secret\"\n",
+        moto.endpoint(),
+        moto.bucket
+    ))
+    .unwrap();
+    let s3 = offsite::destinations::s3::S3Destination::new(&cfg, reqwest::Client::new()).unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let mut bytes = Vec::new();
+        use offsite::destinations::Destination;
+        use tokio::io::AsyncReadExt;
+        s3.open_at(&k, 0)
+            .await
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .await
+            .unwrap();
+        out.insert(k, bytes);
+    }
+    out
+}
+
+/// Runs one sync and waits until it and every file job it made are done.
+async fn sync(h: &Harness) {
+    let job = h.enqueue("google_delta", json!({"source": "drive"})).await;
+    let done = h.wait_state(job.id, JobState::Completed).await;
+    assert_eq!(done.state, JobState::Completed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = h.store().counts().await.unwrap();
+        let open: i64 = counts
+            .iter()
+            .filter(|(_, s, _)| {
+                matches!(
+                    s,
+                    JobState::Available
+                        | JobState::Running
+                        | JobState::Retryable
+                        | JobState::Scheduled
+                )
+            })
+            .map(|(_, _, n)| *n)
+            .sum();
+        let failed: Vec<_> = counts
+            .iter()
+            .filter(|(k, s, _)| k == "google_file" && *s == JobState::Discarded)
+            .collect();
+        assert!(failed.is_empty(), "file jobs gave up: {failed:?}");
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs still open: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_drive_tree_is_mirrored_and_follows_its_changes() {
+    let Some(aws) = Moto::start().await else {
+        return;
+    };
+    let eu = Moto::start().await.unwrap();
+    let drive = FakeDrive::start().await;
+    let work = drive.add_folder("Work", "root");
+    let sub = drive.add_folder("Sub", &work);
+    let notes = drive.add_file("notes.txt", &work, b"first notes");
+    let big = drive.add_file_sized("big.bin", &sub, 24 * 1024 * 1024 + 17, 7);
+    let twin = drive.add_file("copy of notes.txt", "root", b"first notes");
+    let plan = drive.add_workspace("Plan", &work, gd::DOCUMENT, 5000);
+    let form = drive.add_workspace("Survey", &work, gd::FORM, 0);
+    let tmp = drive.add_file("scratch.tmp", "root", b"temporary");
+    let doomed = drive.add_file("old.txt", "root", b"to be deleted");
+    let trashed = drive.add_file("trashed.txt", &sub, b"to be trashed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &drive, &aws, &eu, "");
+    authorize(&cfg, &drive).await;
+    let h = Harness::start_in(dir, cfg).await;
+    sync(&h).await;
+
+    let docx = drive.export_bytes(&plan, gd::DOCX);
+    for moto in [&aws, &eu] {
+        let got = objects(moto).await;
+        let want: BTreeMap<String, Vec<u8>> = [
+            ("mirror/google-drive/Work/notes.txt", drive.content(&notes)),
+            ("mirror/google-drive/Work/Sub/big.bin", drive.content(&big)),
+            (
+                "mirror/google-drive/copy of notes.txt",
+                drive.content(&twin),
+            ),
+            ("mirror/google-drive/Work/Plan.docx", docx.clone()),
+            ("mirror/google-drive/old.txt", drive.content(&doomed)),
+            (
+                "mirror/google-drive/Work/Sub/trashed.txt",
+                drive.content(&trashed),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "the mirror holds every file, the Form and the excluded file not"
+        );
+        for (k, v) in &want {
+            assert!(
+                &got[k] == v,
+                "{k} is byte-identical to Drive's file ({} bytes stored, {} in Drive)",
+                got[k].len(),
+                v.len()
+            );
+        }
+    }
+    // One download per destination; the twin's content was copied on the server.
+    assert_eq!(drive.media_downloads(&big), 2);
+    assert_eq!(
+        drive.media_downloads(&notes) + drive.media_downloads(&twin),
+        2,
+        "identical content is downloaded once per destination"
+    );
+    assert_eq!(drive.media_downloads(&tmp), 0);
+    let _ = form;
+
+    // The delta.
+    drive.reset_counters();
+    drive.modify(&notes, b"second notes, longer");
+    drive.rename(&big, "big-renamed.bin");
+    let added = drive.add_file("new.txt", &sub, b"added later");
+    drive.move_to(&twin, &sub);
+    drive.delete_forever(&doomed);
+    drive.trash(&trashed);
+    sync(&h).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for moto in [&aws, &eu] {
+        let got = objects(moto).await;
+        let live: BTreeMap<&str, Vec<u8>> = [
+            ("mirror/google-drive/Work/notes.txt", drive.content(&notes)),
+            (
+                "mirror/google-drive/Work/Sub/big-renamed.bin",
+                drive.content(&big),
+            ),
+            (
+                "mirror/google-drive/Work/Sub/copy of notes.txt",
+                b"first notes".to_vec(),
+            ),
+            (
+                "mirror/google-drive/Work/Sub/new.txt",
+                drive.content(&added),
+            ),
+            ("mirror/google-drive/Work/Plan.docx", docx.clone()),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in &live {
+            assert!(got.get(*k) == Some(v), "{k} is current");
+        }
+        for gone in [
+            "mirror/google-drive/old.txt",
+            "mirror/google-drive/Work/Sub/big.bin",
+            "mirror/google-drive/copy of notes.txt",
+            "mirror/google-drive/Work/Sub/trashed.txt",
+        ] {
+            assert!(!got.contains_key(gone), "{gone} left its old path");
+            let kept = gone.replace(
+                "mirror/google-drive/",
+                &format!("mirror/google-drive/.trash/{today}/"),
+            );
+            assert!(
+                got.contains_key(&kept),
+                "{kept} holds the soft-deleted file"
+            );
+        }
+        let versions: Vec<&String> = got
+            .keys()
+            .filter(|k| k.starts_with("mirror/google-drive/.versions/Work/notes.txt/"))
+            .collect();
+        assert_eq!(versions.len(), 1, "{:?}", got.keys());
+        assert_eq!(got[versions[0]], b"first notes");
+    }
+    // A rename and a move are copies on the server: nothing downloaded again.
+    assert_eq!(drive.media_downloads(&big), 0);
+    assert_eq!(drive.media_downloads(&twin), 0);
+    assert_eq!(drive.media_downloads(&notes), 2);
+
+    // Trash older than trash_days is purged.
+    let (writer, _) = h.store().pools();
+    sqlx::query("update gdrive_kept set kept_at = kept_at - 31 * 86400000 where kind = 'trash'")
+        .execute(writer)
+        .await
+        .unwrap();
+    sync(&h).await;
+    for moto in [&aws, &eu] {
+        let got = objects(moto).await;
+        assert!(
+            !got.keys().any(|k| k.contains("/.trash/")),
+            "purged: {:?}",
+            got.keys()
+        );
+        assert!(got.contains_key("mirror/google-drive/Work/notes.txt"));
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_makes_the_source_wait_for_authorization() {
+    let Some(aws) = Moto::start().await else {
+        return;
+    };
+    let eu = Moto::start().await.unwrap();
+    let drive = FakeDrive::start().await;
+    drive.add_file("a.txt", "root", b"a");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &drive, &aws, &eu, "");
+    authorize(&cfg, &drive).await;
+    drive.revoke_all();
+    let h = Harness::start_in(dir, cfg).await;
+    let job = h.enqueue("google_delta", json!({"source": "drive"})).await;
+    let waiting = crate::common::wait_for(h.store(), job.id, |j| {
+        j.state == JobState::Scheduled && j.last_error.is_some()
+    })
+    .await;
+    assert_eq!(waiting.attempt, 0, "waiting uses no attempt");
+    let err = waiting.last_error.unwrap_or_default();
+    assert!(err.contains("authorize again"), "{err}");
+    // Authorizing again wakes it, and it runs.
+    let services = Services::new(&config(
+        h.data_dir().parent().unwrap(),
+        &drive,
+        &aws,
+        &eu,
+        "",
+    ))
+    .unwrap();
+    let started = ops::authorization::start(&services, "drive", None).unwrap();
+    let landed = drive.consent(&started.url);
+    ops::authorization::exchange(&services, "drive", &started, &landed, None)
+        .await
+        .unwrap();
+    let woken = ops::authorization::authorized(h.store(), &Default::default(), "drive")
+        .await
+        .unwrap();
+    assert!(woken >= 1);
+    h.wait_state(job.id, JobState::Completed).await;
+}
+
+#[test]
+fn a_google_photos_section_explains_what_works_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("offsite.toml");
+    std::fs::write(&path, "[google_photos]\nenabled = true\n").unwrap();
+    let err = Config::load(Some(&path)).unwrap_err().to_string();
+    assert!(err.contains("google_photos"), "{err}");
+    assert!(err.contains("Takeout"), "{err}");
+    assert!(err.contains("31 March 2025"), "{err}");
+}
