@@ -29,6 +29,14 @@ use super::{
 };
 use crate::transfer::{ByteStream, Sha256State, TransferError, io_error};
 
+/// Whether chunks are read back as they are written ([`readback`]) instead of the whole file
+/// at `finish`. Off: the proof that nobody wrote a chunk after it was read back rests on the
+/// file's ctime/mtime, which Linux updates from a coarse clock (a tick of milliseconds), so a
+/// write inside the same tick as ours went unseen. `conformance::folder::checksum_mismatch`
+/// caught it (a tampered partial recorded as backed up, about 1 run in 5). Until the proof
+/// holds, `finish` reads the whole file back.
+const EARLY_READ_BACK: bool = false;
+
 /// Files whose name ends so are offsite's unfinished uploads.
 pub const PARTIAL_SUFFIX: &str = ".offsite-partial";
 
@@ -198,7 +206,7 @@ impl LocalFolder {
     fn start_reading(&self, temp: &Path, file: &File, ready: u64) -> std::io::Result<()> {
         let mut map = self.reading.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(temp);
-        if !readback::fine_grained_times(file)? {
+        if !EARLY_READ_BACK || !readback::fine_grained_times(file)? {
             return Ok(());
         }
         let stamp = Stamp::of(&file.metadata()?);
