@@ -54,6 +54,9 @@ pub enum Command {
     /// Network devices whose configuration is backed up (`[devices]`).
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Google Drive mirrors (`[google_drive]`); authorize one with `offsite authorize <name>`.
+    #[command(subcommand)]
+    Google(GoogleCommand),
     /// Back up now: scan the snapshot source and upload what is new.
     BackupNow,
     /// Write a consistent copy of the database beside it (`<database>.snapshot`), for a hot
@@ -69,7 +72,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Authorize a Dropbox destination: prints a link, then reads the code Dropbox shows.
+    /// Authorize a Dropbox destination or a Google Drive source: prints a link, then reads the
+    /// code Dropbox shows, or the address Google's consent ends on.
     Auth { destination: String },
     /// Check the configuration and schedule files.
     #[command(subcommand)]
@@ -176,6 +180,24 @@ pub enum DevicesCommand {
     Fetch { name: String },
     /// Contact the device now, from this process, and say whether the credentials work.
     Test { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GoogleCommand {
+    /// Each source: authorized, the feed, per destination current / behind / failing.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue a sync of the source now (a running worker picks it up).
+    Sync { name: String },
+    /// What offsite holds of files whose path or name contains QUERY (or with that id).
+    Files {
+        name: String,
+        query: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +330,96 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
             let target = setup.snapshot_path();
             store.snapshot_to(&target).await.map_err(runtime)?;
             println!("database copied to {}", target.display());
+        }
+        Command::Google(cmd) => {
+            let store = setup.open_store().await?;
+            let ops_error = |e: OpsError| match e {
+                OpsError::NotFound(m) => usage(m),
+                other => runtime(other),
+            };
+            match cmd {
+                GoogleCommand::List { json } => {
+                    let all = ops::google::list(&setup.services, &store)
+                        .await
+                        .map_err(ops_error)?;
+                    if json {
+                        print_json(&all);
+                    } else if all.is_empty() {
+                        println!("no Google Drive sources configured ([google_drive.<name>])");
+                    }
+                    for g in all.iter().filter(|_| !json) {
+                        let auth = if g.authorized {
+                            "authorized"
+                        } else {
+                            "NOT AUTHORIZED (offsite authorize <name>)"
+                        };
+                        let last = match (&g.last_error, &g.last_sync_at) {
+                            (Some(e), _) => format!("last sync FAILED: {e}"),
+                            (None, Some(t)) => format!("last sync {t}"),
+                            (None, None) => "never synced".into(),
+                        };
+                        println!(
+                            "{}: {auth}; {last}; {} files mirrored, {} skipped",
+                            g.name, g.files, g.skipped
+                        );
+                        for d in &g.destinations {
+                            println!(
+                                "  {}: {} current, {} behind, {} failing, {} in trash, {} bytes",
+                                d.destination, d.current, d.behind, d.failing, d.trashed, d.bytes
+                            );
+                        }
+                    }
+                }
+                GoogleCommand::Sync { name } => {
+                    store
+                        .sync_schedules(&setup.schedules)
+                        .await
+                        .map_err(runtime)?;
+                    let enq =
+                        ops::google::sync_now(&setup.services, &store, &setup.registry, &name)
+                            .await
+                            .map_err(ops_error)?;
+                    println!(
+                        "sync of Google Drive {name} enqueued as job {}; a running worker picks it up",
+                        enq.job.id
+                    );
+                }
+                GoogleCommand::Files { name, query, json } => {
+                    let found = ops::google::files(&setup.services, &store, &name, &query)
+                        .await
+                        .map_err(ops_error)?;
+                    if json {
+                        print_json(&found);
+                    } else if found.is_empty() {
+                        println!("no file of {name} matches {query:?}");
+                    }
+                    for f in found.iter().filter(|_| !json) {
+                        let what = match (&f.path, &f.skipped, f.removed) {
+                            (_, _, true) => "removed from Drive".to_string(),
+                            (_, Some(why), _) => format!("skipped: {why}"),
+                            (Some(p), _, _) => p.clone(),
+                            _ => "-".into(),
+                        };
+                        println!("{} ({}): {what}", f.name, f.file_id);
+                        for c in &f.copies {
+                            let at = chrono::DateTime::from_timestamp_millis(c.stored_at)
+                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                                .unwrap_or_default();
+                            match (&c.remote, &c.trashed_remote) {
+                                (Some(r), _) => println!(
+                                    "  {}: {r} ({} bytes, since {at})",
+                                    c.destination,
+                                    c.size.unwrap_or(0)
+                                ),
+                                (None, Some(t)) => {
+                                    println!("  {}: soft-deleted to {t}", c.destination)
+                                }
+                                _ => println!("  {}: not stored", c.destination),
+                            }
+                        }
+                    }
+                }
+            }
         }
         Command::Devices(cmd) => match cmd {
             DevicesCommand::List { json } => {
@@ -465,7 +577,14 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
                 "1. Open this link and allow access:\n\n   {}\n",
                 started.url
             );
-            println!("2. Paste the code Dropbox shows here and press Enter:");
+            if setup.services.google_drive(&destination).is_some() {
+                println!(
+                    "2. The browser ends on a page that cannot load (http://127.0.0.1:8765/?code=…): \
+                     paste that whole address here and press Enter:"
+                );
+            } else {
+                println!("2. Paste the code Dropbox shows here and press Enter:");
+            }
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(runtime)?;
             let code = line.trim().to_string();
@@ -476,7 +595,7 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
             let woken = ops::authorization::authorized(&store, &Default::default(), &destination)
                 .await
                 .map_err(runtime)?;
-            println!("destination {destination} is authorized; {woken} waiting jobs continue");
+            println!("{destination} is authorized; {woken} waiting jobs continue");
         }
         Command::Config(ConfigCommand::Check) => {
             let c = &setup.config;

@@ -323,6 +323,21 @@ pub async fn wanted_notifications(
             });
         }
     }
+    for name in services.google_drive_names() {
+        if crate::ops::authorization::needs_authorization(services, name) {
+            out.push(Notification {
+                id: format!("{NOTIFICATION_PREFIX}reauthorize_{name}"),
+                title: format!("offsite: Google Drive \"{name}\" needs authorization"),
+                message: format!(
+                    "The Google Drive mirror **{name}** is waiting: offsite has no valid Google \
+                     authorization for it (never given, revoked, or expired — an OAuth app left \
+                     in \"Testing\" gets tokens that expire after 7 days). Open **offsite** in \
+                     the sidebar and press **Authorize**; the mirror continues right after."
+                ),
+                fingerprint: "unauthorized".into(),
+            });
+        }
+    }
     let in_state = |state: JobState| async move {
         let filter = JobFilter {
             states: vec![state],
@@ -581,6 +596,7 @@ pub async fn wanted_sensors(
         out.push(last_dump_sensor(store, registry, prefix).await?);
     }
     out.extend(device_sensors(config, prefix).await);
+    out.extend(google_sensors(store, services, prefix).await);
 
     let next = if config.snapshots.as_ref().is_some_and(|s| s.enabled) {
         store
@@ -634,6 +650,48 @@ async fn device_sensors(config: &Config, prefix: &str) -> Vec<Sensor> {
                     "firmware": d.firmware(),
                     "error": d.index.last_fetch.as_ref().and_then(|l| l.error.clone()).filter(|_| failed),
                     "failing_since": d.index.failing_since.map(iso),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// `sensor.<prefix>_google_drive_<name>` per Google Drive source: `unauthorized`, `failing`,
+/// `ok` or `never`, with the last sync, the error, and per destination what is current and
+/// behind.
+async fn google_sensors(store: &Store, services: &Services, prefix: &str) -> Vec<Sensor> {
+    let all = match crate::ops::google::list(services, store).await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!("cannot read the Google Drive sync state for Home Assistant: {e}");
+            return Vec::new();
+        }
+    };
+    all.into_iter()
+        .map(|g| {
+            let state = match (g.authorized, &g.last_error, &g.last_sync_at) {
+                (false, _, _) => "unauthorized",
+                (true, Some(_), _) => "failing",
+                (true, None, Some(_)) => "ok",
+                (true, None, None) => "never",
+            };
+            let behind: i64 = g.destinations.iter().map(|d| d.behind).sum();
+            Sensor {
+                entity_id: format!(
+                    "sensor.{prefix}_google_drive_{}",
+                    crate::naming::entity_part(&g.name)
+                ),
+                state: state.into(),
+                attributes: json!({
+                    "friendly_name": format!("offsite Google Drive {}", g.name),
+                    "icon": if state == "ok" { "mdi:google-drive" } else { "mdi:cloud-alert" },
+                    "source": g.name,
+                    "last_sync": g.last_sync_at,
+                    "error": g.last_error,
+                    "files": g.files,
+                    "skipped": g.skipped,
+                    "behind": behind,
+                    "destinations": g.destinations,
                 }),
             }
         })

@@ -2,6 +2,7 @@
 
 pub use crate::http::{AppState, error};
 pub mod devices;
+pub mod google;
 pub mod health;
 pub mod jobs;
 pub mod queues;
@@ -178,7 +179,8 @@ impl Modify for Contract {
         jobs::bulk_retry, queues::list, queues::pause, queues::resume, schedules::list,
         schedules::run, health::health, snapshots::uploads, snapshots::run,
         snapshots::destinations, snapshots::authorize, snapshots::authorize_code,
-        devices::list, devices::fetch, devices::test, devices::download, devices::diff
+        devices::list, devices::fetch, devices::test, devices::download, devices::diff,
+        google::list, google::sync, google::files
     ),
     components(schemas(
         crate::jobs::noop::NoopArgs,
@@ -186,7 +188,9 @@ impl Modify for Contract {
         crate::jobs::snapshot::SnapshotUploadArgs,
         crate::jobs::retention::RetentionPruneArgs,
         crate::jobs::db_dump::DbDumpArgs,
-        crate::jobs::device_fetch::DeviceFetchArgs
+        crate::jobs::device_fetch::DeviceFetchArgs,
+        crate::jobs::google_delta::GoogleDeltaArgs,
+        crate::jobs::google_delta::GoogleFileArgs
     )),
     modifiers(&BearerAuth, &Contract),
     security(("bearer" = [])),
@@ -196,6 +200,7 @@ impl Modify for Contract {
         (name = "schedules", description = "Schedules and running them on demand"),
         (name = "backups", description = "Uploaded backups, back up now, destinations and their authorization"),
         (name = "devices", description = "Network devices' configuration backups"),
+        (name = "google_drive", description = "Google Drive mirrors: state per destination, sync now, files"),
         (name = "system", description = "Health")
     )
 )]
@@ -218,6 +223,7 @@ pub fn router() -> Router<AppState> {
         .merge(schedules::router())
         .merge(snapshots::router())
         .merge(devices::router())
+        .merge(google::router())
         .merge(health::router());
     Router::new().nest("/api/v1", api).merge(
         SwaggerUi::new("/api/docs")

@@ -80,7 +80,8 @@ pub struct AuthorizeStart {
     pub authorize_url: String,
 }
 
-/// Start authorizing a Dropbox destination (PKCE; no redirect needed).
+/// Start authorizing a Dropbox destination or a Google Drive source (PKCE; no redirect
+/// needed: Google's consent ends on a loopback address the user pastes back).
 #[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize", tag = "backups", operation_id = "authorize_destination",
     params(("name" = String, Path, example = "dropbox")),
     responses((status = 200, body = AuthorizeStart), (status = 404, body = Problem),
@@ -101,15 +102,25 @@ pub async fn authorize(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeCode {
-    /// The code Dropbox showed after "Allow" (spaces around it are ignored).
+    /// The code Dropbox showed after "Allow", or for Google the address the browser ended on
+    /// (`http://127.0.0.1:8765/?code=…`) or its code (spaces around it are ignored).
     #[schema(pattern = "\\S")]
     pub code: String,
 }
 
-/// Finish authorizing with the pasted code; waiting uploads continue at once.
+/// What was authorized: a destination, or a Google Drive source.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Authorized {
+    Destination(DestinationView),
+    GoogleDrive(crate::ops::google::GoogleSourceInfo),
+}
+
+/// Finish authorizing with the pasted code (for a Google Drive source: the address the
+/// browser ended on, or its code); waiting jobs continue at once.
 #[utoipa::path(post, path = "/api/v1/destinations/{name}/authorize/code", tag = "backups", operation_id = "authorize_destination_code",
     params(("name" = String, Path, example = "dropbox")), request_body = AuthorizeCode,
-    responses((status = 200, body = DestinationView), (status = 404, body = Problem),
+    responses((status = 200, body = Authorized), (status = 404, body = Problem),
         (status = 409, description = "No authorization was started", body = Problem),
         (status = 422, description = "Dropbox did not accept the code", body = Problem),
         (status = 502, description = "Dropbox could not be reached or failed", body = Problem)))]
@@ -117,7 +128,7 @@ pub async fn authorize_code(
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<AuthorizeCode>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<Authorized>, ApiError> {
     ops::authorization::finish_authorization(
         &state.store,
         &state.services,
@@ -127,9 +138,15 @@ pub async fn authorize_code(
     )
     .await?;
     state.nudge();
-    Ok(Json(
+    if state.services.google_drive(&name).is_some() && !state.services.has_destination(&name) {
+        let all = crate::ops::google::list(&state.services, &state.store).await?;
+        if let Some(g) = all.into_iter().find(|g| g.name == name) {
+            return Ok(Json(Authorized::GoogleDrive(g)));
+        }
+    }
+    Ok(Json(Authorized::Destination(
         ops::destinations::view(&state.store, &state.services, &name).await?,
-    ))
+    )))
 }
 
 pub fn router() -> Router<AppState> {

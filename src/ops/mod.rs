@@ -6,6 +6,7 @@
 pub mod authorization;
 pub mod destinations;
 pub mod devices;
+pub mod google;
 mod setup;
 pub mod views;
 

@@ -46,7 +46,7 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Drive's export limit; larger exports go through `exportLinks`.
 pub const EXPORT_LIMIT: u64 = 10 * 1024 * 1024;
-const NOT_AUTHORIZED: &str = "Google Drive is not authorized yet: authorize it from the panel, the API or `offsite authorize`";
+const NOT_AUTHORIZED: &str = "Google Drive is not authorized yet: authorize it from the panel, the API or `offsite auth <name>`";
 const REVOKED: &str = "Google refused the stored refresh token (revoked or expired; an app left in \
      \"Testing\" gets tokens that expire after 7 days): authorize again";
 

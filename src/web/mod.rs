@@ -380,6 +380,28 @@ async fn device_fetch(
     )
 }
 
+/// Sync now: the Google Drive source's schedule job, at once.
+async fn google_sync(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let prefix = ingress_prefix(&headers);
+    if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
+        return r;
+    }
+    let enqueued =
+        ops::google::sync_now(&state.services, &state.store, &state.registry, &name).await;
+    started(
+        &state,
+        &prefix,
+        enqueued,
+        &format!("Syncing Google Drive {name} now; the job appears under Activity."),
+        ("google", "google"),
+    )
+}
+
 /// Test connection: contacts the device now; what it said (or why not) is the message.
 async fn device_test(
     State(state): State<AppState>,
@@ -467,8 +489,13 @@ async fn authorize(
     if let Some(r) = csrf_rejection(&state, &headers, &form.csrf) {
         return r;
     }
+    let anchor = if state.services.google_drive(&name).is_some() {
+        "google"
+    } else {
+        "destinations"
+    };
     match ops::authorization::begin_authorization(&state.services, &state.auth, &name) {
-        Ok(_) => Redirect::to(&format!("{prefix}/#destinations")).into_response(),
+        Ok(_) => Redirect::to(&format!("{prefix}/#{anchor}")).into_response(),
         Err(e) => back(
             &state,
             &prefix,
@@ -505,6 +532,11 @@ async fn authorize_code(
         &form.code,
     )
     .await;
+    let (service, anchor) = if state.services.google_drive(&name).is_some() {
+        ("Google Drive", "google")
+    } else {
+        ("Dropbox destination", "destinations")
+    };
     match finished {
         Ok(()) => {
             state.nudge();
@@ -512,19 +544,16 @@ async fn authorize_code(
                 &state,
                 &prefix,
                 "ok",
-                &format!("Dropbox destination {name} is authorized; waiting uploads continue now."),
-                "destinations",
+                &format!("{service} {name} is authorized; waiting jobs continue now."),
+                anchor,
             )
         }
         Err(e) => back(
             &state,
             &prefix,
             "error",
-            &format!(
-                "Dropbox did not accept the code: {}",
-                user_message(e.into())
-            ),
-            "destinations",
+            &format!("The code was not accepted: {}", user_message(e.into())),
+            anchor,
         ),
     }
 }
@@ -667,6 +696,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/panel/backup-now", post(backup_now))
         .route("/panel/dumps/{name}/run", post(dump_now))
         .route("/panel/devices/{name}/fetch", post(device_fetch))
+        .route("/panel/google/{name}/sync", post(google_sync))
         .route("/panel/devices/{name}/test", post(device_test))
         .route("/panel/devices/{name}/versions/{file}", get(device_version))
         .route("/panel/devices/{name}/diff", get(device_diff))

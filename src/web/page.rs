@@ -183,8 +183,16 @@ pub struct DeviceRow {
     pub diffable: bool,
 }
 
+/// A Google Drive source and an authorization started here, if any.
+pub struct GoogleRow {
+    pub info: crate::ops::google::GoogleSourceInfo,
+    pub pending_url: Option<String>,
+}
+
 /// Everything the page shows, read in one go.
 pub struct PanelData {
+    /// `[google_drive.<name>]`, by name.
+    pub google: Vec<GoogleRow>,
     pub destinations: Vec<DestinationRow>,
     /// The database dumps, by database name.
     pub dumps: Vec<DumpRow>,
@@ -253,6 +261,21 @@ impl PanelData {
                 info,
             })
             .collect();
+        let google = match crate::ops::google::list(&state.services, store).await {
+            Ok(all) => all,
+            Err(crate::ops::OpsError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!("cannot read the Google Drive sync state: {e}");
+                Vec::new()
+            }
+        }
+        .into_iter()
+        .map(|info| GoogleRow {
+            pending_url: crate::ops::authorization::pending_authorization(&state.auth, &info.name)
+                .map(|p| p.url),
+            info,
+        })
+        .collect();
         let snapshots = schedules
             .into_iter()
             .find(|s| s.record.def.name == SNAPSHOTS && s.record.def.enabled);
@@ -315,6 +338,7 @@ impl PanelData {
                 .insert(st, n);
         }
         Ok(PanelData {
+            google,
             destinations,
             dumps,
             devices,
@@ -436,6 +460,9 @@ pub fn sections(c: &Ctx, d: &PanelData) -> Vec<(&'static str, String)> {
     if !d.devices.is_empty() {
         out.push(("devices", devices(c, d)));
     }
+    if !d.google.is_empty() {
+        out.push(("google", google(c, d)));
+    }
     out.extend([
         ("activity", activity(c, d)),
         ("problems", problems(c, d)),
@@ -488,6 +515,106 @@ fn dumps(c: &Ctx, d: &PanelData) -> String {
         );
     }
     out.push_str("</tbody></table>");
+    out
+}
+
+/// The Google Drive mirrors: authorized (or the steps to authorize), the last sync and its
+/// error, files mirrored and skipped, and per destination what is current, behind, failing
+/// and in the trash; Sync now.
+fn google(c: &Ctx, d: &PanelData) -> String {
+    let mut out = String::from("<h2>Google Drive</h2><ul class=list>");
+    for row in &d.google {
+        let g = &row.info;
+        let badge = match (g.authorized, &g.last_error) {
+            (false, _) => "<span class=\"badge bad\">Needs authorization</span>",
+            (true, Some(_)) => "<span class=\"badge bad\">Failing</span>",
+            (true, None) if g.last_sync_at.is_none() => "<span class=badge>Not synced yet</span>",
+            (true, None) => "<span class=\"badge ok\">Mirrored</span>",
+        };
+        let last = g
+            .last_sync_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| format!("last sync {}", c.time(t.with_timezone(&Utc))))
+            .unwrap_or_else(|| "never synced".into());
+        let _ = write!(
+            out,
+            "<li class=google data-google=\"{}\"><div class=line><strong>{}</strong> {badge} \
+             <span class=muted>{} · {} files mirrored, {} skipped</span></div>",
+            esc(&g.name),
+            esc(&g.name),
+            esc(&last),
+            g.files,
+            g.skipped,
+        );
+        if let Some(e) = &g.last_error {
+            let _ = write!(out, "<div class=\"line bad\">{}</div>", esc(e));
+        }
+        out.push_str(
+            "<table><thead><tr><th>Destination</th><th>Current</th><th>Behind</th>\
+             <th>Failing</th><th>In trash</th><th>Stored</th></tr></thead><tbody>",
+        );
+        for dest in &g.destinations {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&dest.destination),
+                dest.current,
+                dest.behind,
+                dest.failing,
+                dest.trashed,
+                esc(&bytes(dest.bytes.max(0) as u64)),
+            );
+        }
+        out.push_str("</tbody></table><div class=line>");
+        let auth = format!("/panel/destinations/{}/authorize", enc(&g.name));
+        match &row.pending_url {
+            Some(url) => {
+                let _ = write!(
+                    out,
+                    "<ol class=steps><li><a class=\"button primary\" id=\"open-google-{}\" \
+                     href=\"{}\" target=_blank rel=\"noopener noreferrer\">Open Google</a> \
+                     and press <em>Allow</em>.</li>\
+                     <li>The browser then ends on a page that cannot load \
+                     (<code>http://127.0.0.1:8765/?code=…</code>): that is expected.</li>\
+                     <li><form method=post action=\"{}\" class=row>{}\
+                     <label for=\"code-{}\">Paste that page's whole address:</label>\
+                     <input id=\"code-{}\" name=code autocomplete=off spellcheck=false required>\
+                     <button type=submit class=primary>Finish</button></form></li></ol>\
+                     <div class=\"line muted\">Link expired or lost? {}</div>",
+                    esc(&g.name),
+                    esc(url),
+                    c.url(&format!("{auth}/code")),
+                    c.csrf_field(),
+                    esc(&g.name),
+                    esc(&g.name),
+                    c.button(&auth, "Start again", "link", ""),
+                );
+            }
+            None => {
+                out.push_str(&c.button(
+                    &auth,
+                    if g.authorized {
+                        "Authorize again"
+                    } else {
+                        "Authorize"
+                    },
+                    if g.authorized { "" } else { "primary" },
+                    "",
+                ));
+            }
+        }
+        if g.authorized {
+            out.push_str(&c.button(
+                &format!("/panel/google/{}/sync", enc(&g.name)),
+                "Sync now",
+                "primary",
+                "",
+            ));
+        }
+        out.push_str("</div></li>");
+    }
+    out.push_str("</ul>");
     out
 }
 

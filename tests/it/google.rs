@@ -331,3 +331,187 @@ fn a_google_photos_section_explains_what_works_instead() {
     assert!(err.contains("Takeout"), "{err}");
     assert!(err.contains("31 March 2025"), "{err}");
 }
+
+#[tokio::test]
+async fn the_api_panel_and_home_assistant_show_the_mirror() {
+    let Some(aws) = Moto::start().await else {
+        return;
+    };
+    let eu = Moto::start().await.unwrap();
+    let drive = FakeDrive::start().await;
+    let notes = drive.add_file("notes.txt", "root", b"some notes");
+    drive.add_workspace("Survey", "root", gd::FORM, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &drive, &aws, &eu, "");
+    let h = Harness::start_in(dir, cfg).await;
+    let base = h.base_url();
+    let http = reqwest::Client::new();
+    let st = &h.running().state;
+
+    // Not authorized yet: the panel offers it, Home Assistant is told.
+    let page = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>Google Drive</h2>"), "{page}");
+    assert!(page.contains("Needs authorization"));
+    let wanted =
+        offsite::homeassistant::wanted_notifications(&st.store, &st.services, &st.registry)
+            .await
+            .unwrap();
+    assert!(
+        wanted
+            .iter()
+            .any(|n| n.id == "offsite_reauthorize_drive" && n.title.contains("Google Drive")),
+        "{wanted:?}"
+    );
+    // The API starts the authorization; the pasted address finishes it.
+    let started =
+        crate::common::json_of(http.post(format!("{base}/api/v1/destinations/drive/authorize")))
+            .await;
+    let url = started["authorize_url"]
+        .as_str()
+        .expect("a link")
+        .to_string();
+    assert!(
+        url.contains("access_type=offline") && url.contains("drive.readonly"),
+        "{url}"
+    );
+    let landed = drive.consent(&url);
+    let finished = http
+        .post(format!("{base}/api/v1/destinations/drive/authorize/code"))
+        .json(&json!({ "code": landed }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        finished.status().is_success(),
+        "{}",
+        finished.text().await.unwrap()
+    );
+
+    // Sync now through the API.
+    let reply = http
+        .post(format!("{base}/api/v1/google-drive/drive/sync"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let job: serde_json::Value = reply.json().await.unwrap();
+    h.wait_state(job["job"]["id"].as_i64().unwrap(), JobState::Completed)
+        .await;
+    // Wait for the file jobs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let list = loop {
+        let list = crate::common::json_of(http.get(format!("{base}/api/v1/google-drive"))).await;
+        let current: Vec<i64> = list[0]["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["current"].as_i64().unwrap())
+            .collect();
+        if current == [1, 1] {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(list[0]["authorized"], true);
+    assert_eq!(list[0]["following_changes"], true);
+    assert_eq!(list[0]["files"], 1);
+    assert_eq!(list[0]["skipped"], 1);
+    assert_eq!(list[0]["destinations"][0]["behind"], 0);
+    // What do we have of notes.txt, where, since when.
+    let files =
+        crate::common::json_of(http.get(format!("{base}/api/v1/google-drive/drive/files?q=NOTES")))
+            .await;
+    assert_eq!(files[0]["file_id"], notes.as_str());
+    assert_eq!(files[0]["md5"], drive.md5(&notes).as_str());
+    let copies = files[0]["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0]["remote"], "mirror/google-drive/notes.txt");
+    assert!(copies[0]["stored_at"].as_i64().unwrap() > 0);
+    let survey = crate::common::json_of(
+        http.get(format!("{base}/api/v1/google-drive/drive/files?q=survey")),
+    )
+    .await;
+    assert!(
+        survey[0]["skipped"].as_str().unwrap().contains("Form"),
+        "{survey}"
+    );
+    let empty = http
+        .get(format!("{base}/api/v1/google-drive/drive/files?q=%20"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 422);
+    let unknown = http
+        .post(format!("{base}/api/v1/google-drive/nope/sync"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // The panel and Home Assistant say it is mirrored; no secret anywhere.
+    let page = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Mirrored") && page.contains("Sync now"),
+        "{page}"
+    );
+    let sensors = offsite::homeassistant::wanted_sensors(
+        &st.store,
+        &st.services,
+        &st.registry,
+        &st.config,
+        "offsite",
+    )
+    .await
+    .unwrap();
+    let sensor = sensors
+        .iter()
+        .find(|s| s.entity_id == "sensor.offsite_google_drive_drive")
+        .expect("a sensor per source");
+    assert_eq!(sensor.state, "ok");
+    assert_eq!(sensor.attributes["files"], 1);
+    let wanted =
+        offsite::homeassistant::wanted_notifications(&st.store, &st.services, &st.registry)
+            .await
+            .unwrap();
+    assert!(!wanted.iter().any(|n| n.id == "offsite_reauthorize_drive"));
+    let token_file = h.data_dir().join("credentials/google-drive.json");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    let refresh = stored["refresh_token"].as_str().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for text in [
+        page,
+        list.to_string(),
+        files.to_string(),
+        format!("{sensors:?}"),
+    ] {
+        assert!(!text.contains(refresh), "the refresh token leaked");
+        assert!(
+            !text.contains(gd::CLIENT_SECRET),
+            "the client secret leaked"
+        );
+    }
+}

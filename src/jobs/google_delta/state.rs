@@ -612,3 +612,17 @@ pub async fn find(db: &Db, source: &str, needle: &str) -> Result<Vec<FileRow>, s
     .map(file_row)
     .collect()
 }
+
+/// (files mirrored, files skipped) of a source, as of the last listing.
+pub async fn counts(db: &Db, source: &str) -> Result<(i64, i64), sqlx::Error> {
+    let r = sqlx::query(
+        "select \
+           coalesce(sum(case when path is not null then 1 else 0 end), 0) as mirrored, \
+           coalesce(sum(case when skipped is not null then 1 else 0 end), 0) as skipped \
+         from gdrive_files where source = ? and is_folder = 0 and removed = 0",
+    )
+    .bind(source)
+    .fetch_one(&db.1)
+    .await?;
+    Ok((r.try_get("mirrored")?, r.try_get("skipped")?))
+}
