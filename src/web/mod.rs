@@ -532,10 +532,10 @@ async fn authorize_code(
         &form.code,
     )
     .await;
-    let (service, anchor) = if state.services.google_drive(&name).is_some() {
-        ("Google Drive", "google")
+    let (service, who, anchor) = if state.services.google_drive(&name).is_some() {
+        ("Google Drive", "Google", "google")
     } else {
-        ("Dropbox destination", "destinations")
+        ("Dropbox destination", "Dropbox", "destinations")
     };
     match finished {
         Ok(()) => {
@@ -552,7 +552,7 @@ async fn authorize_code(
             &state,
             &prefix,
             "error",
-            &format!("The code was not accepted: {}", user_message(e.into())),
+            &format!("{who} did not accept the code: {}", user_message(e.into())),
             anchor,
         ),
     }

@@ -85,6 +85,10 @@ pub struct S3Config {
     /// The provider's part limit: 10,000 on AWS, 1,000 on Scaleway.
     #[serde(default = "default_max_parts")]
     pub max_parts: u64,
+    /// Read the keys from `<credentials_env>_ACCESS_KEY` and `<credentials_env>_SECRET_KEY`
+    /// (the seed's `EU_PROVIDER`), for a second provider beside AWS's own variables.
+    #[serde(default)]
+    pub credentials_env: Option<String>,
 }
 
 fn default_max_parts() -> u64 {
@@ -102,6 +106,17 @@ impl S3Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.region.trim().is_empty() {
             return invalid("region", "required (for example \"eu-central-1\")");
+        }
+        if let Some(p) = &self.credentials_env
+            && (p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        {
+            return invalid(
+                "credentials_env",
+                format!("{p:?} is not a variable name prefix (like \"EU_PROVIDER\")"),
+            );
         }
         if let Some(endpoint) = &self.endpoint {
             match url::Url::parse(endpoint) {
@@ -235,6 +250,23 @@ pub(super) fn resolve_keys(
             token: None,
             from: "the configuration".into(),
         });
+    }
+    if let Some(prefix) = &config.credentials_env {
+        let (id_var, secret_var) = (
+            format!("{prefix}_ACCESS_KEY"),
+            format!("{prefix}_SECRET_KEY"),
+        );
+        return match (env(&id_var), env(&secret_var)) {
+            (Some(id), Some(secret)) => Ok(Keys {
+                id: id.trim().to_string(),
+                secret: Secret::new(secret),
+                token: None,
+                from: format!("{id_var}/{secret_var}"),
+            }),
+            _ => Err(format!(
+                "credentials_env = {prefix:?}: {id_var} and {secret_var} must both be set in the environment"
+            )),
+        };
     }
     if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
         return Ok(Keys {
@@ -413,5 +445,28 @@ mod tests {
             panic!("no credentials anywhere")
         };
         assert!(message.contains("no S3 credentials"), "{message}");
+        // A second provider's own variables (the seed's EU_PROVIDER_*), before AWS's.
+        let mut eu = c.clone();
+        eu.credentials_env = Some("EU_PROVIDER".into());
+        let from_eu = resolve_keys(
+            &eu,
+            &env(vec![
+                ("AWS_ACCESS_KEY_ID", "ENV".into()),
+                ("AWS_SECRET_ACCESS_KEY", "envsecret123".into()),
+                ("EU_PROVIDER_ACCESS_KEY", "SCW".into()),
+                ("EU_PROVIDER_SECRET_KEY", "scwsecret123".into()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(from_eu.id, "SCW");
+        assert_eq!(
+            from_eu.from,
+            "EU_PROVIDER_ACCESS_KEY/EU_PROVIDER_SECRET_KEY"
+        );
+        let Err(missing) = resolve_keys(&eu, &env(vec![("AWS_ACCESS_KEY_ID", "ENV".into())]))
+        else {
+            panic!("the named variables are required")
+        };
+        assert!(missing.contains("EU_PROVIDER_SECRET_KEY"), "{missing}");
     }
 }
