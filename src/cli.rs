@@ -349,9 +349,9 @@ pub async fn command(setup: Setup, command: Command) -> Result<(), Failure> {
                     }
                     for g in all.iter().filter(|_| !json) {
                         let auth = if g.authorized {
-                            "authorized"
+                            "authorized".to_string()
                         } else {
-                            "NOT AUTHORIZED (offsite authorize <name>)"
+                            format!("NOT AUTHORIZED (offsite auth {})", g.name)
                         };
                         let last = match (&g.last_error, &g.last_sync_at) {
                             (Some(e), _) => format!("last sync FAILED: {e}"),

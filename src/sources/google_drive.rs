@@ -46,7 +46,8 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Drive's export limit; larger exports go through `exportLinks`.
 pub const EXPORT_LIMIT: u64 = 10 * 1024 * 1024;
-const NOT_AUTHORIZED: &str = "Google Drive is not authorized yet: authorize it from the panel, the API or `offsite auth <name>`";
+const NOT_AUTHORIZED: &str =
+    "is not authorized yet: authorize it from the panel, the API or `offsite auth";
 const REVOKED: &str = "Google refused the stored refresh token (revoked or expired; an app left in \
      \"Testing\" gets tokens that expire after 7 days): authorize again";
 
@@ -588,7 +589,10 @@ impl GoogleDrive {
         match token {
             Some(t) if revoked.as_deref() != Some(t.expose()) => Ok(t),
             Some(_) => Err(TransferError::Unauthorized(REVOKED.into())),
-            None => Err(TransferError::Unauthorized(NOT_AUTHORIZED.into())),
+            None => Err(TransferError::Unauthorized(format!(
+                "Google Drive {} {NOT_AUTHORIZED} {}`",
+                self.name, self.name
+            ))),
         }
     }
 
