@@ -155,7 +155,6 @@ async fn a_drive_tree_is_mirrored_and_follows_its_changes() {
     authorize(&cfg, &drive).await;
     let h = Harness::start_in(dir, cfg).await;
     sync(&h).await;
-
     let docx = drive.export_bytes(&plan, gd::DOCX);
     for moto in [&aws, &eu] {
         let got = objects(moto).await;
@@ -514,4 +513,57 @@ async fn the_api_panel_and_home_assistant_show_the_mirror() {
             "the client secret leaked"
         );
     }
+}
+
+#[tokio::test]
+async fn a_refused_page_token_lists_everything_again_and_what_is_gone_is_soft_deleted() {
+    let Some(aws) = Moto::start().await else {
+        return;
+    };
+    let eu = Moto::start().await.unwrap();
+    let drive = FakeDrive::start().await;
+    let kept = drive.add_file("kept.txt", "root", b"stays");
+    let gone = drive.add_file("gone.txt", "root", b"deleted while the token was lost");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &drive, &aws, &eu, "");
+    authorize(&cfg, &drive).await;
+    let h = Harness::start_in(dir, cfg).await;
+    sync(&h).await;
+    // The token offsite holds is no longer one Drive accepts, and meanwhile a file went.
+    let (writer, _) = h.store().pools();
+    sqlx::query("update gdrive_sources set page_token = 'no-longer-valid'")
+        .execute(writer)
+        .await
+        .unwrap();
+    drive.delete_forever(&gone);
+    drive.reset_counters();
+    sync(&h).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for moto in [&aws, &eu] {
+        let got = objects(moto).await;
+        assert_eq!(got["mirror/google-drive/kept.txt"], b"stays");
+        assert!(
+            !got.contains_key("mirror/google-drive/gone.txt"),
+            "{:?}",
+            got.keys()
+        );
+        assert!(
+            got.contains_key(&format!("mirror/google-drive/.trash/{today}/gone.txt")),
+            "{:?}",
+            got.keys()
+        );
+    }
+    assert_eq!(
+        drive.media_downloads(&kept),
+        0,
+        "what is unchanged is not sent again"
+    );
+    assert!(drive.counters().list >= 1, "everything was listed again");
+    // And the feed is followed again from a token Drive gave.
+    let (_, reader) = h.store().pools();
+    let token: Option<String> = sqlx::query_scalar("select page_token from gdrive_sources")
+        .fetch_one(reader)
+        .await
+        .unwrap();
+    assert!(token.is_some_and(|t| t != "no-longer-valid"));
 }

@@ -216,31 +216,37 @@ async fn sync(
             .await
             .map_err(sql)?;
     }
-    if st.page_token.is_none() {
-        let mut cursor = st.list_cursor.clone();
-        loop {
-            let page = drive.list_page(cursor.as_deref()).await?;
-            done.listed += page.items.len();
-            state::apply_listing(db, source, &page.items, page.next.as_deref())
-                .await
-                .map_err(sql)?;
-            ctx.touch();
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => break,
+    // At most twice: once more after Drive refused the page token and everything was listed
+    // again.
+    'feed: for _ in 0..2 {
+        if st.page_token.is_none() {
+            let mut cursor = st.list_cursor.clone();
+            loop {
+                let page = drive.list_page(cursor.as_deref()).await?;
+                done.listed += page.items.len();
+                state::apply_listing(db, source, &page.items, page.next.as_deref())
+                    .await
+                    .map_err(sql)?;
+                ctx.touch();
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
             }
+            st = state::source(db, source).await.map_err(sql)?;
         }
-        st = state::source(db, source).await.map_err(sql)?;
-    }
-    // The feed, from where the last run (or page) left it.
-    if let Some(token) = st.page_token.clone() {
+        // The feed, from where the last run (or page) left it.
+        let Some(token) = st.page_token.clone() else {
+            break;
+        };
         let mut cursor = st.changes_cursor.clone().unwrap_or(token);
         loop {
             let page = match drive.changes_page(&cursor).await {
                 Ok(p) => p,
                 Err(f) if f.status == 400 && f.reason == "invalid" => {
-                    // The token is no longer valid: list everything again (what is unchanged
-                    // is not sent again; the copies say what each destination has).
+                    // The token is no longer valid: list everything again. What is unchanged
+                    // is not sent again (the copies say what each destination has), and what
+                    // the new listing does not see is gone.
                     tracing::warn!(
                         source,
                         "Drive refused the stored page token; listing everything again"
@@ -250,9 +256,8 @@ async fn sync(
                     state::begin_listing(db, source, &start, &root)
                         .await
                         .map_err(sql)?;
-                    return Err(JobError::retryable(
-                        "the changes feed's token was refused; the next attempt lists everything",
-                    ));
+                    st = state::source(db, source).await.map_err(sql)?;
+                    continue 'feed;
                 }
                 Err(f) => return Err(f.error.into()),
             };
@@ -269,7 +274,7 @@ async fn sync(
             ctx.touch();
             match (page.next, page.new_start) {
                 (Some(n), None) => cursor = n,
-                _ => break,
+                _ => break 'feed,
             }
         }
     }

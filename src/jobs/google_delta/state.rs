@@ -53,9 +53,9 @@ pub async fn begin_listing(
     root: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into gdrive_sources (source, start_token, root_id) values (?1, ?2, ?3) \
+        "insert into gdrive_sources (source, start_token, root_id, listing) values (?1, ?2, ?3, 1) \
          on conflict (source) do update set start_token = ?2, root_id = ?3, list_cursor = null, \
-             page_token = null, changes_cursor = null",
+             page_token = null, changes_cursor = null, listing = listing + 1",
     )
     .bind(source)
     .bind(start)
@@ -166,6 +166,38 @@ pub async fn apply_listing(
     let mut tx = db.0.begin().await?;
     for f in files {
         upsert(&mut tx, source, f, f.trashed).await?;
+    }
+    // Stamped with this listing's generation; shared drives' folders always count as listed.
+    let ids: Vec<&str> = files.iter().map(|f| f.id.as_str()).collect();
+    for chunk in ids.chunks(500) {
+        // Numbered throughout: sqlx counts a bare `?` after `?1` differently from SQLite.
+        let marks = (0..chunk.len())
+            .map(|i| format!("?{}", i + 2))
+            .collect::<Vec<_>>()
+            .join(",");
+        let q = format!(
+            "update gdrive_files set listed = (select listing from gdrive_sources where source = ?1) \
+             where source = ?1 and (file_id in ({marks}) or parent = '{}')",
+            super::paths::SHARED_DRIVES
+        );
+        let mut query = sqlx::query(&q).bind(source);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    if next.is_none() {
+        // What this listing did not see is gone from Drive.
+        sqlx::query(
+            "update gdrive_files set removed = 1, rev = rev + 1, changed_at = ?2 \
+             where source = ?1 and removed = 0 and parent is not ?3 \
+                 and listed < (select listing from gdrive_sources where source = ?1)",
+        )
+        .bind(source)
+        .bind(now_ms())
+        .bind(super::paths::SHARED_DRIVES)
+        .execute(&mut *tx)
+        .await?;
     }
     match next {
         Some(n) => {
