@@ -515,13 +515,17 @@ pub async fn record_error(
     id: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
+    // A file never stored yet gets a row of rev 0 (still behind) to carry the error.
     sqlx::query(
-        "update gdrive_copies set last_error = ? where source = ? and destination = ? and file_id = ?",
+        "insert into gdrive_copies (source, destination, file_id, rev, stored_at, last_error) \
+         values (?1, ?2, ?3, 0, ?4, ?5) \
+         on conflict (source, destination, file_id) do update set last_error = ?5",
     )
-    .bind(error)
     .bind(source)
     .bind(destination)
     .bind(id)
+    .bind(now_ms())
+    .bind(error)
     .execute(&db.0)
     .await?;
     Ok(())
