@@ -567,3 +567,147 @@ async fn a_refused_page_token_lists_everything_again_and_what_is_gone_is_soft_de
         .unwrap();
     assert!(token.is_some_and(|t| t != "no-longer-valid"));
 }
+
+#[tokio::test]
+async fn each_source_has_its_schedule_and_poll_is_the_real_time_mode() {
+    let drive = FakeDrive::start().await;
+    // Destinations are only named here; nothing is sent.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    for d in ["aws", "eu"] {
+        cfg.destinations.insert(
+            d.into(),
+            toml::from_str(&format!(
+                "type = \"folder\"\npath = \"{}\"",
+                dir.path().join(d).display()
+            ))
+            .unwrap(),
+        );
+    }
+    for (name, extra) in [
+        ("hourly", ""),
+        ("cron", "schedule = { cron = \"0 30 2 * * *\" }"),
+        ("live", "schedule = { every = \"24h\" }\npoll = \"30s\""),
+    ] {
+        let g = toml::from_str(&format!(
+            "client_id = \"{}\"\napi_url = \"{}\"\ndestinations = [\"aws\", \"eu\"]\n{extra}",
+            gd::CLIENT_ID,
+            drive.base_url()
+        ))
+        .unwrap();
+        cfg.google_drive.insert(name.into(), g);
+    }
+    let h = Harness::start_in(dir, cfg).await;
+    let all = offsite::queue::scheduler::list(h.store()).await.unwrap();
+    let spec = |name: &str| {
+        all.iter()
+            .find(|s| s.record.def.name == format!("google_delta.{name}"))
+            .and_then(|s| s.spec.as_ref())
+            .map(|s| s.describe())
+            .unwrap_or_else(|| panic!("no schedule google_delta.{name}"))
+    };
+    assert_eq!(spec("hourly"), "every 1h");
+    assert!(
+        spec("cron").starts_with("cron 0 30 2 * * *"),
+        "{}",
+        spec("cron")
+    );
+    // Below the engine's minute, each run (every minute) polls the feed every 30 s itself.
+    assert_eq!(spec("live"), "every 1m", "poll wins over schedule");
+}
+
+#[test]
+fn a_wrong_google_drive_section_names_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("offsite.toml");
+    let check = |body: &str| {
+        std::fs::write(&path, body).unwrap();
+        Config::load(Some(&path)).unwrap_err().to_string()
+    };
+    let dest = "[destinations.box]\ntype = \"dropbox\"\npath = \"/B\"\napp_key = \"k\"\n\
+                [destinations.nas]\ntype = \"folder\"\npath = \"/tmp/nas\"\n";
+    let e = check(&format!(
+        "{dest}[google_drive.me]\ndestinations = [\"box\"]\n"
+    ));
+    assert!(
+        e.contains("google_drive.me.destinations[0]") && e.contains("S3 or folder"),
+        "{e}"
+    );
+    let e = check(&format!(
+        "{dest}[google_drive.me]\ndestinations = [\"nowhere\"]\n"
+    ));
+    assert!(e.contains("\"nowhere\" is not a destination"), "{e}");
+    let e = check(&format!(
+        "{dest}[google_drive.me]\ndestinations = [\"nas\"]\nexport = {{ document = \"xlsx\" }}\n"
+    ));
+    assert!(
+        e.contains("google_drive.me.export.document") && e.contains("docx"),
+        "{e}"
+    );
+    let e = check(&format!(
+        "{dest}[google_drive.me]\ndestinations = [\"nas\"]\nexclude_patterns = [\"[\"]\n"
+    ));
+    assert!(e.contains("exclude_patterns[0]"), "{e}");
+    let e = check(&format!("{dest}[google_drive.me]\ndestinations = []\n"));
+    assert!(e.contains("google_drive.me.destinations"), "{e}");
+    let e = check(&format!(
+        "{dest}[google_drive.me]\ndestinations = [\"nas\"]\nprefix = \"../up\"\n"
+    ));
+    assert!(e.contains("google_drive.me.prefix"), "{e}");
+}
+
+#[tokio::test]
+async fn the_real_time_mode_picks_a_change_up_within_its_poll_interval() {
+    let Some(aws) = Moto::start().await else {
+        return;
+    };
+    let eu = Moto::start().await.unwrap();
+    let drive = FakeDrive::start().await;
+    drive.add_file("first.txt", "root", b"first");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &drive, &aws, &eu, "poll = \"1s\"");
+    authorize(&cfg, &drive).await;
+    let mut h = Harness::start_in(dir, cfg).await;
+    let job = h.enqueue("google_delta", json!({"source": "drive"})).await;
+    let reader = h.store().pools().1.clone();
+    let stored = |name: &'static str| {
+        let reader = reader.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "select count(*) from gdrive_copies c join gdrive_files f using (source, file_id) \
+                 where f.name = ? and c.remote is not null",
+            )
+            .bind(name)
+            .fetch_one(&reader)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stored("first.txt").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first sync never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drive.add_file("second.txt", "root", b"second");
+    let added = std::time::Instant::now();
+    while stored("second.txt").await < 2 {
+        assert!(
+            added.elapsed() < Duration::from_secs(15),
+            "the change was not picked up while the run polls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same run found it: it is still polling, and no other sync ran.
+    let runs: i64 = sqlx::query_scalar("select count(*) from jobs where kind = 'google_delta'")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+    let still = h.store().job(job.id).await.unwrap().unwrap();
+    assert_eq!(still.state, JobState::Running);
+    h.stop().await;
+}

@@ -28,6 +28,7 @@ pub mod state;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,9 @@ use crate::{
 /// Schedules made from `[google_drive.<name>]` are called this plus the name.
 pub const SCHEDULE_PREFIX: &str = "google_delta.";
 
+/// The engine's shortest schedule interval; `poll` below it is done inside each run.
+const POLL_WINDOW: Duration = Duration::from_secs(60);
+
 /// The tag of a source's jobs: they wait while it needs authorization, and authorizing it
 /// wakes them.
 pub fn source_tag(source: &str) -> String {
@@ -69,7 +73,7 @@ pub fn schedule(
         toml::Value::Table(t)
     };
     let form = match (g.poll, &g.schedule) {
-        (Some(p), _) => every(humantime::format_duration(p).to_string()),
+        (Some(p), _) => every(humantime::format_duration(p.max(POLL_WINDOW)).to_string()),
         (None, Some(s)) => s.clone(),
         (None, None) => every("1h".into()),
     };
@@ -179,15 +183,35 @@ pub struct Synced {
 impl Worker<GoogleDeltaArgs> for GoogleDeltaWorker {
     async fn work(&self, ctx: JobContext, args: GoogleDeltaArgs) -> Result<(), JobError> {
         let db = db(&ctx);
-        let result = sync(&self.0, &ctx, &db, &args.source).await;
-        let error = result.as_ref().err().map(|e| e.to_string());
-        if let Err(e) = state::set_result(&db, &args.source, error.as_deref()).await {
-            tracing::warn!(source = %args.source, "cannot record the sync's result: {e}");
+        // The real-time mode below a minute (the engine's shortest interval): this run, fired
+        // every minute, reads the feed again every `poll` until its minute is nearly over.
+        let poll = drive(&self.0, &args.source)?
+            .config()
+            .poll
+            .filter(|p| *p < POLL_WINDOW);
+        let started = std::time::Instant::now();
+        loop {
+            let result = sync(&self.0, &ctx, &db, &args.source).await;
+            let error = result.as_ref().err().map(|e| e.to_string());
+            if let Err(e) = state::set_result(&db, &args.source, error.as_deref()).await {
+                tracing::warn!(source = %args.source, "cannot record the sync's result: {e}");
+            }
+            let s = result?;
+            if s.changes > 0 || s.listed > 0 || s.enqueued > 0 || poll.is_none() {
+                tracing::info!(source = %args.source, listed = s.listed, changes = s.changes,
+                    enqueued = s.enqueued, purged = s.purged, "Google Drive sync done");
+            }
+            match poll {
+                Some(p) if started.elapsed() + p < POLL_WINDOW - Duration::from_secs(5) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(p) => {}
+                        _ = ctx.stopping() => return Ok(()),
+                    }
+                    ctx.touch();
+                }
+                _ => return Ok(()),
+            }
         }
-        let s = result?;
-        tracing::info!(source = %args.source, listed = s.listed, changes = s.changes,
-            enqueued = s.enqueued, purged = s.purged, "Google Drive sync done");
-        Ok(())
     }
 }
 
