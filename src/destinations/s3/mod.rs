@@ -644,21 +644,55 @@ impl S3Destination {
         Ok(())
     }
 
+    /// AbortMultipartUpload until the upload is gone. AWS documents that a part being
+    /// uploaded while the abort runs can survive it ("abort again"), so the upload is looked
+    /// for afterwards; a temporary failure is tried again too.
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), TransferError> {
-        match self
-            .call(
-                "AbortMultipartUpload",
-                Method::DELETE,
-                Some(key),
-                &[("uploadId", upload_id)],
-                &[],
-                Body::Empty,
-            )
-            .await
-        {
-            Ok(_) | Err(TransferError::SessionGone(_) | TransferError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+        let mut last = None;
+        for round in 0..4u32 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(250 << round)).await;
+            }
+            match self
+                .call(
+                    "AbortMultipartUpload",
+                    Method::DELETE,
+                    Some(key),
+                    &[("uploadId", upload_id)],
+                    &[],
+                    Body::Empty,
+                )
+                .await
+            {
+                Ok(_) | Err(TransferError::SessionGone(_) | TransferError::NotFound(_)) => {}
+                Err(e @ TransferError::Temporary(_)) => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let still = self
+                .call(
+                    "ListParts",
+                    Method::GET,
+                    Some(key),
+                    &[("uploadId", upload_id)],
+                    &[],
+                    Body::Empty,
+                )
+                .await;
+            match still {
+                Err(TransferError::SessionGone(_) | TransferError::NotFound(_)) => return Ok(()),
+                Ok(_) => {
+                    last = Some(TransferError::Temporary(format!(
+                        "S3 ({}): upload {upload_id} of {key} is still there after the abort",
+                        self.bucket_at()
+                    )));
+                }
+                Err(e) => last = Some(e),
+            }
         }
+        Err(last.unwrap_or_else(|| TransferError::Temporary("abort failed".into())))
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), TransferError> {
