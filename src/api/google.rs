@@ -47,6 +47,7 @@ pub async fn sync(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct FileQuery {
     /// Part of the file's path or name (case-insensitive), or its Drive id.
+    #[param(min_length = 1, pattern = "\\S")]
     pub q: String,
 }
 
