@@ -138,7 +138,9 @@ pub async fn finish_authorization(
     code: &str,
 ) -> Result<(), OpsError> {
     authorization(services, name)?;
-    let code = code.trim();
+    // ASCII whitespace only: the schema's `\S` counts other Unicode spaces as characters, and
+    // so does the service the code goes to.
+    let code = code.trim_matches(|c: char| c.is_ascii_whitespace());
     if code.is_empty() {
         return Err(OpsError::Validation(vec![FieldError::new(
             "code",
