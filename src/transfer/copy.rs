@@ -426,7 +426,7 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
     }
     // Reading a large file back (a folder on a slow NAS) is progress too.
     let _keepalive = ctx.keep_alive();
-    let (stream, seen) = HashingReader::wrap(stream);
+    let (stream, seen) = HashingReader::wrap(stream, job.md5.is_some());
     let same = match job.dest.same_content(&found, stream, total).await {
         // Gone between the look and the read: not there.
         Err(TransferError::NotFound(_)) => false,
@@ -436,23 +436,30 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
         warn!(remote = %job.remote, "a file with other content is already at the upload's path");
         return Ok(None);
     }
-    let sha256 = match seen.take() {
-        (len, sha) if len == total => sha.hex(),
-        // The destination compared without reading all of the source.
+    let (len, sha, md5) = match seen.take() {
+        whole @ (len, _, _) if len == total => whole,
+        // The destination compared without reading all of the source: read it once more.
         _ => {
             let (stream, _) = job.source.open_at(0).await?;
-            super::sha256_of(stream).await?.1
+            let (mut stream, again) = HashingReader::wrap(stream, job.md5.is_some());
+            tokio::io::copy(&mut stream, &mut tokio::io::sink())
+                .await
+                .map_err(|e| TransferError::Temporary(format!("reading failed: {e}")))?;
+            again.take()
         }
     };
-    if let Some(expected) = &job.md5 {
-        // The stored bytes are the source's; whether they are the ones the source vouches for
-        // takes one more read of the source (this happens only after a crash at commit).
-        let (stream, _) = job.source.open_at(0).await?;
-        let ours = md5_of(stream).await?;
-        if !ours.eq_ignore_ascii_case(expected) {
-            warn!(remote = %job.remote, "the file at the upload's path is not the one the source vouches for");
-            return Ok(None);
-        }
+    if len != total {
+        return Err(JobError::retryable(format!(
+            "the source gave {len} of its {total} bytes"
+        )));
+    }
+    let sha256 = sha.hex();
+    if let Some(expected) = &job.md5
+        && !md5.is_some_and(|m| m.hex().eq_ignore_ascii_case(expected))
+    {
+        // The stored bytes are the source's, but not the ones it vouches for.
+        warn!(remote = %job.remote, "the file at the upload's path is not the one the source vouches for");
+        return Ok(None);
     }
     info!(remote = %found.path, "the destination already has this file, complete and intact");
     Ok(Some(Copied {
@@ -460,22 +467,6 @@ async fn committed(ctx: &JobContext, job: &Copy<'_>) -> Result<Option<Copied>, J
         size: total,
         sha256,
     }))
-}
-
-/// Hex MD5 of a whole stream.
-async fn md5_of(mut stream: ByteStream) -> Result<String, TransferError> {
-    let mut state = Md5State::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| TransferError::Temporary(format!("reading failed: {e}")))?;
-        if n == 0 {
-            return Ok(state.hex());
-        }
-        state.update(&buf[..n]);
-    }
 }
 
 /// Commits a checkpoint held back to overlap with the next chunk, if there is one.
@@ -566,24 +557,31 @@ impl ChunkReader {
     }
 }
 
-/// Hashes what passes through: the SHA-256 of the source, computed while a destination reads
-/// it for its own comparison.
+/// Hashes what passes through: the SHA-256 of the source (and its MD5 when the source vouches
+/// for one), computed while a destination reads it for its own comparison.
 struct HashingReader {
     inner: ByteStream,
-    seen: std::sync::Arc<std::sync::Mutex<(u64, Sha256State)>>,
+    seen: std::sync::Arc<std::sync::Mutex<Hashes>>,
 }
 
-struct Seen(std::sync::Arc<std::sync::Mutex<(u64, Sha256State)>>);
+/// Bytes seen, their SHA-256 and, if asked for, their MD5.
+type Hashes = (u64, Sha256State, Option<Md5State>);
+
+struct Seen(std::sync::Arc<std::sync::Mutex<Hashes>>);
 
 impl Seen {
-    fn take(&self) -> (u64, Sha256State) {
+    fn take(&self) -> Hashes {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
 impl HashingReader {
-    fn wrap(inner: ByteStream) -> (ByteStream, Seen) {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Sha256State::new())));
+    fn wrap(inner: ByteStream, md5: bool) -> (ByteStream, Seen) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((
+            0,
+            Sha256State::new(),
+            md5.then(Md5State::new),
+        )));
         (
             Box::pin(HashingReader {
                 inner,
@@ -607,6 +605,9 @@ impl tokio::io::AsyncRead for HashingReader {
             if let Ok(mut seen) = self.seen.lock() {
                 seen.0 += new.len() as u64;
                 seen.1.update(new);
+                if let Some(md5) = &mut seen.2 {
+                    md5.update(new);
+                }
             }
         }
         polled
@@ -635,9 +636,10 @@ mod tests {
     #[tokio::test]
     async fn the_hashing_reader_sees_every_byte() {
         let data = vec![7u8; 3 * 1024 * 1024 + 5];
-        let (stream, seen) = HashingReader::wrap(Box::pin(std::io::Cursor::new(data.clone())));
+        let (stream, seen) =
+            HashingReader::wrap(Box::pin(std::io::Cursor::new(data.clone())), false);
         let (len, hex) = super::super::sha256_of(stream).await.unwrap();
-        let (n, sha) = seen.take();
+        let (n, sha, _) = seen.take();
         assert_eq!((n, sha.hex()), (len, hex.clone()));
         assert_eq!(hex, super::super::sha256_hex(&data));
     }
