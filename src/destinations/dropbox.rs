@@ -410,7 +410,7 @@ impl DropboxClient {
             let response = request
                 .send()
                 .await
-                .map_err(|e| transport_error(route, &e))?;
+                .map_err(|e| transport_error(route, e))?;
             let status = response.status();
             if status.is_success() && offset > 0 && status != StatusCode::PARTIAL_CONTENT {
                 // The whole file where its tail was asked for: reading it as the tail would
@@ -427,7 +427,7 @@ impl DropboxClient {
             }
             let reply = read_reply(response)
                 .await
-                .map_err(|e| transport_error(route, &e))?;
+                .map_err(|e| transport_error(route, e))?;
             if status == StatusCode::UNAUTHORIZED {
                 let tag = ErrorBody::parse(&reply.body)
                     .and_then(|e| first_tag(&e.error).map(str::to_owned));
@@ -677,7 +677,7 @@ impl DropboxClient {
         }
         let reply = async { read_reply(request.form(&fields).send().await?).await }
             .await
-            .map_err(|e| TokenFailure::Failed(transport_error("oauth2/token", &e)))?;
+            .map_err(|e| TokenFailure::Failed(transport_error("oauth2/token", e)))?;
         if reply.status.is_success() {
             // No serde detail in the message: it could quote the token it failed on.
             return serde_json::from_slice(&reply.body).map_err(|_| {
@@ -788,7 +788,7 @@ impl DropboxClient {
                     .timeout(RPC_TIMEOUT);
                 async { read_reply(request.send().await?).await }
                     .await
-                    .map_err(|e| transport_error(route, &e))
+                    .map_err(|e| transport_error(route, e))
             }
             Payload::Content { arg, data } => {
                 let url = format!("{}/2/{route}", settings.content_url.trim_end_matches('/'));
@@ -817,7 +817,7 @@ impl DropboxClient {
                 watch_progress(exchange, &progress, stall)
                     .await
                     .map_err(|e| match e {
-                        Watched::Failed(e) => transport_error(route, &e),
+                        Watched::Failed(e) => transport_error(route, e),
                         Watched::Stalled => TransferError::Temporary(format!(
                             "Dropbox {route}: no progress for {} s; connection abandoned",
                             stall.as_secs_f64()
@@ -920,20 +920,8 @@ fn decode<T: DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, ApiError> 
     })
 }
 
-fn transport_error(route: &str, e: &reqwest::Error) -> TransferError {
-    let mut message = format!("Dropbox {route}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if e.is_builder() {
-        // A malformed URL or header: our configuration, not the network.
-        TransferError::Permanent(message)
-    } else {
-        TransferError::Temporary(message)
-    }
+fn transport_error(route: &str, e: reqwest::Error) -> TransferError {
+    crate::transfer::http::transport_error(&format!("Dropbox {route}"), e)
 }
 
 #[derive(Deserialize)]

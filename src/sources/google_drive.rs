@@ -1174,16 +1174,7 @@ fn read_token(path: &Path) -> Option<Secret> {
 }
 
 fn transport(what: &str, e: reqwest::Error) -> TransferError {
-    // Without the URL: an export link or a query could be worth hiding.
-    let e = e.without_url();
-    let mut msg = format!("Google Drive {what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(c) = source {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        source = c.source();
-    }
-    TransferError::Temporary(msg)
+    crate::transfer::http::transport_error(&format!("Google Drive {what}"), e)
 }
 
 fn jitter() -> Duration {

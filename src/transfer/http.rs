@@ -16,6 +16,26 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::time::Instant;
 
+/// A request that got no answer, as the retry decision needs it: `what` (service and call), the
+/// error with its causes, and never the URL (presigned and upload URLs are credentials). A
+/// request that could not even be built (a malformed URL or header: the configuration) is
+/// permanent; everything else, network trouble, is temporary.
+pub fn transport_error(what: &str, e: reqwest::Error) -> super::TransferError {
+    let e = e.without_url();
+    let mut message = format!("{what}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_builder() {
+        super::TransferError::Permanent(message)
+    } else {
+        super::TransferError::Temporary(message)
+    }
+}
+
 /// Upload bodies are handed to hyper in slices this big.
 pub const BODY_SLICE: usize = 256 * 1024;
 

@@ -361,20 +361,7 @@ impl S3Destination {
     }
 
     fn transport_error(&self, op: &str, e: reqwest::Error) -> TransferError {
-        // Without the URL: it is presigned.
-        let e = e.without_url();
-        let mut message = format!("S3 {op} ({}): {e}", self.bucket_at());
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        if e.is_builder() {
-            TransferError::Permanent(message)
-        } else {
-            TransferError::Temporary(message)
-        }
+        crate::transfer::http::transport_error(&format!("S3 {op} ({})", self.bucket_at()), e)
     }
 
     fn failure(&self, op: &str, key: Option<&str>, reply: &Reply) -> TransferError {

@@ -801,20 +801,9 @@ impl SharePointDestination {
     }
 
     fn transport_error(&self, what: &str, e: reqwest::Error) -> TransferError {
-        // Without the URL: an upload or download URL is a credential.
-        let e = e.without_url();
-        let mut message = format!("SharePoint {what}: {e}");
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        let message = redacted(message);
-        if e.is_builder() {
-            TransferError::Permanent(message)
-        } else {
-            TransferError::Temporary(message)
+        match crate::transfer::http::transport_error(&format!("SharePoint {what}"), e) {
+            TransferError::Permanent(m) => TransferError::Permanent(redacted(m)),
+            other => TransferError::Temporary(redacted(other.to_string())),
         }
     }
 
