@@ -61,31 +61,24 @@ pub fn schedule(
     if let Some(tz) = &db.timezone {
         table.insert("timezone".into(), toml::Value::String(tz.clone()));
     }
-    let job = crate::queue::EnqueueRequest {
-        kind: DbDumpArgs::KIND.into(),
-        args: json!({ "database": name }),
-        ..Default::default()
-    };
-    let mut def = crate::queue::scheduler::config_schedule(
-        &format!("{SCHEDULE_PREFIX}{name}"),
-        &format!("configuration [databases.{name}]"),
+    let mut def = super::section_schedule::<DbDumpArgs>(
+        "databases",
+        name,
         toml::Value::Table(table),
-        &job,
+        json!({ "database": name }),
+        |k| {
+            match k {
+                Some("schedule.weekdays") => "days",
+                Some("schedule.at") => "time",
+                Some("schedule.timezone") => "timezone",
+                Some(k) => k.trim_start_matches("args."),
+                None => "",
+            }
+            .to_string()
+        },
         registry,
-        &config.timezone(),
-    )
-    .map_err(|e| {
-        let key = e.key.as_deref().map(|k| match k {
-            "schedule.weekdays" => "days",
-            "schedule.at" => "time",
-            "schedule.timezone" => "timezone",
-            k => k.trim_start_matches("args."),
-        });
-        config.error(
-            &format!("databases.{name}.{}", key.unwrap_or("")),
-            e.message,
-        )
-    })?;
+        config,
+    )?;
     def.max_attempts = Some(i64::from(db.retries) + 1);
     def.enabled = db.enabled;
     Ok(def)

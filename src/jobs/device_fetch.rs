@@ -27,28 +27,19 @@ pub fn schedule(
     registry: &crate::queue::Registry,
     config: &crate::config::Config,
 ) -> Result<crate::queue::store::ScheduleDef, ConfigError> {
-    let form = device.schedule.clone().unwrap_or_else(|| {
-        let mut t = toml::Table::new();
-        t.insert("every".into(), toml::Value::String("24h".into()));
-        toml::Value::Table(t)
-    });
-    let job = crate::queue::EnqueueRequest {
-        kind: DeviceFetchArgs::KIND.into(),
-        args: json!({ "device": name }),
-        ..Default::default()
-    };
-    let mut def = crate::queue::scheduler::config_schedule(
-        &format!("{SCHEDULE_PREFIX}{name}"),
-        &format!("configuration [devices.{name}]"),
+    let form = device
+        .schedule
+        .clone()
+        .unwrap_or_else(|| super::every("24h"));
+    let mut def = super::section_schedule::<DeviceFetchArgs>(
+        "devices",
+        name,
         form,
-        &job,
+        json!({ "device": name }),
+        |k| k.unwrap_or("schedule").to_string(),
         registry,
-        &config.timezone(),
-    )
-    .map_err(|e| {
-        let key = e.key.as_deref().unwrap_or("schedule");
-        config.error(&format!("devices.{name}.{key}"), e.message)
-    })?;
+        config,
+    )?;
     def.max_attempts = Some(i64::from(device.retries) + 1);
     def.enabled = device.enabled;
     Ok(def)

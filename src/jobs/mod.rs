@@ -179,6 +179,46 @@ pub fn snapshots_schedule(
     .map_err(in_config)
 }
 
+/// `every = "<interval>"`, as a schedule form.
+pub(crate) fn every(interval: &str) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert("every".into(), toml::Value::String(interval.into()));
+    toml::Value::Table(t)
+}
+
+/// The schedule a configuration section `[<section>.<name>]` makes: `form` (any engine form)
+/// running `args` of kind `K`, named `<kind>.<name>`. An error names the section's own key,
+/// as `key` renames the schedule's (`schedule.at` is a database's `time`).
+pub(crate) fn section_schedule<K: JobArgs>(
+    section: &str,
+    name: &str,
+    form: toml::Value,
+    args: serde_json::Value,
+    key: impl Fn(Option<&str>) -> String,
+    registry: &Registry,
+    config: &Config,
+) -> Result<crate::queue::store::ScheduleDef, ConfigError> {
+    let job = crate::queue::EnqueueRequest {
+        kind: K::KIND.into(),
+        args,
+        ..Default::default()
+    };
+    crate::queue::scheduler::config_schedule(
+        &format!("{}.{name}", K::KIND),
+        &format!("configuration [{section}.{name}]"),
+        form,
+        &job,
+        registry,
+        &config.timezone(),
+    )
+    .map_err(|e| {
+        config.error(
+            &format!("{section}.{name}.{}", key(e.key.as_deref())),
+            e.message,
+        )
+    })
+}
+
 /// The tag of jobs that use a destination: they wait (snoozed, no attempt used) while it needs
 /// authorization, and `Store::wake_tag` with it wakes them once it is authorized.
 pub fn destination_tag(destination: &str) -> String {

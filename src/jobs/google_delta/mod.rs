@@ -67,33 +67,20 @@ pub fn schedule(
     registry: &crate::queue::Registry,
     config: &crate::config::Config,
 ) -> Result<crate::queue::store::ScheduleDef, ConfigError> {
-    let every = |d: String| {
-        let mut t = toml::Table::new();
-        t.insert("every".into(), toml::Value::String(d));
-        toml::Value::Table(t)
-    };
     let form = match (g.poll, &g.schedule) {
-        (Some(p), _) => every(humantime::format_duration(p.max(POLL_WINDOW)).to_string()),
+        (Some(p), _) => super::every(&humantime::format_duration(p.max(POLL_WINDOW)).to_string()),
         (None, Some(s)) => s.clone(),
-        (None, None) => every("1h".into()),
+        (None, None) => super::every("1h"),
     };
-    let job = EnqueueRequest {
-        kind: GoogleDeltaArgs::KIND.into(),
-        args: json!({ "source": name }),
-        ..Default::default()
-    };
-    let mut def = crate::queue::scheduler::config_schedule(
-        &format!("{SCHEDULE_PREFIX}{name}"),
-        &format!("configuration [google_drive.{name}]"),
+    let mut def = super::section_schedule::<GoogleDeltaArgs>(
+        "google_drive",
+        name,
         form,
-        &job,
+        json!({ "source": name }),
+        |k| k.unwrap_or("schedule").to_string(),
         registry,
-        &config.timezone(),
-    )
-    .map_err(|e| {
-        let key = e.key.as_deref().unwrap_or("schedule");
-        config.error(&format!("google_drive.{name}.{key}"), e.message)
-    })?;
+        config,
+    )?;
     def.enabled = g.enabled;
     Ok(def)
 }
