@@ -96,6 +96,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| TransferError::Temporary(format!("file task failed: {e}")))?
 }
 
+/// Renames a checked temporary file to its name and syncs the folder, so the rename itself
+/// survives a power cut.
+fn rename_into_place(temp: &Path, target: &Path) -> Result<(), TransferError> {
+    std::fs::rename(temp, target).map_err(|e| io_err("cannot rename into", target, e))?;
+    if let Some(dir) = target.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot sync folder", dir, e))?;
+    }
+    Ok(())
+}
+
 /// Length and SHA-256 of what is on disk at `path`, read back from the file.
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;
@@ -374,13 +386,7 @@ impl Destination for LocalFolder {
                     source.display()
                 )));
             }
-            std::fs::rename(&temp, &target)
-                .map_err(|e| io_err("cannot rename into", &target, e))?;
-            if let Some(dir) = target.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_err("cannot sync folder", dir, e))?;
-            }
+            rename_into_place(&temp, &target)?;
             Ok(RemoteFile {
                 path: remote,
                 size: len,
@@ -504,14 +510,7 @@ impl Destination for LocalFolder {
                     temp.display()
                 )));
             }
-            std::fs::rename(&temp, &target)
-                .map_err(|e| io_err("cannot rename into", &target, e))?;
-            if let Some(dir) = target.parent() {
-                // Make the rename itself durable.
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_err("cannot sync folder", dir, e))?;
-            }
+            rename_into_place(&temp, &target)?;
             Ok(RemoteFile {
                 path: remote,
                 size: len,
