@@ -573,12 +573,7 @@ async fn mirror_file_locked(
         let mut record = c.clone();
         record.rev = f.rev;
         if from != target {
-            let sha = c.sha256.clone().unwrap_or_default();
-            let sent = Sent {
-                size: c.size.unwrap_or(0),
-                sha256: &sha,
-            };
-            match dest.copy_within(&from, &target, &sent).await {
+            match copy_stored(dest, c, &from, &target).await {
                 Ok(_) => {
                     trash(dest, cfg, &db, args, c, &from).await?;
                     record.remote = Some(target.clone());
@@ -619,15 +614,15 @@ async fn mirror_file_locked(
                 .map_err(sql)?
     {
         let from = twin.remote.clone().unwrap_or_default();
-        let sha = twin.sha256.clone().unwrap_or_default();
-        match dest
-            .copy_within(&from, &target, &Sent { size, sha256: &sha })
-            .await
-        {
+        match copy_stored(dest, &twin, &from, &target).await {
             Ok(_) => {
                 tracing::info!(source = %args.source, destination = %args.destination,
                     from = %from, to = %target, "same content already stored; copied on the server");
-                stored = Some((size, sha, Some(md5.clone())));
+                stored = Some((
+                    size,
+                    twin.sha256.clone().unwrap_or_default(),
+                    Some(md5.clone()),
+                ));
             }
             Err(CopyError::Unsupported) => {}
             Err(CopyError::Failed(e)) => {
@@ -717,8 +712,7 @@ async fn mirror_file_locked(
         sha256: Some(sha256),
         identity: Some(ident),
         stored_at: now,
-        trashed_remote: None,
-        trashed_at: None,
+        ..Default::default()
     };
     state::record_copy(&db, &args.source, &record)
         .await
@@ -733,15 +727,55 @@ fn blank(args: &GoogleFileArgs, rev: i64, now: i64) -> state::CopyRow {
         destination: args.destination.clone(),
         file_id: args.file_id.clone(),
         rev,
-        remote: None,
-        size: None,
-        md5: None,
-        sha256: None,
-        identity: None,
         stored_at: now,
-        trashed_remote: None,
-        trashed_at: None,
+        ..Default::default()
     }
+}
+
+/// Copies the stored copy `c` (at `from`) to `to` on the server, checked against what was
+/// recorded of it.
+async fn copy_stored(
+    dest: &dyn Destination,
+    c: &state::CopyRow,
+    from: &str,
+    to: &str,
+) -> Result<crate::destinations::RemoteFile, CopyError> {
+    let sha = c.sha256.clone().unwrap_or_default();
+    let sent = Sent {
+        size: c.size.unwrap_or(0),
+        sha256: &sha,
+    };
+    dest.copy_within(from, to, &sent).await
+}
+
+/// Sets the stored copy `c` (at `from`) aside at `to` (a soft delete, an old version) and
+/// records it as kept, as `kind`; false when `from` is gone already (removed by hand: nothing
+/// to keep). A destination that cannot copy on the server cannot set anything aside:
+/// permanent, and `from` stays (nothing is deleted that is not kept elsewhere).
+async fn set_aside(
+    dest: &dyn Destination,
+    db: &state::Db,
+    args: &GoogleFileArgs,
+    c: &state::CopyRow,
+    (from, to): (&str, &str),
+    kind: &str,
+    cannot: &str,
+) -> Result<bool, JobError> {
+    match copy_stored(dest, c, from, to).await {
+        Ok(_) => {}
+        Err(CopyError::Failed(TransferError::NotFound(_))) => return Ok(false),
+        Err(CopyError::Unsupported) => {
+            return Err(JobError::Permanent(format!(
+                "destination {} cannot copy on the server, so {cannot}",
+                args.destination
+            )));
+        }
+        Err(CopyError::Failed(e)) => return Err(e.into()),
+    }
+    state::keep(db, &args.source, &args.destination, to, kind, &c.file_id)
+        .await
+        .map_err(sql)?;
+    Ok(true)
 }
 
 /// Copies `from` on the server to `.trash/<date>/…`, records it for the purge, then removes
@@ -757,35 +791,10 @@ async fn trash(
 ) -> Result<String, JobError> {
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let to = aside(dest, cfg, from, &format!(".trash/{date}"));
-    let sha = c.sha256.clone().unwrap_or_default();
-    let sent = Sent {
-        size: c.size.unwrap_or(0),
-        sha256: &sha,
-    };
-    match dest.copy_within(from, &to, &sent).await {
-        Ok(_) => {}
-        Err(CopyError::Unsupported) => {
-            return Err(JobError::Permanent(format!(
-                "destination {} cannot copy on the server, so {from} cannot be soft-deleted; left in place",
-                args.destination
-            )));
-        }
-        Err(CopyError::Failed(TransferError::NotFound(_))) => {
-            // Gone already (removed by hand): nothing to keep.
-            return Ok(to);
-        }
-        Err(CopyError::Failed(e)) => return Err(e.into()),
+    let cannot = format!("{from} cannot be soft-deleted; left in place");
+    if !set_aside(dest, db, args, c, (from, &to), "trash", &cannot).await? {
+        return Ok(to);
     }
-    state::keep(
-        db,
-        &args.source,
-        &args.destination,
-        &to,
-        "trash",
-        &c.file_id,
-    )
-    .await
-    .map_err(sql)?;
     dest.delete(from).await?;
     tracing::info!(source = %args.source, destination = %args.destination, from, to = %to,
         "soft-deleted (kept under .trash)");
@@ -810,33 +819,10 @@ async fn keep_version(
         .unwrap_or_default()
         .format("%Y-%m-%dT%H-%M-%S%.3fZ");
     let to = format!("{}/{stamp}", aside(dest, cfg, &from, ".versions"));
-    let sha = c.sha256.clone().unwrap_or_default();
-    let sent = Sent {
-        size: c.size.unwrap_or(0),
-        sha256: &sha,
-    };
-    match dest.copy_within(&from, &to, &sent).await {
-        Ok(_) => {}
-        Err(CopyError::Failed(TransferError::NotFound(_))) => return Ok(()),
-        Err(CopyError::Unsupported) => {
-            return Err(JobError::Permanent(format!(
-                "destination {} cannot copy on the server, so the previous version of {from} \
-                 cannot be kept; not overwritten",
-                args.destination
-            )));
-        }
-        Err(CopyError::Failed(e)) => return Err(e.into()),
+    let cannot = format!("the previous version of {from} cannot be kept; not overwritten");
+    if !set_aside(dest, db, args, c, (&from, &to), "version", &cannot).await? {
+        return Ok(());
     }
-    state::keep(
-        db,
-        &args.source,
-        &args.destination,
-        &to,
-        "version",
-        &f.file_id,
-    )
-    .await
-    .map_err(sql)?;
     let versions = state::kept(
         db,
         &args.source,

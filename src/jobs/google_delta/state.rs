@@ -372,29 +372,31 @@ pub async fn set_paths(
     tx.commit().await
 }
 
+/// Files whose copy at destination `?2` is behind: one that should be there and is not (or
+/// holds an older rev), or one that is there and should not be.
+const BEHIND: &str = "from gdrive_files f left join gdrive_copies c \
+         on c.source = f.source and c.file_id = f.file_id and c.destination = ?2 \
+     where f.source = ?1 and f.is_folder = 0 \
+         and (c.rev is null or c.rev < f.rev) \
+         and (c.remote is not null or (f.path is not null and f.removed = 0))";
+
 /// (file id, rev) of files whose copy at `destination` is behind: what the file jobs are for.
 pub async fn behind(
     db: &Db,
     source: &str,
     destination: &str,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "select f.file_id, f.rev from gdrive_files f left join gdrive_copies c \
-             on c.source = f.source and c.file_id = f.file_id and c.destination = ?2 \
-         where f.source = ?1 and f.is_folder = 0 \
-             and (c.rev is null or c.rev < f.rev) \
-             and (c.remote is not null or (f.path is not null and f.removed = 0))",
-    )
-    .bind(source)
-    .bind(destination)
-    .fetch_all(&db.1)
-    .await?;
+    let rows = sqlx::query(&format!("select f.file_id, f.rev {BEHIND}"))
+        .bind(source)
+        .bind(destination)
+        .fetch_all(&db.1)
+        .await?;
     rows.iter()
         .map(|r| Ok((r.try_get("file_id")?, r.try_get("rev")?)))
         .collect()
 }
 
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct CopyRow {
     pub destination: String,
     pub file_id: String,
@@ -621,7 +623,11 @@ pub async fn status(
     .bind(destination)
     .fetch_one(&db.1)
     .await?;
-    let behind = self::behind(db, source, destination).await?.len() as i64;
+    let behind: i64 = sqlx::query_scalar(&format!("select count(*) {BEHIND}"))
+        .bind(source)
+        .bind(destination)
+        .fetch_one(&db.1)
+        .await?;
     Ok(DestinationStatus {
         destination: destination.to_string(),
         current: r.try_get("current")?,
