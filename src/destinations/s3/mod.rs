@@ -79,7 +79,12 @@ pub struct S3Destination {
     stall_timeout_ms: AtomicU64,
     /// Entries per list page (max-parts / max-keys / max-uploads).
     page_size: String,
+    /// The bucket's versioning as last asked, and when.
+    keeps_versions: std::sync::Mutex<Option<(std::time::Instant, Option<bool>)>>,
 }
+
+/// How long an answer of GetBucketVersioning is taken as still true.
+const VERSIONING_TTL: Duration = Duration::from_secs(600);
 
 impl fmt::Debug for S3Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,6 +160,7 @@ impl S3Destination {
             max_parts: config.max_parts,
             stall_timeout_ms: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
             page_size: "1000".into(),
+            keeps_versions: Default::default(),
         })
     }
 
@@ -970,8 +976,19 @@ impl Destination for S3Destination {
         self.delete_key(&key).await
     }
 
+    /// Asked once per `VERSIONING_TTL`: the mirror asks before every changed file.
     async fn keeps_versions(&self) -> Option<bool> {
-        self.versioning().await.ok().flatten()
+        if let Ok(known) = self.keeps_versions.lock()
+            && let Some((at, answer)) = *known
+            && at.elapsed() < VERSIONING_TTL
+        {
+            return answer;
+        }
+        let answer = self.versioning().await.ok()?;
+        if let Ok(mut known) = self.keeps_versions.lock() {
+            *known = Some((std::time::Instant::now(), answer));
+        }
+        answer
     }
 
     /// CopyObject (up to 5 GiB; larger objects would need UploadPartCopy, and are sent

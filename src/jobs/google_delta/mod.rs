@@ -177,8 +177,10 @@ impl Worker<GoogleDeltaArgs> for GoogleDeltaWorker {
             .poll
             .filter(|p| *p < POLL_WINDOW);
         let started = std::time::Instant::now();
+        let mut full = true;
         loop {
-            let result = sync(&self.0, &ctx, &db, &args.source).await;
+            let result = sync(&self.0, &ctx, &db, &args.source, full).await;
+            full = false;
             let error = result.as_ref().err().map(|e| e.to_string());
             if let Err(e) = state::set_result(&db, &args.source, error.as_deref()).await {
                 tracing::warn!(source = %args.source, "cannot record the sync's result: {e}");
@@ -202,11 +204,15 @@ impl Worker<GoogleDeltaArgs> for GoogleDeltaWorker {
     }
 }
 
+/// One pass: the feed, then (if `full`, or if the feed brought anything) the paths, the file
+/// jobs of what is behind, and the purge. A real-time run's later polls are not full: most
+/// find nothing, and the rest of the pass would read every file's row for nothing.
 async fn sync(
     services: &Services,
     ctx: &JobContext,
     db: &state::Db,
     source: &str,
+    full: bool,
 ) -> Result<Synced, JobError> {
     let drive = drive(services, source)?;
     let cfg = drive.config();
@@ -288,6 +294,9 @@ async fn sync(
                 _ => break 'feed,
             }
         }
+    }
+    if !full && done.listed == 0 && done.changes == 0 {
+        return Ok(done);
     }
     // Paths (a renamed folder moves everything under it).
     let st = state::source(db, source).await.map_err(sql)?;
